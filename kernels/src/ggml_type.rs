@@ -72,7 +72,7 @@ impl GgmlType {
     }
 
     /// Elements per block: a row's length must be a multiple of it.
-    pub fn block_size(self) -> usize {
+    pub const fn block_size(self) -> usize {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 => 1,
@@ -81,8 +81,8 @@ impl GgmlType {
         }
     }
 
-    /// Bytes per block.
-    pub fn type_size(self) -> usize {
+    /// Bytes per block. `const` so that the block structs in `formats` can be checked against it at compile time.
+    pub const fn type_size(self) -> usize {
         use GgmlType::*;
         match self {
             F32 => 4,
@@ -106,7 +106,7 @@ impl GgmlType {
     /// or the size overflows.
     pub fn row_size(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size() as u64)

@@ -1,7 +1,165 @@
 //! ggml's tensor element types and the arithmetic on them.
 //!
-//! Block layouts are stated once, in [`GgmlType`] and the `formats` module, and used everywhere else.
+//! Block layouts are stated once, in [`GgmlType`] (geometry) and the `formats` module (fields), and
+//! used everywhere else. Dequantization is bit-exact with ggml's; activations are quantized and dot
+//! products computed the way ggml's CPU backend does it (weights of type `ty` meet activations
+//! converted to [`vec_dot_type`]`(ty)`), so results follow llama.cpp's closely.
+//!
+//! Slice-length and shape mismatches are caller bugs and panic with a message naming them; the
+//! data itself is never trusted beyond its length (any bytes are a valid block).
 
+#[cfg(target_endian = "big")]
+compile_error!("ggml data is little-endian and this crate views f16 slices as its bytes");
+
+mod dequant;
+mod dispatch;
+mod formats;
 mod ggml_type;
+mod matmul;
+mod quantize;
+pub mod scalar;
 
-pub use ggml_type::GgmlType;
+pub use ggml_type::{GgmlType, QK_K};
+pub use matmul::{matmul, QMatrix};
+
+use half::f16;
+
+/// Bytes of `n` elements of `ty`, checking that they are whole blocks.
+pub(crate) fn row_bytes(ty: GgmlType, n: usize, what: &str) -> usize {
+    let bs = ty.block_size();
+    assert!(
+        n.is_multiple_of(bs),
+        "{what}: {n} elements are not whole {} blocks of {bs}",
+        ty.name()
+    );
+    n / bs * ty.type_size()
+}
+
+/// Checks `vec_dot`'s arguments and cuts both operands to exactly one row.
+pub(crate) fn check_dot_args<'a>(
+    ty: GgmlType,
+    n: usize,
+    w: &'a [u8],
+    act: &'a [u8],
+) -> (&'a [u8], &'a [u8]) {
+    let act_ty = vec_dot_type(ty);
+    let wb = row_bytes(ty, n, "vec_dot weights");
+    let ab = row_bytes(act_ty, n, "vec_dot activations");
+    assert!(
+        w.len() >= wb,
+        "vec_dot: {n} {} weights need {wb} bytes, got {}",
+        ty.name(),
+        w.len()
+    );
+    assert!(
+        act.len() >= ab,
+        "vec_dot: {n} {} activations need {ab} bytes, got {}",
+        act_ty.name(),
+        act.len()
+    );
+    (&w[..wb], &act[..ab])
+}
+
+/// Exact dequantization of `dst.len()` elements (a whole number of blocks) from ggml-layout bytes:
+/// the bits ggml's `to_float` gives.
+///
+/// # Panics
+/// If `dst.len()` is not a whole number of blocks or `src` is shorter than those blocks
+/// (extra bytes after them are ignored).
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    let bytes = row_bytes(ty, dst.len(), "dequantize_row");
+    assert!(
+        src.len() >= bytes,
+        "dequantize_row: {} {} elements need {bytes} bytes, got {}",
+        dst.len(),
+        ty.name(),
+        src.len()
+    );
+    dequant::dequantize(ty, &src[..bytes], dst);
+}
+
+/// The activation type ggml quantizes the other operand to for a dot product with weights of type
+/// `ty`: Q4_0, Q5_0, Q8_0 → Q8_0; Q4_1, Q5_1 → Q8_1; k-quants → Q8_K; float types → themselves.
+/// The activation formats Q8_1 and Q8_K (which ggml never uses as weights) pair with themselves.
+pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match ty {
+        F32 => F32,
+        F16 => F16,
+        BF16 => BF16,
+        Q4_0 | Q5_0 | Q8_0 => Q8_0,
+        Q4_1 | Q5_1 | Q8_1 => Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
+    }
+}
+
+/// Converts f32 activations to `ty`: Q8_0, Q8_1 and Q8_K exactly as ggml's quantize_row_*_ref
+/// (including their rounding), F16 and BF16 rounding to nearest even as ggml does, F32 copied.
+///
+/// # Panics
+/// If `ty` is a weight-only format (Q4_0 ... Q6_K), `src.len()` is not a whole number of blocks,
+/// or `dst` is not exactly their size.
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    let bytes = row_bytes(ty, src.len(), "quantize_row");
+    assert_eq!(
+        dst.len(),
+        bytes,
+        "quantize_row: {} {} elements take {bytes} bytes",
+        src.len(),
+        ty.name()
+    );
+    quantize::quantize(ty, src, dst);
+}
+
+/// Dot product of one weight row (type `ty`, `n` elements) with one activation row already in
+/// `vec_dot_type(ty)`, by the best kernel this CPU has (see [`isa_name`]).
+///
+/// # Panics
+/// If `n` is not a whole number of blocks, or `w` / `act` hold fewer than `n` elements (only the
+/// first `n` are used).
+pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let (w, act) = check_dot_args(ty, n, w, act);
+    let kernel = dispatch::get().kernel(ty);
+    // SAFETY: dispatch only hands out kernels whose CPU features were detected, and the operands
+    // are exactly one row each.
+    unsafe { kernel(n, w, act) }
+}
+
+/// Which instruction set the dot products use: "avx512vnni", "avx2", "neon" or "scalar".
+pub fn isa_name() -> &'static str {
+    dispatch::get().isa
+}
+
+/// f32 → f16, rounding to nearest even (as ggml stores the KV cache).
+///
+/// # Panics
+/// If the lengths differ.
+pub fn f32_to_f16_row(src: &[f32], dst: &mut [f16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_f16_row: lengths differ");
+    quantize::f32_to_f16(src, dst);
+}
+
+/// f16 → f32 (exact).
+///
+/// # Panics
+/// If the lengths differ.
+pub fn f16_to_f32_row(src: &[f16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "f16_to_f32_row: lengths differ");
+    quantize::f16_to_f32(src, dst);
+}
+
+/// Dot product of two f16 rows with f32 products, as ggml's ggml_vec_dot_f16 (attention's K·Q).
+///
+/// # Panics
+/// If the lengths differ.
+pub fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f16: lengths differ");
+    vec_dot(GgmlType::F16, a.len(), f16_bytes(a), f16_bytes(b))
+}
+
+/// The bytes of an f16 slice, which on a little-endian machine are its ggml encoding.
+fn f16_bytes(s: &[f16]) -> &[u8] {
+    // SAFETY: f16 is a plain 2-byte value without padding; u8 has alignment 1 and the view covers
+    // exactly the borrowed memory.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+}

@@ -1,4 +1,33 @@
 //! The llamafile runtime as a library: model loading, the forward pass, sampling and chat templates.
 
 pub mod chat_template;
+pub mod cli;
+pub mod engine;
+pub mod load;
+pub mod model;
 pub mod sampling;
+
+/// Physical cores (llama.cpp's default thread count): hyper-threads share one core's arithmetic
+/// units, so counting them slows matrix multiplication down.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[cfg(target_os = "linux")]
+    if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
+        let mut cores = std::collections::HashSet::new();
+        let mut physical_id = "";
+        for line in info.lines() {
+            let mut kv = line.splitn(2, ':').map(str::trim);
+            match (kv.next(), kv.next()) {
+                (Some("physical id"), Some(v)) => physical_id = v,
+                (Some("core id"), Some(v)) => {
+                    cores.insert((physical_id, v));
+                }
+                _ => {}
+            }
+        }
+        if !cores.is_empty() {
+            return cores.len().min(logical);
+        }
+    }
+    logical
+}

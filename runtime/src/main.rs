@@ -1,1 +1,265 @@
-fn main() {}
+//! `llamafile`: runs a GGUF model, on its own or packed inside this very executable.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use serde_json::json;
+
+use runtime::chat_template::{ChatMessage, ChatTemplate};
+use runtime::cli::{self, Args};
+use runtime::engine::{Engine, GenerateOptions, Generation};
+use runtime::load::ModelSource;
+use runtime::model::Model;
+use runtime::sampling::{Sampler, SamplerConfig};
+use tokenizer::{Tokenizer, Utf8Stream};
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse_from(cli::normalize(std::env::args())) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("llamafile: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let threads = args.threads.unwrap_or_else(runtime::physical_cores).max(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
+    if matches!(args.n_gpu_layers, Some(n) if n != 0) {
+        eprintln!("llamafile: no GPU support in this build; -ngl ignored, running on the CPU");
+    }
+
+    let source = ModelSource::open(args.model.as_deref(), args.llamafile_self.as_deref())?;
+    let g = source.gguf()?;
+    let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", source.name()))?;
+    let model = Model::load(&g).map_err(|e| format!("{}: {e}", source.name()))?;
+    let n_ctx_train = model.config.n_ctx_train;
+    let n_ctx = if args.ctx_size == 0 { n_ctx_train } else { args.ctx_size.min(n_ctx_train) };
+    let engine = Engine { model, tokenizer, n_ctx, n_batch: args.batch_size.max(1) };
+    eprintln!(
+        "llamafile: {} ({} layers, {} threads, {}, context {n_ctx})",
+        source.name(),
+        engine.model.config.n_layer,
+        threads,
+        kernels::isa_name()
+    );
+
+    if args.perplexity {
+        return perplexity(&engine, &args);
+    }
+    if args.interactive {
+        return chat(&engine, &args, &g);
+    }
+    let prompt = prompt_text(&args)?;
+    if args.tokenize {
+        let ids = engine.tokenize_prompt(&prompt);
+        println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
+        return Ok(());
+    }
+    complete(&engine, &args, &prompt)
+}
+
+fn prompt_text(args: &Args) -> Result<String, String> {
+    let text = match (&args.prompt, &args.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
+        (None, None) => String::new(),
+    };
+    Ok(if args.no_escape { text } else { cli::process_escapes(&text) })
+}
+
+fn sampler_for(args: &Args, n_vocab: usize) -> Result<Sampler, String> {
+    let seed = match args.seed {
+        Some(s) if s >= 0 => s as u64,
+        _ => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    };
+    let cfg = SamplerConfig {
+        temp: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        presence_penalty: args.presence_penalty,
+        frequency_penalty: args.frequency_penalty,
+        seed,
+    };
+    Sampler::new(cfg, n_vocab).map_err(|e| e.to_string())
+}
+
+/// One-shot completion of `-p`: streams text to stdout, or prints one JSON object with --json.
+fn complete(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
+    let ids = engine.tokenize_prompt(prompt);
+    let mut sampler = sampler_for(args, engine.n_vocab())?;
+    let k = args.top_logprobs.unwrap_or(10);
+    let opts = GenerateOptions {
+        prompt_logprobs: (args.json && args.prompt_logprobs).then_some(k),
+        top_logprobs: if args.json { args.top_logprobs } else { None },
+    };
+    let mut session = engine.new_session();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !args.json && !args.no_display_prompt {
+        let _ = write!(out, "{prompt}");
+        let _ = out.flush();
+    }
+    let mut stream = Utf8Stream::new();
+    let mut text = Vec::new();
+    let json = args.json;
+    let generation = engine
+        .generate(&mut session, &ids, args.n_predict, &mut sampler, &opts, |tok| {
+            let piece = engine.tokenizer.token_to_piece(tok, false);
+            text.extend_from_slice(&piece);
+            if !json {
+                let s = stream.push(&piece);
+                if !s.is_empty() {
+                    let _ = out.write_all(s.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+            true
+        })
+        .map_err(|e| e.to_string())?;
+    if json {
+        let text = String::from_utf8_lossy(&text);
+        let mut obj = json!({
+            "prompt_tokens": ids,
+            "tokens": generation.tokens,
+            "text": text,
+            "timings": timings_json(&generation),
+        });
+        if opts.top_logprobs.is_some() {
+            obj["top_logprobs"] = json!(generation.top_logprobs);
+        }
+        if opts.prompt_logprobs.is_some() {
+            obj["prompt_logprobs"] = json!(generation.prompt_logprobs);
+        }
+        let _ = writeln!(out, "{obj}");
+    } else {
+        let _ = write!(out, "{}", stream.finish());
+        let _ = writeln!(out);
+    }
+    print_timings(&generation);
+    Ok(())
+}
+
+fn timings_json(g: &Generation) -> serde_json::Value {
+    let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    json!({
+        "prompt_n": g.prompt_n,
+        "prompt_ms": g.prompt_ms,
+        "prompt_per_second": per_s(g.prompt_n, g.prompt_ms),
+        "predicted_n": g.tokens.len(),
+        "predicted_ms": g.gen_ms,
+        "predicted_per_second": per_s(g.tokens.len(), g.gen_ms),
+    })
+}
+
+fn print_timings(g: &Generation) {
+    let t = timings_json(g);
+    eprintln!(
+        "llamafile: prompt {} tokens in {:.1} ms ({:.1} t/s); generated {} tokens in {:.1} ms ({:.1} t/s)",
+        t["prompt_n"], g.prompt_ms, t["prompt_per_second"].as_f64().unwrap_or(0.0), t["predicted_n"], g.gen_ms,
+        t["predicted_per_second"].as_f64().unwrap_or(0.0)
+    );
+}
+
+fn perplexity(engine: &Engine, args: &Args) -> Result<(), String> {
+    let Some(path) = &args.file else {
+        return Err("--perplexity needs the text: -f FILE".into());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let r = engine.perplexity(&text, engine.n_ctx, |i, n, ppl| eprintln!("[{i}/{n}] perplexity {ppl:.4}"))?;
+    if args.json {
+        println!("{}", json!({"perplexity": r.perplexity, "chunks": r.chunks, "tokens": r.tokens}));
+    } else {
+        println!("perplexity: {:.4} over {} chunks of {} tokens", r.perplexity, r.chunks, engine.n_ctx);
+    }
+    Ok(())
+}
+
+/// The terminal chat: one line per user turn, replies streamed; Ctrl-C stops a reply, Ctrl-D exits.
+fn chat(engine: &Engine, args: &Args, g: &gguf::Gguf) -> Result<(), String> {
+    let bos = engine.tokenizer.bos().map(|t| engine.tokenizer.token_to_piece(t, true)).unwrap_or_default();
+    let eos = engine.tokenizer.eos().map(|t| engine.tokenizer.token_to_piece(t, true)).unwrap_or_default();
+    let (bos, eos) = (String::from_utf8_lossy(&bos).into_owned(), String::from_utf8_lossy(&eos).into_owned());
+    let template = match (&args.chat_template, g.get_str("tokenizer.chat_template").ok().flatten()) {
+        (Some(name), _) => ChatTemplate::builtin(name, &bos, &eos),
+        (None, Some(src)) => ChatTemplate::from_source(src, &bos, &eos),
+        (None, None) => ChatTemplate::builtin("chatml", &bos, &eos),
+    }
+    .map_err(|e| e.to_string())?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || {
+            // A second Ctrl-C while no reply is running exits, as in llama.cpp.
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    }
+
+    let mut messages = Vec::new();
+    if let Some(sys) = &args.system_prompt {
+        messages.push(ChatMessage { role: "system".into(), content: sys.clone() });
+    }
+    let mut session = engine.new_session();
+    let mut sampler = sampler_for(args, engine.n_vocab())?;
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("\n> ");
+        let _ = std::io::stderr().flush();
+        interrupted.store(false, Ordering::SeqCst);
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| format!("reading the terminal: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(ChatMessage { role: "user".into(), content: line });
+        let rendered = template.render(&messages, true).map_err(|e| e.to_string())?;
+        let ids = engine.tokenize_prompt(&rendered);
+        // Reuse the cached prefix the conversation shares with what the cache holds.
+        let common = ids.iter().zip(session.tokens()).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        session.truncate(common);
+        let mut stream = Utf8Stream::new();
+        let mut reply = Vec::new();
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let result = engine.generate(&mut session, &ids[common..], -1, &mut sampler, &GenerateOptions::default(), |tok| {
+            if engine.tokenizer.is_eog(tok) {
+                return false;
+            }
+            let piece = engine.tokenizer.token_to_piece(tok, false);
+            reply.extend_from_slice(&piece);
+            let _ = out.write_all(stream.push(&piece).as_bytes());
+            let _ = out.flush();
+            !interrupted.load(Ordering::SeqCst)
+        });
+        let _ = writeln!(out, "{}", stream.finish());
+        if let Err(e) = result {
+            eprintln!("llamafile: {e}; starting a new conversation");
+            messages.clear();
+            session.truncate(0);
+            continue;
+        }
+        messages.push(ChatMessage { role: "assistant".into(), content: String::from_utf8_lossy(&reply).into_owned() });
+    }
+    Ok(())
+}

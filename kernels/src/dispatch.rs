@@ -1,0 +1,175 @@
+//! Run-time choice of the dot-product kernels.
+//!
+//! The CPU is probed once; each weight type then gets the kernel of the best instruction set that
+//! has one for it, falling back to the next lower one and finally to [`crate::scalar`]. Nothing is
+//! compiled for a fixed CPU: the SIMD kernels are `#[target_feature]` functions, only ever called
+//! after the features they enable were detected, so a baseline x86_64 build runs anywhere.
+//!
+//! `LLAMAFILE_ISA=scalar|avx2|avx512|neon` caps the choice (never raises it beyond what the CPU
+//! has), to compare the variants in tests and benchmarks.
+
+use crate::ggml_type::GgmlType;
+use std::sync::OnceLock;
+
+/// A dot-product kernel: `n` weights of one type against `n` activations of its `vec_dot_type`,
+/// each slice exactly one row long. `unsafe` because a SIMD kernel may only run on a CPU with the
+/// features it was compiled for.
+pub(crate) type VecDotFn = unsafe fn(usize, &[u8], &[u8]) -> f32;
+
+/// Every type, in table order.
+const TYPES: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q8_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+];
+
+fn slot(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::BF16 => 2,
+        GgmlType::Q4_0 => 3,
+        GgmlType::Q4_1 => 4,
+        GgmlType::Q5_0 => 5,
+        GgmlType::Q5_1 => 6,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q8_1 => 8,
+        GgmlType::Q2_K => 9,
+        GgmlType::Q3_K => 10,
+        GgmlType::Q4_K => 11,
+        GgmlType::Q5_K => 12,
+        GgmlType::Q6_K => 13,
+        GgmlType::Q8_K => 14,
+    }
+}
+
+/// The kernels picked for this CPU.
+pub(crate) struct Dispatch {
+    /// The highest instruction set that supplied at least one kernel.
+    pub(crate) isa: &'static str,
+    kernels: [VecDotFn; TYPES.len()],
+}
+
+impl Dispatch {
+    pub(crate) fn kernel(&self, ty: GgmlType) -> VecDotFn {
+        self.kernels[slot(ty)]
+    }
+
+    fn scalar() -> Self {
+        Dispatch {
+            isa: "scalar",
+            kernels: TYPES.map(|ty| crate::scalar::kernel(ty) as VecDotFn),
+        }
+    }
+
+    /// Replaces the kernels `table` has; called in increasing order of instruction set, after the
+    /// CPU was found to support it.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    fn overlay(&mut self, isa: &'static str, table: fn(GgmlType) -> Option<VecDotFn>) {
+        for ty in TYPES {
+            if let Some(k) = table(ty) {
+                self.kernels[slot(ty)] = k;
+                self.isa = isa;
+            }
+        }
+    }
+}
+
+/// The dispatch table, built on first use.
+pub(crate) fn get() -> &'static Dispatch {
+    static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
+    DISPATCH.get_or_init(detect)
+}
+
+/// The most `LLAMAFILE_ISA` allows, in increasing order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Cap {
+    Scalar,
+    /// AVX2 on x86_64, NEON on aarch64.
+    Simd,
+    Avx512,
+}
+
+fn cap_from_env() -> Cap {
+    match std::env::var("LLAMAFILE_ISA") {
+        Err(_) => Cap::Avx512,
+        Ok(v) => match v.as_str() {
+            "scalar" => Cap::Scalar,
+            "avx2" | "neon" => Cap::Simd,
+            "avx512" => Cap::Avx512,
+            other => {
+                // Detection runs once per process, so this is printed once; a typo must not
+                // silently benchmark the wrong kernels.
+                eprintln!("kernels: ignoring LLAMAFILE_ISA={other:?} (expected scalar, avx2, avx512 or neon)");
+                Cap::Avx512
+            }
+        },
+    }
+}
+
+fn detect() -> Dispatch {
+    let cap = cap_from_env();
+    let mut d = Dispatch::scalar();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cap >= Cap::Simd && x86_tables::avx2_available() {
+            d.overlay("avx2", x86_tables::avx2);
+        }
+        if cap >= Cap::Avx512 && x86_tables::avx512_available() {
+            d.overlay("avx512vnni", x86_tables::avx512);
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if cap >= Cap::Simd {
+        d.overlay("neon", arm_tables::neon);
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = cap;
+    d
+}
+
+/// Which SIMD kernels exist. Adding one is one line in its instruction set's table.
+#[cfg(target_arch = "x86_64")]
+mod x86_tables {
+    use super::VecDotFn;
+    use crate::ggml_type::GgmlType;
+
+    pub(super) fn avx2_available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    pub(super) fn avx512_available() -> bool {
+        avx2_available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+
+    pub(super) fn avx2(ty: GgmlType) -> Option<VecDotFn> {
+        let _ = ty;
+        None
+    }
+
+    pub(super) fn avx512(ty: GgmlType) -> Option<VecDotFn> {
+        let _ = ty;
+        None
+    }
+}

@@ -1,0 +1,123 @@
+//! Conversion of f32 activations to the type a weight's dot product wants (its `vec_dot_type`),
+//! as ggml's quantize_row_q8_0_ref / q8_1_ref / q8_K_ref and its f16/bf16 conversions do it.
+
+use crate::formats::{blocks_mut, f16_to_le, f32_to_bf16_bits, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::ggml_type::GgmlType;
+use half::{f16, slice::HalfFloatSliceExt};
+
+/// Converts `src` into `dst`, which is exactly `src.len()` elements' worth of `ty` bytes.
+///
+/// # Panics
+/// For the weight-only formats (Q4_0 ... Q6_K): ggml produces those offline with an importance
+/// search, never for activations, so asking for them is a caller bug.
+pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    match ty {
+        GgmlType::F32 => {
+            for (d, &s) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&f16_to_le(s));
+            }
+        }
+        GgmlType::BF16 => {
+            for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&f32_to_bf16_bits(s).to_le_bytes());
+            }
+        }
+        GgmlType::Q8_0 => q8_0(src, blocks_mut(dst)),
+        GgmlType::Q8_1 => q8_1(src, blocks_mut(dst)),
+        GgmlType::Q8_K => q8_k(src, blocks_mut(dst)),
+        weight => panic!(
+            "quantize_row: {} is a weight format, not an activation type; quantize to vec_dot_type({0}) instead",
+            weight.name()
+        ),
+    }
+}
+
+/// ggml's MAX(a, b) is `a > b ? a : b`; kept as such so NaNs propagate the way they do in ggml.
+#[inline]
+fn c_max(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The scale of a Q8_0/Q8_1 block and its inverse: `d = amax / 127`, `id = 1 / d` (0 for an all-zero block).
+#[inline]
+fn q8_scale(x: &[f32]) -> (f32, f32) {
+    let amax = x.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (d, id)
+}
+
+fn q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
+        let (d, id) = q8_scale(x);
+        b.d = f16_to_le(d);
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            // roundf: halfway cases away from zero, which is what f32::round does.
+            *q = (v * id).round() as i8;
+        }
+    }
+}
+
+fn q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
+        let (d, id) = q8_scale(x);
+        b.d = f16_to_le(d);
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            *q = (v * id).round() as i8;
+            sum += *q as i32;
+        }
+        b.s = f16_to_le(sum as f32 * d);
+    }
+}
+
+fn q8_k(x: &[f32], y: &mut [BlockQ8K]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(256)) {
+        // The element of largest magnitude, the first one on ties; its sign sets the scale's sign.
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in x {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            // ggml leaves bsums untouched here; zero is what they sum to.
+            *b = BlockQ8K {
+                d: [0; 4],
+                qs: [0; 256],
+                bsums: [0; 32],
+            };
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            // ggml's nearest_int adds 1.5 * 2^23, which rounds halfway cases to even.
+            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+        }
+        for (j, group) in b.qs.chunks_exact(16).enumerate() {
+            let sum: i16 = group.iter().map(|&q| q as i16).sum();
+            b.bsums[2 * j..2 * j + 2].copy_from_slice(&sum.to_le_bytes());
+        }
+        b.d = (1.0 / iscale).to_le_bytes();
+    }
+}
+
+/// f32 to f16 for a whole row, rounding to nearest even (F16C when the CPU has it, like ggml).
+pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
+    dst.convert_from_f32_slice(src);
+}
+
+/// f16 to f32 for a whole row (exact).
+pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    src.convert_to_f32_slice(dst);
+}

@@ -1,0 +1,221 @@
+//! Activation quantization: known values (including ggml's two different rounding rules) and
+//! round-trip properties on random data.
+
+mod common;
+
+use common::Rng;
+use half::{bf16, f16};
+use kernels::{dequantize_row, quantize_row, GgmlType, QK_K};
+
+use GgmlType::*;
+
+fn quantized(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; ty.row_size(x.len() as u64).unwrap() as usize];
+    quantize_row(ty, x, &mut out);
+    out
+}
+
+fn dequantized(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    dequantize_row(ty, bytes, &mut out);
+    out
+}
+
+fn f16_at(b: &[u8], off: usize) -> f32 {
+    f16::from_le_bytes([b[off], b[off + 1]]).to_f32()
+}
+
+#[test]
+fn q8_0_known_block() {
+    // -16 .. 15: amax 16, d = 16/127; quants are round(x * 127/16), halfway cases away from zero.
+    let x: Vec<f32> = (0..32).map(|j| j as f32 - 16.0).collect();
+    let q = quantized(Q8_0, &x);
+    assert_eq!(q.len(), 34);
+    assert_eq!(f16_at(&q, 0), f16::from_f32(16.0 / 127.0).to_f32());
+    let qs: Vec<i8> = q[2..].iter().map(|&b| b as i8).collect();
+    assert_eq!(&qs[..4], &[-127, -119, -111, -103]);
+    assert_eq!(qs[16], 0);
+    assert_eq!(qs[17], 8); // 7.9375
+    assert_eq!(qs[31], 119); // 119.0625
+}
+
+#[test]
+fn q8_0_and_q8_1_round_halfway_away_from_zero() {
+    // amax 127 makes d = 1 and the quants the inputs themselves: 2.5 -> 3, -0.5 -> -1 (roundf).
+    let mut x = vec![0f32; 32];
+    x[0] = 127.0;
+    x[1] = 2.5;
+    x[2] = -0.5;
+    x[3] = 1.5;
+    for ty in [Q8_0, Q8_1] {
+        let q = quantized(ty, &x);
+        let qs = &q[ty.type_size() - 32..];
+        assert_eq!(
+            [qs[0] as i8, qs[1] as i8, qs[2] as i8, qs[3] as i8],
+            [127, 3, -1, 2],
+            "{}",
+            ty.name()
+        );
+    }
+    // Q8_1's s is d times the sum of the quants: 127 + 3 - 1 + 2.
+    let q = quantized(Q8_1, &x);
+    assert_eq!(f16_at(&q, 2), 131.0);
+}
+
+#[test]
+fn q8_k_rounds_halfway_to_even_with_the_sign_of_the_largest() {
+    // The largest magnitude is positive, so iscale = -127/127 = -1 and d = -1: 2.5 -> -2 (ties to
+    // even, ggml's nearest_int), -0.5 -> 0, 1.5 -> -2.
+    let mut x = vec![0f32; QK_K];
+    x[0] = 127.0;
+    x[1] = 2.5;
+    x[2] = -0.5;
+    x[3] = 1.5;
+    x[17] = -3.0;
+    let q = quantized(Q8_K, &x);
+    assert_eq!(q.len(), 292);
+    assert_eq!(f32::from_le_bytes([q[0], q[1], q[2], q[3]]), -1.0);
+    let qs: Vec<i8> = q[4..4 + QK_K].iter().map(|&b| b as i8).collect();
+    assert_eq!(&qs[..4], &[-127, -2, 0, -2]);
+    assert_eq!(qs[17], 3);
+    let bsums: Vec<i16> = q[4 + QK_K..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!(bsums[0], -131);
+    assert_eq!(bsums[1], 3);
+    assert!(bsums[2..].iter().all(|&s| s == 0));
+}
+
+#[test]
+fn zero_blocks_quantize_to_zero() {
+    for ty in [Q8_0, Q8_1, Q8_K] {
+        let q = quantized(ty, &vec![0f32; QK_K]);
+        assert!(q.iter().all(|&b| b == 0), "{}", ty.name());
+    }
+}
+
+#[test]
+fn q8_round_trips_within_half_a_step() {
+    let mut rng = Rng::new(10);
+    for ty in [Q8_0, Q8_1, Q8_K] {
+        for _ in 0..50 {
+            let x = rng.activations(4 * QK_K);
+            let q = quantized(ty, &x);
+            let y = dequantized(ty, &q, x.len());
+            let bs = ty.block_size();
+            for (b, (xb, yb)) in x.chunks(bs).zip(y.chunks(bs)).enumerate() {
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // Half a quantization step, plus (Q8_0/Q8_1) the f16 rounding of d over 127 steps.
+                let step = amax / 127.0;
+                let slack = if ty == Q8_K {
+                    1e-6 * amax
+                } else {
+                    127.0 * step * 2f32.powi(-11)
+                };
+                for (i, (&a, &b2)) in xb.iter().zip(yb).enumerate() {
+                    assert!(
+                        (a - b2).abs() <= step / 2.0 + slack,
+                        "{} block {b} element {i}: {a} came back as {b2} (step {step})",
+                        ty.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_sums_describe_the_quants() {
+    let mut rng = Rng::new(11);
+    let x = rng.activations(8 * QK_K);
+    let q = quantized(Q8_1, &x);
+    for (b, xb) in q.chunks_exact(Q8_1.type_size()).zip(x.chunks(32)) {
+        let d = {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            amax / 127.0
+        };
+        let sum: i32 = b[4..].iter().map(|&v| v as i8 as i32).sum();
+        assert_eq!(f16_at(b, 2), f16::from_f32(sum as f32 * d).to_f32());
+        assert_eq!(f16_at(b, 0), f16::from_f32(d).to_f32());
+    }
+    let q = quantized(Q8_K, &x);
+    for b in q.chunks_exact(Q8_K.type_size()) {
+        let qs = &b[4..4 + QK_K];
+        for (j, s) in b[4 + QK_K..].chunks_exact(2).enumerate() {
+            let want: i32 = qs[16 * j..16 * j + 16]
+                .iter()
+                .map(|&v| v as i8 as i32)
+                .sum();
+            assert_eq!(i16::from_le_bytes([s[0], s[1]]) as i32, want);
+        }
+    }
+}
+
+#[test]
+fn float_conversions_round_to_nearest_even() {
+    let mut rng = Rng::new(12);
+    let mut x = rng.activations(1000);
+    // Ties: halfway between two f16 values around 1 (1 + 2^-11) and two bf16 values (1 + 2^-8).
+    x.extend([
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        1.0 + 2f32.powi(-8),
+        65520.0,
+        -1e-8,
+    ]);
+    let h = quantized(F16, &x);
+    let b = quantized(BF16, &x);
+    for (i, &v) in x.iter().enumerate() {
+        assert_eq!(
+            u16::from_le_bytes([h[2 * i], h[2 * i + 1]]),
+            f16::from_f32(v).to_bits(),
+            "f16 of {v}"
+        );
+        assert_eq!(
+            u16::from_le_bytes([b[2 * i], b[2 * i + 1]]),
+            bf16::from_f32(v).to_bits(),
+            "bf16 of {v}"
+        );
+    }
+    let n = x.len();
+    let tie = |bytes: &[u8], k: usize| {
+        u16::from_le_bytes([bytes[2 * (n - 5 + k)], bytes[2 * (n - 5 + k) + 1]])
+    };
+    assert_eq!(tie(&h, 0), 0x3c00); // down to even 1.0
+    assert_eq!(tie(&h, 1), 0x3c02); // up to even
+    assert_eq!(tie(&b, 2), 0x3f80);
+    assert_eq!(tie(&h, 3), 0x7c00); // 65520 overflows to infinity
+                                    // And the f16 row helpers agree with the byte form.
+    let mut row = vec![f16::ZERO; n];
+    kernels::f32_to_f16_row(&x, &mut row);
+    assert!(row
+        .iter()
+        .enumerate()
+        .all(|(i, v)| v.to_bits() == u16::from_le_bytes([h[2 * i], h[2 * i + 1]])));
+    let mut back = vec![0f32; n];
+    kernels::f16_to_f32_row(&row, &mut back);
+    assert!(back
+        .iter()
+        .zip(&row)
+        .all(|(a, v)| a.to_bits() == v.to_f32().to_bits()));
+}
+
+#[test]
+fn f32_is_copied() {
+    let x = [1.5f32, -0.0, f32::MIN_POSITIVE, 3e38];
+    let q = quantized(F32, &x);
+    assert_eq!(
+        dequantized(F32, &q, 4)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>(),
+        x.map(f32::to_bits)
+    );
+}
+
+#[test]
+#[should_panic(expected = "Q4_K is a weight format")]
+fn weight_formats_are_not_activation_types() {
+    quantize_row(Q4_K, &[0.0; 256], &mut [0u8; 144]);
+}
