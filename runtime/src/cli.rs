@@ -6,7 +6,9 @@ use clap::Parser;
 
 /// Runs a GGUF language model on the CPU.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "llamafile", version, about, disable_help_subcommand = true)]
+// args_override_self: a flag given twice takes its last value, so that the user's arguments
+// override the defaults of a llamafile's `.args`.
+#[command(name = "llamafile", version, about, disable_help_subcommand = true, args_override_self = true)]
 pub struct Args {
     /// Model file: a .gguf, or a .llamafile whose GGUF is used.
     #[arg(short = 'm', long = "model")]
@@ -112,10 +114,6 @@ pub struct Args {
     /// System prompt for chat.
     #[arg(long = "system-prompt")]
     pub system_prompt: Option<String>,
-
-    /// The file whose zip payload holds the model (passed by the universal launcher).
-    #[arg(long = "llamafile-self", hide = true)]
-    pub llamafile_self: Option<PathBuf>,
 }
 
 /// llama.cpp spells some flags with one dash and several letters (`-ngl`, `-cnv`), which clap reads as

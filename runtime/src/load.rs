@@ -1,36 +1,134 @@
-//! Finding the model: a plain GGUF given with `-m`, or the GGUF stored in a llamafile's zip payload.
+//! Finding the model: a plain GGUF given with `-m`, another llamafile given with `-m`, or the GGUF
+//! stored in the zip payload at the end of this very executable.
+//!
+//! Only the GGUF entry's byte range is mapped, read-only: the weights are used where they lie in
+//! the file, never copied to the heap or extracted.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
+use payload::Payload;
+
+/// The flag the universal launcher puts first to say which file holds the payload.
+pub const SELF_FLAG: &str = "--llamafile-self";
+
+/// A file that ends in a llamafile zip payload.
+pub struct PayloadFile {
+    pub path: PathBuf,
+    pub file: File,
+    pub payload: Payload,
+}
+
+impl PayloadFile {
+    /// Opens `path` and reads its payload; `Ok(None)` when the file does not end in a zip.
+    pub fn open(path: &Path) -> Result<Option<PayloadFile>, String> {
+        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        match payload::read_payload(&file) {
+            Ok(Some(payload)) => Ok(Some(PayloadFile { path: path.to_path_buf(), file, payload })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The default arguments of its `.args` entry, if it has one.
+    pub fn default_args(&self) -> Result<Option<Vec<String>>, String> {
+        self.payload.args(&self.file).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+/// Finds the file this process was started from and reads its payload. `explicit` is the path the
+/// universal launcher passed; otherwise Linux's /proc/self/exe, then `current_exe`, then argv[0]
+/// looked up through PATH. A candidate counts only once its zip end record is found, so a runtime
+/// without a payload gives `Ok(None)`.
+pub fn find_self(explicit: Option<&Path>, argv0: Option<&str>) -> Result<Option<PayloadFile>, String> {
+    if let Some(path) = explicit {
+        return match PayloadFile::open(path)? {
+            Some(p) => Ok(Some(p)),
+            None => Err(format!("{}: {SELF_FLAG} names a file without a llamafile payload", path.display())),
+        };
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if cfg!(target_os = "linux") {
+        candidates.push(PathBuf::from("/proc/self/exe"));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.push(exe);
+    }
+    if let Some(a0) = argv0 {
+        candidates.extend(search_path(a0));
+    }
+    for c in candidates {
+        // A candidate that cannot be opened (no /proc, a deleted file) is skipped; one that opens but
+        // holds a broken zip is an error worth reporting.
+        if File::open(&c).is_err() {
+            continue;
+        }
+        if let Some(p) = PayloadFile::open(&c)? {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// argv[0] as a path: itself when it contains a slash, else each PATH directory joined with it.
+fn search_path(argv0: &str) -> Vec<PathBuf> {
+    if argv0.contains('/') {
+        return vec![PathBuf::from(argv0)];
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join(argv0)).collect())
+        .unwrap_or_default()
+}
 
 /// The mapped bytes of a model's GGUF and where they came from.
 pub struct ModelSource {
-    path: PathBuf,
+    name: String,
     map: Mmap,
 }
 
 impl ModelSource {
-    /// Opens `-m PATH`; without it, the GGUF inside `self_path` (or this executable).
-    pub fn open(model: Option<&Path>, self_path: Option<&Path>) -> Result<ModelSource, String> {
-        let Some(path) = model.or(self_path) else {
-            return Err("no model: run with -m MODEL.gguf, or pack one into a llamafile with \
-                        `llamafile-pack build MODEL.gguf -o MODEL.llamafile`"
-                .into());
-        };
-        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        // SAFETY: the map is read-only; a model file changed underneath a running process is
-        // outside what any mmap-based loader (llama.cpp included) can defend against.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("{}: cannot map: {e}", path.display()))?;
-        Ok(ModelSource { path: path.to_path_buf(), map })
+    /// Maps `-m PATH` (a GGUF, or the GGUF inside a llamafile); without it, the GGUF in `self_file`.
+    pub fn open(model: Option<&Path>, self_file: Option<&PayloadFile>) -> Result<ModelSource, String> {
+        if let Some(path) = model {
+            return match PayloadFile::open(path)? {
+                Some(p) => Self::from_payload(&p),
+                None => {
+                    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    // SAFETY: a read-only map; a model file changed underneath a running process is
+                    // outside what any mmap-based loader (llama.cpp included) can defend against.
+                    let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("{}: cannot map: {e}", path.display()))?;
+                    Ok(ModelSource { name: path.display().to_string(), map })
+                }
+            };
+        }
+        match self_file {
+            Some(p) => Self::from_payload(p),
+            None => Err("no model: run with -m MODEL.gguf, or pack one into a llamafile with \
+                         `llamafile-pack build MODEL.gguf -o MODEL.llamafile`"
+                .into()),
+        }
     }
 
-    pub fn name(&self) -> String {
-        self.path.display().to_string()
+    fn from_payload(p: &PayloadFile) -> Result<ModelSource, String> {
+        let shown = p.path.display();
+        let entry = p
+            .payload
+            .gguf()
+            .map_err(|e| format!("{shown}: {e}"))?
+            .ok_or_else(|| format!("{shown}: the llamafile holds no .gguf entry"))?;
+        let len = usize::try_from(entry.size).map_err(|_| format!("{shown}: {} is too large to map", entry.name))?;
+        // SAFETY: as above; the range was checked against the file by the payload reader.
+        let map = unsafe { MmapOptions::new().offset(entry.data_offset).len(len).map(&p.file) }
+            .map_err(|e| format!("{shown}: cannot map {}: {e}", entry.name))?;
+        Ok(ModelSource { name: format!("{shown}!{}", entry.name), map })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn gguf(&self) -> Result<gguf::Gguf<'_>, String> {
-        gguf::Gguf::parse(&self.map).map_err(|e| format!("{}: {e}", self.name()))
+        gguf::Gguf::parse(&self.map).map_err(|e| format!("{}: {e}", self.name))
     }
 }

