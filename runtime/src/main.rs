@@ -1,6 +1,7 @@
 //! `llamafile`: runs a GGUF model, on its own or packed inside this very executable.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,17 +12,13 @@ use serde_json::json;
 use runtime::chat_template::{ChatMessage, ChatTemplate};
 use runtime::cli::{self, Args};
 use runtime::engine::{Engine, GenerateOptions, Generation};
-use runtime::load::ModelSource;
+use runtime::load::{self, ModelSource, PayloadFile};
 use runtime::model::Model;
 use runtime::sampling::{Sampler, SamplerConfig};
 use tokenizer::{Tokenizer, Utf8Stream};
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse_from(cli::normalize(std::env::args())) {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
-    match run(args) {
+    match start() {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("llamafile: error: {msg}");
@@ -30,7 +27,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// Finds the payload this executable may carry, puts its default arguments around the user's,
+/// then runs.
+fn start() -> Result<(), String> {
+    let mut raw: Vec<String> = std::env::args().collect();
+    let argv0 = if raw.is_empty() { "llamafile".to_string() } else { raw.remove(0) };
+    let explicit_self = match raw.first().map(String::as_str) {
+        Some(load::SELF_FLAG) if raw.len() >= 2 => {
+            let path = PathBuf::from(raw.remove(1));
+            raw.remove(0);
+            Some(path)
+        }
+        _ => None,
+    };
+    let self_file = load::find_self(explicit_self.as_deref(), Some(&argv0))?;
+    let user = match self_file.as_ref().map(|p| p.default_args()).transpose()?.flatten() {
+        Some(defaults) => payload::merge_args(&defaults, &raw),
+        None => raw,
+    };
+    let args = match Args::try_parse_from(std::iter::once(argv0).chain(cli::normalize(user))) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    run(args, self_file.as_ref())
+}
+
+fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
     let threads = args.threads.unwrap_or_else(runtime::physical_cores).max(1);
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -40,10 +62,11 @@ fn run(args: Args) -> Result<(), String> {
         eprintln!("llamafile: no GPU support in this build; -ngl ignored, running on the CPU");
     }
 
-    let source = ModelSource::open(args.model.as_deref(), args.llamafile_self.as_deref())?;
+    let source = ModelSource::open(args.model.as_deref(), self_file)?;
     let g = source.gguf()?;
-    let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", source.name()))?;
+    // The model first: an unsupported architecture is the more useful message.
     let model = Model::load(&g).map_err(|e| format!("{}: {e}", source.name()))?;
+    let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", source.name()))?;
     let n_ctx_train = model.config.n_ctx_train;
     let n_ctx = if args.ctx_size == 0 { n_ctx_train } else { args.ctx_size.min(n_ctx_train) };
     let engine = Engine { model, tokenizer, n_ctx, n_batch: args.batch_size.max(1) };

@@ -1,0 +1,252 @@
+//! The `llamafile` command line: its output contract, sampling options, the terminal chat, and how
+//! it refuses bad model files. Uses the small llama-synth models, so it runs quickly.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use e2e::{bin, json_stdout, llamafile, shared_reference};
+use serde_json::Value;
+
+fn synth(ty: &str) -> String {
+    shared_reference().join(format!("llama-synth/models/llama-synth-{ty}.gguf")).display().to_string()
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id")).collect()
+}
+
+#[test]
+fn no_display_prompt_prints_only_the_generated_text() {
+    let m = synth("Q8_0");
+    let json = json_stdout(&llamafile(&["-m", &m, "-p", "Hello world", "-n", "6", "--temp", "0", "--json"]));
+    let text = llamafile(&["-m", &m, "-p", "Hello world", "-n", "6", "--temp", "0", "--no-display-prompt"]);
+    let stdout = String::from_utf8(text.stdout).expect("utf-8");
+    assert_eq!(stdout.trim_end_matches('\n'), json["text"].as_str().unwrap());
+    assert_eq!(ids(&json["tokens"]).len(), 6);
+    // Logs and timings go to stderr.
+    assert!(String::from_utf8_lossy(&text.stderr).contains("t/s"));
+}
+
+#[test]
+fn json_reports_logprobs_and_timings() {
+    let m = synth("Q4_K");
+    let v = json_stdout(&llamafile(&[
+        "-m", &m, "-p", "one two three", "-n", "4", "--temp", "0", "--json", "--top-logprobs", "3", "--prompt-logprobs",
+    ]));
+    let prompt = ids(&v["prompt_tokens"]);
+    assert_eq!(v["prompt_logprobs"].as_array().unwrap().len(), prompt.len());
+    let top = v["top_logprobs"].as_array().unwrap();
+    assert_eq!(top.len(), 4);
+    for (step, row) in top.iter().enumerate() {
+        let row = row.as_array().unwrap();
+        assert_eq!(row.len(), 3);
+        // Greedy: the chosen token is the most likely one, and logprobs are sorted and ≤ 0.
+        assert_eq!(row[0][0], v["tokens"][step]);
+        let lps: Vec<f64> = row.iter().map(|p| p[1].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0, "{lps:?}");
+    }
+    assert!(v["timings"]["prompt_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_prompt_of_zero_tokens_gives_empty_lists() {
+    // Qwen adds no BOS, so the empty prompt has no tokens at all.
+    let m = e2e::models_dir().join("qwen.gguf");
+    let v = json_stdout(&llamafile(&[
+        "-m", m.to_str().unwrap(), "-p", "", "-n", "4", "--temp", "0", "--json", "--prompt-logprobs", "--top-logprobs", "2",
+    ]));
+    for key in ["prompt_tokens", "tokens", "prompt_logprobs", "top_logprobs"] {
+        assert_eq!(v[key], serde_json::json!([]), "{key}");
+    }
+    assert_eq!(v["text"], "");
+}
+
+#[test]
+fn tokenize_prints_ids_and_a_literal_bos_is_not_doubled() {
+    let m = synth("Q4_0");
+    let plain = llamafile(&["-m", &m, "--tokenize", "-p", "[INST] hi [/INST]"]);
+    let with_bos = llamafile(&["-m", &m, "--tokenize", "-p", "<s>[INST] hi [/INST]"]);
+    let plain: Vec<u64> = serde_json::from_slice(&plain.stdout).expect("json array");
+    let with_bos: Vec<u64> = serde_json::from_slice(&with_bos.stdout).expect("json array");
+    assert_eq!(plain[0], 1, "BOS added");
+    assert_eq!(with_bos[0], 1);
+    assert_ne!(with_bos[1], 1, "a literal <s> must not become a second BOS: {with_bos:?}");
+}
+
+#[test]
+fn escapes_are_processed_unless_no_escape() {
+    let m = synth("Q4_0");
+    let escaped: Vec<u64> = serde_json::from_slice(&llamafile(&["-m", &m, "--tokenize", "-p", "a\\nb"]).stdout).unwrap();
+    let newline: Vec<u64> = serde_json::from_slice(&llamafile(&["-m", &m, "--tokenize", "-p", "a\nb"]).stdout).unwrap();
+    let literal: Vec<u64> =
+        serde_json::from_slice(&llamafile(&["-m", &m, "--tokenize", "--no-escape", "-p", "a\\nb"]).stdout).unwrap();
+    assert_eq!(escaped, newline);
+    assert_ne!(literal, newline);
+}
+
+#[test]
+fn the_seed_fixes_the_sample_and_temperature_varies_it() {
+    let m = synth("Q4_0");
+    let run = |seed: &str| {
+        ids(&json_stdout(&llamafile(&["-m", &m, "-p", "Hello", "-n", "12", "--temp", "1.5", "-s", seed, "--json"]))["tokens"])
+    };
+    assert_eq!(run("42"), run("42"));
+    assert_ne!(run("42"), run("43"));
+}
+
+#[test]
+fn the_seed_models_command_line_runs_unchanged() {
+    // llamafile's Mistral release line, with a small -c so the random-weight model hits it quickly.
+    let m = synth("Q4_K");
+    let out = llamafile(&[
+        "-m", &m, "-ngl", "35", "--color", "-c", "64", "--temp", "0.7", "--repeat_penalty", "1.1", "-n", "-1", "-s", "1", "-p",
+        "<s>[INST] Say hi [/INST]",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("GPU").count(), 1, "-ngl is acknowledged once: {stderr}");
+}
+
+#[test]
+fn n_minus_one_stops_at_a_full_context() {
+    let m = synth("Q4_0");
+    let v = json_stdout(&llamafile(&["-m", &m, "-p", "Hello", "-c", "24", "-n", "-2", "--temp", "0", "--json"]));
+    let total = ids(&v["prompt_tokens"]).len() + ids(&v["tokens"]).len();
+    assert_eq!(total, 25, "the last token is sampled from the full context's logits");
+}
+
+#[test]
+fn chat_keeps_the_conversation_and_exits_on_end_of_input() {
+    let m = synth("Q4_0");
+    let mut child = Command::new(bin("llamafile"))
+        .args(["-m", &m, "-i", "--temp", "0", "-c", "512"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "Hello there").unwrap();
+        writeln!(stdin, "And again").unwrap();
+    }
+    drop(child.stdin.take()); // Ctrl-D
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("\n> ").count(), 3, "two turns, then the prompt that met end of input: {stderr}");
+}
+
+/// A minimal GGUF v3 writer for the refusal cases.
+struct Gguf {
+    kv: Vec<u8>,
+    n_kv: u64,
+    tensors: Vec<u8>,
+    n_tensors: u64,
+    data: Vec<u8>,
+}
+
+impl Gguf {
+    fn new(arch: &str) -> Gguf {
+        let mut g = Gguf { kv: Vec::new(), n_kv: 0, tensors: Vec::new(), n_tensors: 0, data: Vec::new() };
+        g.string_kv("general.architecture", arch);
+        g
+    }
+
+    fn string(buf: &mut Vec<u8>, s: &str) {
+        buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        buf.extend_from_slice(s.as_bytes());
+    }
+
+    fn string_kv(&mut self, key: &str, value: &str) {
+        Self::string(&mut self.kv, key);
+        self.kv.extend_from_slice(&8u32.to_le_bytes());
+        Self::string(&mut self.kv, value);
+        self.n_kv += 1;
+    }
+
+    fn tensor(&mut self, name: &str, dims: &[u64], ty: u32, offset: u64) {
+        Self::string(&mut self.tensors, name);
+        self.tensors.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            self.tensors.extend_from_slice(&d.to_le_bytes());
+        }
+        self.tensors.extend_from_slice(&ty.to_le_bytes());
+        self.tensors.extend_from_slice(&offset.to_le_bytes());
+        self.n_tensors += 1;
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&self.n_tensors.to_le_bytes());
+        out.extend_from_slice(&self.n_kv.to_le_bytes());
+        out.extend_from_slice(&self.kv);
+        out.extend_from_slice(&self.tensors);
+        while out.len() % 32 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(&self.data);
+        out
+    }
+}
+
+/// Runs llamafile on `bytes` written to a file and returns its one-line error.
+fn refusal(name: &str, bytes: &[u8]) -> String {
+    let path: PathBuf = std::env::temp_dir().join(format!("llamafile-cli-{}-{name}.gguf", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    let out = Command::new(bin("llamafile")).args(["-m", path.to_str().unwrap(), "-p", "hi", "-n", "1"]).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(1), "{name}: exit code, stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{name}: one error line expected: {stderr}");
+    assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    errors[0].to_string()
+}
+
+#[test]
+fn bad_model_files_are_refused_with_one_line_naming_the_problem() {
+    let good = std::fs::read(synth("Q4_0")).unwrap();
+    let line = refusal("truncated", &good[..good.len() / 2]);
+    assert!(line.contains("offset"), "{line}");
+    let line = refusal("truncated-header", &good[..100]);
+    assert!(line.contains("offset"), "{line}");
+
+    let mut bad_magic = good.clone();
+    bad_magic[..4].copy_from_slice(b"GGML");
+    let line = refusal("magic", &bad_magic);
+    assert!(line.to_lowercase().contains("magic"), "{line}");
+
+    let mut g = Gguf::new("llama");
+    g.tensor("token_embd.weight", &[32, 4], 99, 0);
+    g.data = vec![0; 4096];
+    let line = refusal("unknown-type", &g.bytes());
+    assert!(line.contains("token_embd.weight") && line.contains("99"), "{line}");
+
+    let mut g = Gguf::new("mamba");
+    g.tensor("token_embd.weight", &[32, 4], 0, 0);
+    g.data = vec![0; 32 * 4 * 4];
+    let line = refusal("unsupported-arch", &g.bytes());
+    assert!(line.contains("mamba") && line.contains("architecture"), "{line}");
+
+    let mut g = Gguf::new("llama");
+    g.tensor("token_embd.weight", &[32, 4], 0, 1 << 20);
+    g.data = vec![0; 512];
+    let line = refusal("outside", &g.bytes());
+    assert!(line.contains("token_embd.weight"), "{line}");
+
+    let mut g = Gguf::new("llama");
+    g.tensor("token_embd.weight", &[32, 4], 0, 0);
+    g.data = vec![0; 32 * 4 * 4];
+    let line = refusal("missing-metadata", &g.bytes());
+    assert!(line.contains("llama.block_count"), "{line}");
+}
+
+#[test]
+fn no_model_tells_how_to_pass_one() {
+    let out = Command::new(bin("llamafile")).args(["-p", "hi"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("-m") && stderr.contains("llamafile-pack"), "{stderr}");
+}
