@@ -103,6 +103,8 @@ const TOP_P_FIRST_CHUNK: usize = 256;
 pub struct Sampler {
     cfg: SamplerConfig,
     rng: Xoshiro256StarStar,
+    /// The logits being sampled, NaN-cleaned and penalized.
+    logits: Vec<f32>,
     cand: Vec<Candidate>,
     counts: HashMap<u32, u32>,
 }
@@ -111,7 +113,9 @@ impl Sampler {
     /// Checks the configuration the way llama.cpp does (and rejects NaN where it would silently
     /// poison every logit).
     pub fn new(cfg: SamplerConfig, n_vocab: usize) -> Result<Self, SamplerError> {
-        let bad = |what: &str, v: &dyn fmt::Display| Err(SamplerError::InvalidConfig(format!("{what}, got {v}")));
+        let bad = |what: &str, v: &dyn fmt::Display| {
+            Err(SamplerError::InvalidConfig(format!("{what}, got {v}")))
+        };
         if cfg.temp.is_nan() {
             return bad("temp must be a number", &cfg.temp);
         }
@@ -121,8 +125,14 @@ impl Sampler {
         if cfg.min_p.is_nan() {
             return bad("min_p must be a number", &cfg.min_p);
         }
-        if !(cfg.repeat_penalty.is_finite() && cfg.repeat_penalty > 0.0 && (1.0 / cfg.repeat_penalty).is_finite()) {
-            return bad("repeat_penalty must be finite and greater than 0", &cfg.repeat_penalty);
+        if !(cfg.repeat_penalty.is_finite()
+            && cfg.repeat_penalty > 0.0
+            && (1.0 / cfg.repeat_penalty).is_finite())
+        {
+            return bad(
+                "repeat_penalty must be finite and greater than 0",
+                &cfg.repeat_penalty,
+            );
         }
         if !cfg.presence_penalty.is_finite() {
             return bad("presence_penalty must be finite", &cfg.presence_penalty);
@@ -131,13 +141,22 @@ impl Sampler {
             return bad("frequency_penalty must be finite", &cfg.frequency_penalty);
         }
         if cfg.repeat_last_n < -1 {
-            return bad("repeat_last_n must be -1 (all), 0 (off) or positive", &cfg.repeat_last_n);
+            return bad(
+                "repeat_last_n must be -1 (all), 0 (off) or positive",
+                &cfg.repeat_last_n,
+            );
         }
         if n_vocab == 0 || u32::try_from(n_vocab).is_err() {
             return bad("the vocabulary size must be between 1 and 2^32-1", &n_vocab);
         }
         let rng = Xoshiro256StarStar::new(cfg.seed);
-        Ok(Sampler { cfg, rng, cand: Vec::with_capacity(n_vocab), counts: HashMap::new() })
+        Ok(Sampler {
+            cfg,
+            rng,
+            logits: Vec::with_capacity(n_vocab),
+            cand: Vec::new(),
+            counts: HashMap::new(),
+        })
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -163,24 +182,47 @@ impl Sampler {
     /// Runs every step before the final draw, leaving the surviving candidates (with their
     /// temperature-scaled logits) in `self.cand`.
     fn apply_chain(&mut self, logits: &[f32], history: &[u32]) {
-        self.cand.clear();
+        self.logits.clear();
         // A NaN logit is a numerical failure upstream; it must never win a comparison or be drawn.
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| Candidate {
-            logit: if l.is_nan() { f32::NEG_INFINITY } else { l },
-            id: i as u32,
-        }));
+        self.logits.extend(
+            logits
+                .iter()
+                .map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }),
+        );
         self.penalize(history);
+        self.cand.clear();
         if self.cfg.temp <= 0.0 {
             // top_k/top_p/min_p always keep the most likely token, so greedy is the argmax of the
             // penalized logits; the first maximum found is the lowest id.
-            let best = self.cand.iter().fold(self.cand[0], |best, c| if c.logit > best.logit { *c } else { best });
-            self.cand.clear();
+            let mut best = Candidate {
+                logit: self.logits[0],
+                id: 0,
+            };
+            for (i, &l) in self.logits.iter().enumerate() {
+                if l > best.logit {
+                    best = Candidate {
+                        logit: l,
+                        id: i as u32,
+                    };
+                }
+            }
             self.cand.push(best);
             return;
         }
         let mut sorted = self.top_k();
         if self.cfg.top_p < 1.0 {
-            self.top_p(sorted);
+            let max = self
+                .cand
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, c| m.max(c.logit));
+            let sum: f32 = self.cand.iter().map(|c| (c.logit - max).exp()).sum();
+            if !sorted && self.cfg.min_p > 0.0 {
+                // min_p keeps a most-likely-first prefix just as top_p does, so applying it first
+                // gives the same survivors (top_p's probabilities stay normalized over all
+                // candidates) and leaves far fewer to sort.
+                self.min_p(false);
+            }
+            self.top_p(sorted, max, sum);
             sorted = true;
         }
         if self.cfg.min_p > 0.0 {
@@ -193,7 +235,7 @@ impl Sampler {
 
     /// llama.cpp's penalties sampler: each token seen in the window has its logit divided by
     /// `repeat_penalty` if positive (multiplied if not, so that it always gets less likely), then
-    /// `count * frequency_penalty + presence_penalty` subtracted. `self.cand` is in id order here.
+    /// `count * frequency_penalty + presence_penalty` subtracted. Works on `self.logits`.
     fn penalize(&mut self, history: &[u32]) {
         let c = &self.cfg;
         let disabled = c.repeat_last_n == 0
@@ -211,24 +253,58 @@ impl Sampler {
         }
         for (&id, &count) in &self.counts {
             // Ids outside the vocabulary cannot be candidates; skipping them keeps a stray id harmless.
-            let Some(cand) = self.cand.get_mut(id as usize) else { continue };
-            if cand.logit <= 0.0 {
-                cand.logit *= c.repeat_penalty;
+            let Some(logit) = self.logits.get_mut(id as usize) else {
+                continue;
+            };
+            if *logit <= 0.0 {
+                *logit *= c.repeat_penalty;
             } else {
-                cand.logit /= c.repeat_penalty;
+                *logit /= c.repeat_penalty;
             }
-            cand.logit -= count as f32 * c.frequency_penalty + c.presence_penalty;
+            *logit -= count as f32 * c.frequency_penalty + c.presence_penalty;
         }
     }
 
-    /// Keeps the `top_k` most likely candidates, sorted; returns whether `self.cand` is now sorted.
-    /// Selecting first and sorting only the k survivors avoids sorting a 262k vocabulary.
+    /// Fills `self.cand` from `self.logits`, keeping the `top_k` most likely when top_k is on;
+    /// returns whether `self.cand` is sorted (top_k on) or in id order (off).
+    ///
+    /// With top_k on, one pass over the vocabulary keeps a buffer of at most 2k candidates and the
+    /// logit of the k-th best so far; a token that does not beat it can never make the top k (a
+    /// tie loses too: it has a higher id), so nearly every token costs a single comparison and
+    /// nothing of vocabulary size is built or sorted.
     fn top_k(&mut self) -> bool {
-        let Ok(k) = usize::try_from(self.cfg.top_k) else { return false };
+        let n = self.logits.len();
+        let k = usize::try_from(self.cfg.top_k).unwrap_or(0);
+        let as_candidates = self.logits.iter().enumerate().map(|(i, &l)| Candidate {
+            logit: l,
+            id: i as u32,
+        });
         if k == 0 {
+            self.cand.extend(as_candidates);
             return false;
         }
-        if k < self.cand.len() {
+        if k >= n {
+            self.cand.extend(as_candidates);
+            self.cand.sort_unstable_by(by_logit_desc);
+            return true;
+        }
+        let cap = 2 * k;
+        let mut floor: Option<f32> = None;
+        for (i, &logit) in self.logits.iter().enumerate() {
+            if floor.is_some_and(|f| logit <= f) {
+                continue;
+            }
+            self.cand.push(Candidate {
+                logit,
+                id: i as u32,
+            });
+            if self.cand.len() == cap {
+                self.cand.select_nth_unstable_by(k - 1, by_logit_desc);
+                self.cand.truncate(k);
+                floor = Some(self.cand[k - 1].logit);
+            }
+        }
+        if self.cand.len() > k {
             self.cand.select_nth_unstable_by(k - 1, by_logit_desc);
             self.cand.truncate(k);
         }
@@ -236,14 +312,12 @@ impl Sampler {
         true
     }
 
-    /// Keeps the smallest most-likely-first prefix whose probability (softmax over the current
-    /// candidates, f32 as in llama.cpp) reaches `top_p`, leaving `self.cand` sorted. Unsorted
-    /// candidates are sorted a growing chunk at a time, so the usual small nucleus costs a
-    /// selection, not a full sort.
-    fn top_p(&mut self, sorted: bool) {
+    /// Keeps the smallest most-likely-first prefix whose probability reaches `top_p`, leaving
+    /// `self.cand` sorted. Probabilities are `exp(logit - max) / sum`, f32 as in llama.cpp, with
+    /// `max` and `sum` taken over the candidates top_p was given. Unsorted candidates are sorted a
+    /// growing chunk at a time, so the usual small nucleus costs a selection, not a full sort.
+    fn top_p(&mut self, sorted: bool, max: f32, sum: f32) {
         let n = self.cand.len();
-        let max = self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.logit));
-        let sum: f32 = self.cand.iter().map(|c| (c.logit - max).exp()).sum();
         let mut sorted_upto = if sorted { n } else { 0 };
         let mut chunk = TOP_P_FIRST_CHUNK;
         let mut cum = 0.0f32;
@@ -275,7 +349,9 @@ impl Sampler {
         let max = if sorted {
             self.cand[0].logit
         } else {
-            self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.logit))
+            self.cand
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, c| m.max(c.logit))
         };
         let threshold = max + self.cfg.min_p.ln();
         if self.cfg.min_p > 1.0 && !sorted {
@@ -287,7 +363,12 @@ impl Sampler {
             return;
         }
         if sorted {
-            let keep = self.cand.iter().take_while(|c| c.logit >= threshold).count().max(1);
+            let keep = self
+                .cand
+                .iter()
+                .take_while(|c| c.logit >= threshold)
+                .count()
+                .max(1);
             self.cand.truncate(keep);
         } else {
             self.cand.retain(|c| c.logit >= threshold);
@@ -298,8 +379,15 @@ impl Sampler {
     /// draw in [0, 1), walking the cumulative sum to the first candidate that reaches it.
     fn dist(&mut self) -> u32 {
         let u = self.rng.next_f64();
-        let max = self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.logit));
-        let total: f64 = self.cand.iter().map(|c| f64::from((c.logit - max).exp())).sum();
+        let max = self
+            .cand
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, c| m.max(c.logit));
+        let total: f64 = self
+            .cand
+            .iter()
+            .map(|c| f64::from((c.logit - max).exp()))
+            .sum();
         let target = total * u;
         let mut run = 0.0f64;
         for c in &self.cand {
@@ -327,14 +415,19 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut cand: Vec<Candidate> = logits
         .iter()
         .enumerate()
-        .map(|(i, &l)| Candidate { logit: if l.is_nan() { f32::NEG_INFINITY } else { l }, id: i as u32 })
+        .map(|(i, &l)| Candidate {
+            logit: if l.is_nan() { f32::NEG_INFINITY } else { l },
+            id: i as u32,
+        })
         .collect();
     if k < cand.len() {
         cand.select_nth_unstable_by(k - 1, by_logit_desc);
         cand.truncate(k);
     }
     cand.sort_unstable_by(by_logit_desc);
-    cand.into_iter().map(|c| (c.id, (f64::from(c.logit) - lse) as f32)).collect()
+    cand.into_iter()
+        .map(|c| (c.id, (f64::from(c.logit) - lse) as f32))
+        .collect()
 }
 
 /// xoshiro256** (Blackman and Vigna): small, fast, and fully specified, so draws are identical
@@ -355,7 +448,9 @@ impl Xoshiro256StarStar {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        Xoshiro256StarStar { s: [next(), next(), next(), next()] }
+        Xoshiro256StarStar {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -399,7 +494,9 @@ mod tests {
     /// Reproducible pseudo-random logits in [-8, 8).
     fn random_logits(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = Xoshiro256StarStar::new(seed);
-        (0..n).map(|_| (rng.next_f64() * 16.0 - 8.0) as f32).collect()
+        (0..n)
+            .map(|_| (rng.next_f64() * 16.0 - 8.0) as f32)
+            .collect()
     }
 
     fn argmax(logits: &[f32]) -> u32 {
@@ -426,9 +523,23 @@ mod tests {
     #[test]
     fn greedy_is_argmax_and_ties_go_to_lowest_id() {
         let logits = random_logits(50_000, 1);
-        let mut s = Sampler::new(SamplerConfig { temp: 0.0, ..SamplerConfig::default() }, logits.len()).unwrap();
+        let mut s = Sampler::new(
+            SamplerConfig {
+                temp: 0.0,
+                ..SamplerConfig::default()
+            },
+            logits.len(),
+        )
+        .unwrap();
         assert_eq!(s.sample(&logits, &[]), argmax(&logits));
-        let mut s = Sampler::new(SamplerConfig { temp: -1.0, ..plain(3) }, 5).unwrap();
+        let mut s = Sampler::new(
+            SamplerConfig {
+                temp: -1.0,
+                ..plain(3)
+            },
+            5,
+        )
+        .unwrap();
         assert_eq!(s.sample(&[0.5, 2.0, -1.0, 2.0, 2.0], &[]), 1);
         // NaN never wins.
         assert_eq!(s.sample(&[f32::NAN, 1.0, 0.0], &[]), 1);
@@ -437,10 +548,25 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_different_seed_different_tokens() {
         let logits = random_logits(32_000, 2);
-        let cfg = SamplerConfig { temp: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, ..SamplerConfig::default() };
+        let cfg = SamplerConfig {
+            temp: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        };
         let run = |seed: u64| {
-            let mut s = Sampler::new(SamplerConfig { seed, ..cfg.clone() }, logits.len()).unwrap();
-            (0..64).map(|_| s.sample(&logits, &[])).collect::<Vec<u32>>()
+            let mut s = Sampler::new(
+                SamplerConfig {
+                    seed,
+                    ..cfg.clone()
+                },
+                logits.len(),
+            )
+            .unwrap();
+            (0..64)
+                .map(|_| s.sample(&logits, &[]))
+                .collect::<Vec<u32>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
@@ -454,7 +580,15 @@ mod tests {
     fn top_k_one_is_greedy() {
         for seed in 0..20 {
             let logits = random_logits(10_000, 100 + seed);
-            let mut s = Sampler::new(SamplerConfig { top_k: 1, seed, ..SamplerConfig::default() }, logits.len()).unwrap();
+            let mut s = Sampler::new(
+                SamplerConfig {
+                    top_k: 1,
+                    seed,
+                    ..SamplerConfig::default()
+                },
+                logits.len(),
+            )
+            .unwrap();
             assert_eq!(s.sample(&logits, &[]), argmax(&logits));
         }
     }
@@ -462,27 +596,115 @@ mod tests {
     #[test]
     fn top_k_keeps_the_k_largest_sorted() {
         let logits = random_logits(20_000, 5);
-        let got = survivors(SamplerConfig { top_k: 40, ..plain(0) }, &logits, &[]);
+        let got = survivors(
+            SamplerConfig {
+                top_k: 40,
+                ..plain(0)
+            },
+            &logits,
+            &[],
+        );
         let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-        ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        ids.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
         assert_eq!(got, ids[..40]);
+        // Rising logits refill the buffer over and over; equal logits must go to the lowest ids.
+        let rising: Vec<f32> = (0..5000).map(|i| i as f32 * 1e-3).collect();
+        let want: Vec<u32> = (4960..5000).rev().collect();
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    top_k: 40,
+                    ..plain(0)
+                },
+                &rising,
+                &[]
+            ),
+            want
+        );
+        let flat = vec![0.25f32; 5000];
+        let want: Vec<u32> = (0..40).collect();
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    top_k: 40,
+                    ..plain(0)
+                },
+                &flat,
+                &[]
+            ),
+            want
+        );
+        let steps: Vec<f32> = (0..5000).map(|i| (i % 7) as f32).collect();
+        let want: Vec<u32> = (0..5000).filter(|i| i % 7 == 6).take(40).collect();
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    top_k: 40,
+                    ..plain(0)
+                },
+                &steps,
+                &[]
+            ),
+            want
+        );
+        // top_k at or above the vocabulary keeps everything, sorted.
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    top_k: 9,
+                    ..plain(0)
+                },
+                &[1.0, 3.0, 2.0],
+                &[]
+            ),
+            [1, 2, 0]
+        );
     }
 
     #[test]
     fn repeat_penalty_divides_positive_and_multiplies_negative_logits() {
-        let greedy = SamplerConfig { temp: 0.0, repeat_penalty: 2.0, ..plain(0) };
+        let greedy = SamplerConfig {
+            temp: 0.0,
+            repeat_penalty: 2.0,
+            ..plain(0)
+        };
         let mut s = Sampler::new(greedy.clone(), 3).unwrap();
         // 3.0 / 2 = 1.5 < 2.0: the repeated favourite loses.
         assert_eq!(s.sample(&[3.0, 2.0, 0.0], &[0]), 1);
         // -1.0 * 2 = -2.0 < -1.5: a negative logit is pushed down, not up.
         assert_eq!(s.sample(&[-1.0, -1.5, -3.0], &[0]), 1);
         // Outside the last-n window: no penalty.
-        let mut s = Sampler::new(SamplerConfig { repeat_last_n: 2, ..greedy.clone() }, 3).unwrap();
+        let mut s = Sampler::new(
+            SamplerConfig {
+                repeat_last_n: 2,
+                ..greedy.clone()
+            },
+            3,
+        )
+        .unwrap();
         assert_eq!(s.sample(&[3.0, 2.0, 0.0], &[0, 2, 2]), 0);
         // 0 turns penalties off; -1 looks at the whole history.
-        let mut s = Sampler::new(SamplerConfig { repeat_last_n: 0, ..greedy.clone() }, 3).unwrap();
+        let mut s = Sampler::new(
+            SamplerConfig {
+                repeat_last_n: 0,
+                ..greedy.clone()
+            },
+            3,
+        )
+        .unwrap();
         assert_eq!(s.sample(&[3.0, 2.0, 0.0], &[0]), 0);
-        let mut s = Sampler::new(SamplerConfig { repeat_last_n: -1, ..greedy }, 3).unwrap();
+        let mut s = Sampler::new(
+            SamplerConfig {
+                repeat_last_n: -1,
+                ..greedy
+            },
+            3,
+        )
+        .unwrap();
         let mut history = vec![0];
         history.extend(std::iter::repeat_n(2, 1000));
         assert_eq!(s.sample(&[3.0, 2.0, 0.0], &history), 1);
@@ -490,10 +712,17 @@ mod tests {
 
     #[test]
     fn frequency_and_presence_penalties_subtract_per_count_and_once() {
-        let greedy = SamplerConfig { temp: 0.0, ..plain(0) };
+        let greedy = SamplerConfig {
+            temp: 0.0,
+            ..plain(0)
+        };
         let logits = [1.0, 0.9];
         let pick = |freq: f32, pres: f32, history: &[u32]| {
-            let cfg = SamplerConfig { frequency_penalty: freq, presence_penalty: pres, ..greedy.clone() };
+            let cfg = SamplerConfig {
+                frequency_penalty: freq,
+                presence_penalty: pres,
+                ..greedy.clone()
+            };
             Sampler::new(cfg, 2).unwrap().sample(&logits, history)
         };
         // 1.0 - 2 * 0.06 = 0.88 < 0.9; 1.0 - 2 * 0.04 = 0.92 > 0.9.
@@ -509,38 +738,107 @@ mod tests {
     #[test]
     fn top_p_keeps_the_smallest_prefix_reaching_p() {
         let logits = ln_probs(&[0.15, 0.5, 0.05, 0.3]);
-        assert_eq!(survivors(SamplerConfig { top_p: 0.4, ..plain(0) }, &logits, &[]), [1]);
-        assert_eq!(survivors(SamplerConfig { top_p: 0.75, ..plain(0) }, &logits, &[]), [1, 3]);
-        assert_eq!(survivors(SamplerConfig { top_p: 0.9, ..plain(0) }, &logits, &[]), [1, 3, 0]);
-        assert_eq!(survivors(SamplerConfig { top_p: 0.99, ..plain(0) }, &logits, &[]), [1, 3, 0, 2]);
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    top_p: 0.4,
+                    ..plain(0)
+                },
+                &logits,
+                &[]
+            ),
+            [1]
+        );
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    top_p: 0.75,
+                    ..plain(0)
+                },
+                &logits,
+                &[]
+            ),
+            [1, 3]
+        );
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    top_p: 0.9,
+                    ..plain(0)
+                },
+                &logits,
+                &[]
+            ),
+            [1, 3, 0]
+        );
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    top_p: 0.99,
+                    ..plain(0)
+                },
+                &logits,
+                &[]
+            ),
+            [1, 3, 0, 2]
+        );
         // After top_k the probabilities are renormalized over the k survivors: 0.5/0.8 = 0.625.
-        let cfg = SamplerConfig { top_k: 2, top_p: 0.6, ..plain(0) };
+        let cfg = SamplerConfig {
+            top_k: 2,
+            top_p: 0.6,
+            ..plain(0)
+        };
         assert_eq!(survivors(cfg, &logits, &[]), [1]);
-        let cfg = SamplerConfig { top_k: 2, top_p: 0.65, ..plain(0) };
+        let cfg = SamplerConfig {
+            top_k: 2,
+            top_p: 0.65,
+            ..plain(0)
+        };
         assert_eq!(survivors(cfg, &logits, &[]), [1, 3]);
     }
 
     #[test]
-    fn top_p_on_a_large_unsorted_vocabulary_matches_a_full_sort() {
+    fn top_p_then_min_p_on_a_large_unsorted_vocabulary_match_a_full_sort() {
         // A flat distribution makes the nucleus span several of the incremental sort chunks.
         let logits: Vec<f32> = random_logits(50_000, 9).iter().map(|l| l / 8.0).collect();
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        ids.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        let max = logits[ids[0] as usize];
+        let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
         for top_p in [0.001f32, 0.01, 0.3, 0.95] {
-            let got = survivors(SamplerConfig { top_p, ..plain(0) }, &logits, &[]);
-            let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-            ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-            let max = logits[ids[0] as usize];
-            let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+            // llama.cpp's order on the fully sorted list: the top_p cut, then the min_p cut.
             let mut cum = 0.0f32;
-            let mut keep = ids.len();
+            let mut keep_p = ids.len();
             for (i, &id) in ids.iter().enumerate() {
                 cum += (logits[id as usize] - max).exp() / sum;
                 if cum >= top_p {
-                    keep = i + 1;
+                    keep_p = i + 1;
                     break;
                 }
             }
-            assert!(keep > 1, "top_p {top_p} should keep several tokens");
-            assert_eq!(got, ids[..keep], "top_p {top_p}");
+            assert!(keep_p > 1, "top_p {top_p} should keep several tokens");
+            for min_p in [0.0f32, 0.5, 0.9] {
+                let floor = max + min_p.ln();
+                let keep_min = ids
+                    .iter()
+                    .take_while(|&&id| logits[id as usize] >= floor)
+                    .count();
+                let keep = keep_p.min(keep_min.max(1));
+                let got = survivors(
+                    SamplerConfig {
+                        top_p,
+                        min_p,
+                        ..plain(0)
+                    },
+                    &logits,
+                    &[],
+                );
+                assert_eq!(got, ids[..keep], "top_p {top_p} min_p {min_p}");
+            }
         }
     }
 
@@ -548,19 +846,61 @@ mod tests {
     fn min_p_drops_tokens_below_a_fraction_of_the_best() {
         let logits = ln_probs(&[0.15, 0.5, 0.05, 0.3]);
         // Unsorted path: order kept, 0.05 < 0.2 * 0.5.
-        assert_eq!(survivors(SamplerConfig { min_p: 0.2, ..plain(0) }, &logits, &[]), [0, 1, 3]);
-        assert_eq!(survivors(SamplerConfig { min_p: 0.5, ..plain(0) }, &logits, &[]), [1, 3]);
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    min_p: 0.2,
+                    ..plain(0)
+                },
+                &logits,
+                &[]
+            ),
+            [0, 1, 3]
+        );
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    min_p: 0.5,
+                    ..plain(0)
+                },
+                &logits,
+                &[]
+            ),
+            [1, 3]
+        );
         // Sorted path (after top_k), same set.
-        let cfg = SamplerConfig { top_k: 4, min_p: 0.2, ..plain(0) };
+        let cfg = SamplerConfig {
+            top_k: 4,
+            min_p: 0.2,
+            ..plain(0)
+        };
         assert_eq!(survivors(cfg, &logits, &[]), [1, 3, 0]);
         // Above 1 nothing qualifies; the top token is kept.
-        assert_eq!(survivors(SamplerConfig { min_p: 1.5, ..plain(0) }, &logits, &[]), [1]);
+        assert_eq!(
+            survivors(
+                SamplerConfig {
+                    min_p: 1.5,
+                    ..plain(0)
+                },
+                &logits,
+                &[]
+            ),
+            [1]
+        );
     }
 
     #[test]
     fn temperature_scales_logits_after_truncation() {
         let logits = ln_probs(&[0.15, 0.5, 0.05, 0.3]);
-        let mut s = Sampler::new(SamplerConfig { temp: 0.5, min_p: 0.2, ..plain(0) }, 4).unwrap();
+        let mut s = Sampler::new(
+            SamplerConfig {
+                temp: 0.5,
+                min_p: 0.2,
+                ..plain(0)
+            },
+            4,
+        )
+        .unwrap();
         s.apply_chain(&logits, &[]);
         let scaled: Vec<f32> = s.cand.iter().map(|c| c.logit).collect();
         assert_eq!(scaled, [logits[0] / 0.5, logits[1] / 0.5, logits[3] / 0.5]);
@@ -581,10 +921,20 @@ mod tests {
             let f = *h as f32 / n as f32;
             // Five standard deviations of a binomial proportion.
             let tol = 5.0 * (p * (1.0 - p) / n as f32).sqrt();
-            assert!((f - p).abs() < tol, "frequency {f} for probability {p} (hits {hits:?})");
+            assert!(
+                (f - p).abs() < tol,
+                "frequency {f} for probability {p} (hits {hits:?})"
+            );
         }
         // Truncated tokens are never drawn.
-        let mut s = Sampler::new(SamplerConfig { min_p: 0.3, ..plain(8) }, 3).unwrap();
+        let mut s = Sampler::new(
+            SamplerConfig {
+                min_p: 0.3,
+                ..plain(8)
+            },
+            3,
+        )
+        .unwrap();
         assert!((0..5000).all(|_| s.sample(&logits, &[]) != 2));
     }
 
@@ -596,7 +946,11 @@ mod tests {
         let got = top_logprobs(&logits, 10);
         let lse = logits.iter().map(|&l| f64::from(l).exp()).sum::<f64>().ln();
         let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-        ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        ids.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
         assert_eq!(got.len(), 10);
         for ((id, lp), want) in got.iter().zip(&ids) {
             assert_eq!(id, want);
@@ -614,18 +968,75 @@ mod tests {
 
     #[test]
     fn invalid_configurations_are_rejected_with_their_name() {
-        let check = |cfg: SamplerConfig, n_vocab: usize, name: &str| match Sampler::new(cfg, n_vocab) {
-            Err(e) => assert!(e.to_string().contains(name), "{e}"),
-            Ok(_) => panic!("{name} accepted"),
-        };
-        check(SamplerConfig { repeat_penalty: 0.0, ..plain(0) }, 10, "repeat_penalty");
-        check(SamplerConfig { repeat_penalty: f32::NAN, ..plain(0) }, 10, "repeat_penalty");
-        check(SamplerConfig { temp: f32::NAN, ..plain(0) }, 10, "temp");
-        check(SamplerConfig { top_p: f32::NAN, ..plain(0) }, 10, "top_p");
-        check(SamplerConfig { min_p: f32::NAN, ..plain(0) }, 10, "min_p");
-        check(SamplerConfig { frequency_penalty: f32::INFINITY, ..plain(0) }, 10, "frequency_penalty");
-        check(SamplerConfig { presence_penalty: f32::NAN, ..plain(0) }, 10, "presence_penalty");
-        check(SamplerConfig { repeat_last_n: -2, ..plain(0) }, 10, "repeat_last_n");
+        let check =
+            |cfg: SamplerConfig, n_vocab: usize, name: &str| match Sampler::new(cfg, n_vocab) {
+                Err(e) => assert!(e.to_string().contains(name), "{e}"),
+                Ok(_) => panic!("{name} accepted"),
+            };
+        check(
+            SamplerConfig {
+                repeat_penalty: 0.0,
+                ..plain(0)
+            },
+            10,
+            "repeat_penalty",
+        );
+        check(
+            SamplerConfig {
+                repeat_penalty: f32::NAN,
+                ..plain(0)
+            },
+            10,
+            "repeat_penalty",
+        );
+        check(
+            SamplerConfig {
+                temp: f32::NAN,
+                ..plain(0)
+            },
+            10,
+            "temp",
+        );
+        check(
+            SamplerConfig {
+                top_p: f32::NAN,
+                ..plain(0)
+            },
+            10,
+            "top_p",
+        );
+        check(
+            SamplerConfig {
+                min_p: f32::NAN,
+                ..plain(0)
+            },
+            10,
+            "min_p",
+        );
+        check(
+            SamplerConfig {
+                frequency_penalty: f32::INFINITY,
+                ..plain(0)
+            },
+            10,
+            "frequency_penalty",
+        );
+        check(
+            SamplerConfig {
+                presence_penalty: f32::NAN,
+                ..plain(0)
+            },
+            10,
+            "presence_penalty",
+        );
+        check(
+            SamplerConfig {
+                repeat_last_n: -2,
+                ..plain(0)
+            },
+            10,
+            "repeat_last_n",
+        );
         check(plain(0), 0, "vocabulary");
     }
 
@@ -633,30 +1044,17 @@ mod tests {
     fn defaults_are_llama_cpp_defaults_with_random_seeds() {
         let d = SamplerConfig::default();
         assert_eq!(
-            (d.temp, d.top_k, d.top_p, d.min_p, d.repeat_penalty, d.repeat_last_n),
+            (
+                d.temp,
+                d.top_k,
+                d.top_p,
+                d.min_p,
+                d.repeat_penalty,
+                d.repeat_last_n
+            ),
             (0.8, 40, 0.95, 0.05, 1.0, 64)
         );
         assert_eq!((d.presence_penalty, d.frequency_penalty), (0.0, 0.0));
         assert_ne!(SamplerConfig::default().seed, SamplerConfig::default().seed);
-    }
-
-    /// Not a pass/fail check: prints the per-token cost at Gemma 3's vocabulary size.
-    #[test]
-    fn timing_262k_vocabulary() {
-        let logits = random_logits(262_144, 13);
-        let history: Vec<u32> = (0..64).collect();
-        let mut s = Sampler::new(SamplerConfig { repeat_penalty: 1.1, ..SamplerConfig::default() }, logits.len()).unwrap();
-        let t = std::time::Instant::now();
-        let n = 50;
-        for _ in 0..n {
-            s.sample(&logits, &history);
-        }
-        eprintln!("sample(): {:.3} ms per token at 262144 tokens", t.elapsed().as_secs_f64() * 1e3 / n as f64);
-        let mut s = Sampler::new(SamplerConfig { top_k: 0, ..SamplerConfig::default() }, logits.len()).unwrap();
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            s.sample(&logits, &history);
-        }
-        eprintln!("sample() without top_k: {:.3} ms per token", t.elapsed().as_secs_f64() * 1e3 / n as f64);
     }
 }

@@ -183,7 +183,7 @@ impl Gguf {
         out.extend_from_slice(&self.n_kv.to_le_bytes());
         out.extend_from_slice(&self.kv);
         out.extend_from_slice(&self.tensors);
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend_from_slice(&self.data);
