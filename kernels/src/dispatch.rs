@@ -74,7 +74,8 @@ impl Dispatch {
         }
     }
 
-    /// Replaces the kernels `table` has; called in increasing order of instruction set, after the
+    /// Replaces the kernels that `table` (an instruction set module's `kernel` function, where
+    /// adding a kernel is one line) has; called in increasing order of instruction set, after the
     /// CPU was found to support it.
     #[cfg_attr(
         not(any(target_arch = "x86_64", target_arch = "aarch64")),
@@ -127,49 +128,22 @@ fn detect() -> Dispatch {
     let mut d = Dispatch::scalar();
     #[cfg(target_arch = "x86_64")]
     {
-        if cap >= Cap::Simd && x86_tables::avx2_available() {
-            d.overlay("avx2", x86_tables::avx2);
+        use crate::x86::{avx2, avx512};
+        if cap >= Cap::Simd && avx2::available() {
+            d.overlay("avx2", avx2::kernel);
         }
-        if cap >= Cap::Avx512 && x86_tables::avx512_available() {
-            d.overlay("avx512vnni", x86_tables::avx512);
+        if cap >= Cap::Avx512 && avx512::available() {
+            d.overlay("avx512vnni", avx512::kernel);
         }
     }
     #[cfg(target_arch = "aarch64")]
-    if cap >= Cap::Simd {
-        d.overlay("neon", arm_tables::neon);
+    {
+        // NEON is part of AArch64; the module picks its `sdot` variants where the CPU has them.
+        if cap >= Cap::Simd {
+            d.overlay("neon", crate::aarch64::neon::kernel);
+        }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = cap;
     d
-}
-
-/// Which SIMD kernels exist. Adding one is one line in its instruction set's table.
-#[cfg(target_arch = "x86_64")]
-mod x86_tables {
-    use super::VecDotFn;
-    use crate::ggml_type::GgmlType;
-
-    pub(super) fn avx2_available() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-
-    pub(super) fn avx512_available() -> bool {
-        avx2_available()
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-    }
-
-    pub(super) fn avx2(ty: GgmlType) -> Option<VecDotFn> {
-        let _ = ty;
-        None
-    }
-
-    pub(super) fn avx512(ty: GgmlType) -> Option<VecDotFn> {
-        let _ = ty;
-        None
-    }
 }

@@ -251,7 +251,10 @@ mod tests {
             let want = f16::from_bits(h).to_f32();
             let got = f16_bits_to_f32(h);
             if want.is_nan() {
-                assert!(got.is_nan() && got.is_sign_negative() == want.is_sign_negative(), "{h:04x}");
+                assert!(
+                    got.is_nan() && got.is_sign_negative() == want.is_sign_negative(),
+                    "{h:04x}"
+                );
             } else {
                 assert_eq!(got.to_bits(), want.to_bits(), "{h:04x}");
             }

@@ -11,6 +11,8 @@
 #[cfg(target_endian = "big")]
 compile_error!("ggml data is little-endian and this crate views f16 slices as its bytes");
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod dequant;
 mod dispatch;
 mod formats;
@@ -18,6 +20,8 @@ mod ggml_type;
 mod matmul;
 mod quantize;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use ggml_type::{GgmlType, QK_K};
 pub use matmul::{matmul, QMatrix};
@@ -154,7 +158,11 @@ pub fn f16_to_f32_row(src: &[f16], dst: &mut [f32]) {
 /// If the lengths differ.
 pub fn dot_f16(a: &[f16], b: &[f16]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot_f16: lengths differ");
-    vec_dot(GgmlType::F16, a.len(), f16_bytes(a), f16_bytes(b))
+    // Called once per (query, key) pair in attention, so straight to the kernel: any length is
+    // whole F16 blocks and both byte views are exactly one row.
+    let kernel = dispatch::get().kernel(GgmlType::F16);
+    // SAFETY: as in `vec_dot`.
+    unsafe { kernel(a.len(), f16_bytes(a), f16_bytes(b)) }
 }
 
 /// The bytes of an f16 slice, which on a little-endian machine are its ggml encoding.

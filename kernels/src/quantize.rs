@@ -56,13 +56,36 @@ fn q8_scale(x: &[f32]) -> (f32, f32) {
     (d, id)
 }
 
+/// C's roundf (halfway cases away from zero) for |x| < 2^23, the range of quants. Written out
+/// because `f32::round` is a libm call on baseline x86_64 (no SSE4.1), one per activation; this
+/// form vectorizes. `x - trunc(x)` is exact there.
+#[inline]
+fn round_away(x: f32) -> i32 {
+    let t = x as i32;
+    let frac = x - t as f32;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
+/// ggml's nearest_int: adding 1.5 * 2^23 leaves the rounded integer (halfway cases to even) in
+/// the low mantissa bits. Valid for |x| <= 2^22, which quants are far inside.
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
 fn q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
         let (d, id) = q8_scale(x);
         b.d = f16_to_le(d);
         for (q, &v) in b.qs.iter_mut().zip(x) {
-            // roundf: halfway cases away from zero, which is what f32::round does.
-            *q = (v * id).round() as i8;
+            *q = round_away(v * id) as i8;
         }
     }
 }
@@ -73,7 +96,7 @@ fn q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
         b.d = f16_to_le(d);
         let mut sum = 0i32;
         for (q, &v) in b.qs.iter_mut().zip(x) {
-            *q = (v * id).round() as i8;
+            *q = round_away(v * id) as i8;
             sum += *q as i32;
         }
         b.s = f16_to_le(sum as f32 * d);
@@ -101,8 +124,7 @@ fn q8_k(x: &[f32], y: &mut [BlockQ8K]) {
         }
         let iscale = -127.0 / max;
         for (q, &v) in b.qs.iter_mut().zip(x) {
-            // ggml's nearest_int adds 1.5 * 2^23, which rounds halfway cases to even.
-            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            *q = nearest_int(iscale * v).min(127) as i8;
         }
         for (j, group) in b.qs.chunks_exact(16).enumerate() {
             let sum: i16 = group.iter().map(|&q| q as i16).sum();
@@ -120,4 +142,28 @@ pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
 /// f16 to f32 for a whole row (exact).
 pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     src.convert_to_f32_slice(dst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{nearest_int, round_away};
+
+    /// Both rounding helpers against the std definitions, over every multiple of 1/64 in ±140
+    /// (which includes all the halfway cases) and some values just off them.
+    #[test]
+    fn rounding_helpers_match_std() {
+        for i in -140 * 64..=140 * 64 {
+            for x in [
+                i as f32 / 64.0,
+                f32::from_bits((i as f32 / 64.0).to_bits() + 1),
+            ] {
+                assert_eq!(round_away(x), x.round() as i32, "roundf({x})");
+                assert_eq!(
+                    nearest_int(x),
+                    x.round_ties_even() as i32,
+                    "nearest_int({x})"
+                );
+            }
+        }
+    }
 }

@@ -209,11 +209,17 @@ impl Lanes {
             .zip(q8.chunks_exact(group))
             .enumerate()
         {
-            let scale = scale_of(g);
+            // Integer sums are exact, so the group is summed first and scaled once per lane
+            // (products fit in i16: |q| ≤ 32, |q8| ≤ 128).
+            let mut lane = [0i32; 8];
             for (c, c8) in q.chunks_exact(8).zip(q8.chunks_exact(8)) {
-                for l in 0..8 {
-                    aux32[l] += scale * (c[l] as i32 * c8[l] as i32);
+                for ((s, &a), &b) in lane.iter_mut().zip(c).zip(c8) {
+                    *s += (a as i16 * b as i16) as i32;
                 }
+            }
+            let scale = scale_of(g);
+            for (a, s) in aux32.iter_mut().zip(lane) {
+                *a += scale * s;
             }
         }
         for (s, &a) in self.sums.iter_mut().zip(&aux32) {
@@ -235,7 +241,11 @@ fn vec_dot_q3_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut q = [0i8; QK_K];
     for (x, y) in blocks::<BlockQ3K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
         // Element 128h + 32s + l: bits 2s..2s+2 of qs[32h + l], minus 4 unless bit 4h + s of hmask[l].
-        for (h, (qs, q)) in x.qs.chunks_exact(32).zip(q.chunks_exact_mut(128)).enumerate() {
+        for (h, (qs, q)) in
+            x.qs.chunks_exact(32)
+                .zip(q.chunks_exact_mut(128))
+                .enumerate()
+        {
             for (s, q) in q.chunks_exact_mut(32).enumerate() {
                 let bit = 1u8 << (4 * h + s);
                 for ((v, &b), &hm) in q.iter_mut().zip(qs).zip(&x.hmask) {

@@ -188,3 +188,28 @@ fn partial_blocks_are_refused() {
 fn short_activations_are_refused() {
     vec_dot(Q4_K, 256, &[0; 144], &[0; 291]);
 }
+
+/// The dispatcher must actually pick the SIMD kernels on a CPU that has them (unless capped).
+#[test]
+fn dispatch_uses_simd_when_the_cpu_has_it() {
+    if std::env::var_os("LLAMAFILE_ISA").is_some() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        if avx2 {
+            assert!(
+                matches!(kernels::isa_name(), "avx2" | "avx512vnni"),
+                "{}",
+                kernels::isa_name()
+            );
+        } else {
+            assert_eq!(kernels::isa_name(), "scalar");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(kernels::isa_name(), "neon");
+}

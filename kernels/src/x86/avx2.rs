@@ -1,0 +1,661 @@
+//! AVX2 + FMA + F16C dot products.
+//!
+//! The integer core is `vpmaddubsw` (unsigned bytes times signed bytes, adjacent pairs summed to
+//! i16) followed by `vpmaddwd` (i16 pairs times i16, summed to i32). The first step saturates, so
+//! every use below keeps each pair sum within i16: weights are made unsigned (the offset of the
+//! signed formats is taken back out with a second product against the constant offset, or with the
+//! activations' block sums), and the one signed×signed case (Q8_0) moves the sign onto the
+//! activation, which [`crate::quantize_row`] keeps within ±127.
+
+use crate::dispatch::VecDotFn;
+use crate::formats::{
+    bf16_le, blocks, f16_le, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
+use crate::ggml_type::GgmlType;
+use std::arch::x86_64::*;
+
+/// Whether this CPU can run these kernels.
+pub(crate) fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// The AVX2 kernel for weights of type `ty`, if there is one. Only to be called when
+/// [`available`] is true.
+pub(crate) fn kernel(ty: GgmlType) -> Option<VecDotFn> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => vec_dot_f32,
+        F16 => vec_dot_f16,
+        BF16 => vec_dot_bf16,
+        Q4_0 => vec_dot_q4_0,
+        Q4_1 => vec_dot_q4_1,
+        Q5_0 => vec_dot_q5_0,
+        Q5_1 => vec_dot_q5_1,
+        Q8_0 => vec_dot_q8_0,
+        Q2_K => vec_dot_q2_k,
+        Q3_K => vec_dot_q3_k,
+        Q4_K => vec_dot_q4_k,
+        Q5_K => vec_dot_q5_k,
+        Q6_K => vec_dot_q6_k,
+        Q8_1 | Q8_K => return None,
+    })
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+// The loads copy the bytes out of a reference and reinterpret them: the same unaligned vector
+// load once compiled, without `_mm256_loadu_si256`'s pointer, whose debug-build precondition
+// checks would sit in every inner loop of the (optimized, debug-asserting) test profile.
+
+/// 32 bytes from the start of `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load(s: &[u8]) -> __m256i {
+    let a: [u8; 32] = s[..32].try_into().expect("a 32-byte range");
+    // SAFETY: any 32 bytes are a valid __m256i.
+    unsafe { std::mem::transmute::<[u8; 32], __m256i>(a) }
+}
+
+/// 32 signed bytes from the start of `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_i8(s: &[i8]) -> __m256i {
+    let a: [i8; 32] = s[..32].try_into().expect("a 32-byte range");
+    // SAFETY: as in `load`.
+    unsafe { std::mem::transmute::<[i8; 32], __m256i>(a) }
+}
+
+/// 16 bytes from the start of `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load16(s: &[u8]) -> __m128i {
+    let a: [u8; 16] = s[..16].try_into().expect("a 16-byte range");
+    // SAFETY: any 16 bytes are a valid __m128i.
+    unsafe { std::mem::transmute::<[u8; 16], __m128i>(a) }
+}
+
+/// Two little-endian f16s (a block's scale and min scale) as f32, by F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_pair(a: [u8; 2], b: [u8; 2]) -> (f32, f32) {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+        a[0], a[1], b[0], b[1],
+    ])));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// The products of two pairs of little-endian f16s, `a[0..2] * b[0..2]` and `a[2..4] * b[2..4]`
+/// (block scales, and for Q4_1/Q5_1 min times sum), converted together by F16C. The f16 bits go
+/// in through general registers: a one-element conversion gets compiled to an insert into
+/// whatever register is free, often an accumulator, chaining independent blocks together.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_products(a: [u8; 4], b: [u8; 4]) -> (f32, f32) {
+    let a = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(a)));
+    let b = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(b)));
+    let p = _mm_mul_ps(a, b);
+    (_mm_cvtss_f32(p), _mm_cvtss_f32(_mm_movehdup_ps(p)))
+}
+
+/// The product of two block scales.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn scale_product(a: [u8; 2], b: [u8; 2]) -> f32 {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+        a[0], a[1], b[0], b[1],
+    ])));
+    _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
+}
+
+/// The sum of the eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum(v: __m256) -> f32 {
+    hsum128(_mm_add_ps(
+        _mm256_castps256_ps128(v),
+        _mm256_extractf128_ps::<1>(v),
+    ))
+}
+
+/// The sum of the four lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hsum128(v: __m128) -> f32 {
+    let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)))
+}
+
+/// The 32 four-bit values of a Q4_0/Q4_1/Q5_x block in element order: the low nibbles of the 16
+/// bytes are elements 0..16, the high nibbles 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn nibbles32(qs: &[u8; 16]) -> __m256i {
+    let b = load16(qs);
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(b), b);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// Byte j is 0xff where bit j of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn bits_to_bytes(bits: u32) -> __m256i {
+    // Byte j gets byte j / 8 of `bits`, then is tested against bit j % 8.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
+}
+
+/// Sums adjacent i16 pairs into eight i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pairs_to_i32(p16: __m256i) -> __m256i {
+    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+}
+
+/// Σ (q - offset) * y in eight i32 partial sums, for unsigned q ≤ 31 and offset ≤ 16: both
+/// products stay far from i16 saturation whatever the activation bytes are.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_offset(q: __m256i, y: __m256i, offset: i8) -> __m256i {
+    let p = _mm256_maddubs_epi16(q, y);
+    let o = _mm256_maddubs_epi16(_mm256_set1_epi8(offset), y);
+    pairs_to_i32(_mm256_sub_epi16(p, o))
+}
+
+/// Σ x * y in eight i32 partial sums for any signed x and |y| ≤ 127: |x| (as unsigned, so
+/// -128 is 128) times y with x's sign; a pair is at most 2 · 128 · 127 < 2^15.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_signed(x: __m256i, y: __m256i) -> __m256i {
+    pairs_to_i32(_mm256_maddubs_epi16(
+        _mm256_abs_epi8(x),
+        _mm256_sign_epi8(y, x),
+    ))
+}
+
+/// Σ over blocks of `scale * sumi` (eight lanes each) plus the optional per-block `extra`, with
+/// two accumulators so that consecutive blocks' FMAs do not wait on each other.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_blocks<X, Y>(
+    x: &[X],
+    y: &[Y],
+    block: impl Fn(&X, &Y) -> (f32, __m256i, Option<f32>),
+) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut extra = 0.0f32;
+    let mut add = |(d, sumi, e): (f32, __m256i, Option<f32>), acc: &mut __m256| {
+        *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+        if let Some(e) = e {
+            extra += e;
+        }
+    };
+    let (xs, ys) = (x.chunks_exact(2), y.chunks_exact(2));
+    let tail = xs.remainder().iter().zip(ys.remainder());
+    for (x, y) in xs.zip(ys) {
+        add(block(&x[0], &y[0]), &mut acc[0]);
+        add(block(&x[1], &y[1]), &mut acc[1]);
+    }
+    for (x, y) in tail {
+        add(block(x, y), &mut acc[0]);
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1])) + extra
+}
+
+// ---- 32-element blocks ---------------------------------------------------------------------
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `w` and `act` must be whole rows of `n` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q8_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        let sumi = dot_signed(load_i8(&x.qs), load_i8(&y.qs));
+        (scale_product(x.d, y.d), sumi, None)
+    })
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        let sumi = dot_offset(nibbles32(&x.qs), load_i8(&y.qs), 8);
+        (scale_product(x.d, y.d), sumi, None)
+    })
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_blocks(blocks::<BlockQ5_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        let high = _mm256_and_si256(
+            bits_to_bytes(u32::from_le_bytes(x.qh)),
+            _mm256_set1_epi8(0x10),
+        );
+        let q = _mm256_or_si256(nibbles32(&x.qs), high);
+        let sumi = dot_offset(q, load_i8(&y.qs), 16);
+        (scale_product(x.d, y.d), sumi, None)
+    })
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q4_1(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_blocks(blocks::<BlockQ4_1>(w), blocks::<BlockQ8_1>(act), |x, y| {
+        let sumi = pairs_to_i32(_mm256_maddubs_epi16(nibbles32(&x.qs), load_i8(&y.qs)));
+        let (d, ms) = f16_products(dm(x.d, x.m), dm(y.d, y.s));
+        (d, sumi, Some(ms))
+    })
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q5_1(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_blocks(blocks::<BlockQ5_1>(w), blocks::<BlockQ8_1>(act), |x, y| {
+        let high = _mm256_and_si256(
+            bits_to_bytes(u32::from_le_bytes(x.qh)),
+            _mm256_set1_epi8(0x10),
+        );
+        let q = _mm256_or_si256(nibbles32(&x.qs), high);
+        let sumi = pairs_to_i32(_mm256_maddubs_epi16(q, load_i8(&y.qs)));
+        let (d, ms) = f16_products(dm(x.d, x.m), dm(y.d, y.s));
+        (d, sumi, Some(ms))
+    })
+}
+
+/// Two f16 fields side by side, for [`f16_products`].
+#[inline]
+fn dm(d: [u8; 2], m: [u8; 2]) -> [u8; 4] {
+    [d[0], d[1], m[0], m[1]]
+}
+
+// ---- k-quants -----------------------------------------------------------------------------------
+
+/// A shuffle that puts i16 number `lo` of a 128-bit lane in all of the low lane's eight words and
+/// number `hi` in all of the high lane's (`vpshufb` works within lanes, so the source must hold
+/// the same eight words in both).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn word_pick(lo: usize, hi: usize) -> __m256i {
+    let w = |i: usize| (((2 * i + 1) << 8) | (2 * i)) as i16;
+    _mm256_set_m128i(_mm_set1_epi16(w(hi)), _mm_set1_epi16(w(lo)))
+}
+
+/// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K block as 16 bytes, scales first
+/// (the word-wise form of [`crate::formats::k4_scales_mins`]).
+#[inline]
+pub(super) fn k4_scales_mins(s: &[u8; 12]) -> [u32; 4] {
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    let low6 = 0x3f3f_3f3f;
+    let low4 = 0x0f0f_0f0f;
+    let low2 = 0x0303_0303;
+    [
+        w0 & low6,
+        (w2 & low4) | (((w0 >> 6) & low2) << 4),
+        w1 & low6,
+        ((w2 >> 4) & low4) | (((w1 >> 6) & low2) << 4),
+    ]
+}
+
+/// The sixteen 6-bit Q3_K scales as 16 bytes, before their offset of -32 (the word-wise form of
+/// [`crate::formats::q3k_scales`]).
+#[inline]
+pub(super) fn q3k_scales(s: &[u8; 12]) -> [u32; 4] {
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a0, a1, hi) = (w(0), w(1), w(2));
+    let low4 = 0x0f0f_0f0f;
+    let low2 = 0x0303_0303;
+    [
+        (a0 & low4) | ((hi & low2) << 4),
+        (a1 & low4) | (((hi >> 2) & low2) << 4),
+        ((a0 >> 4) & low4) | (((hi >> 4) & low2) << 4),
+        ((a1 >> 4) & low4) | (((hi >> 6) & low2) << 4),
+    ]
+}
+
+/// Four words as one 128-bit vector, first word lowest.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn words128(w: [u32; 4]) -> __m128i {
+    _mm_set_epi32(w[3] as i32, w[2] as i32, w[1] as i32, w[0] as i32)
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `w` and `act` must be whole rows of `n` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q2_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_min = _mm256_setzero_ps();
+    for (x, y) in blocks::<BlockQ2K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        let (d, dmin) = f16_pair(x.d, x.dmin);
+        let (d, dmin) = (d * y.scale(), dmin * y.scale());
+        let packed = load16(&x.scales);
+        let scales = _mm256_cvtepu8_epi16(_mm_and_si128(packed, _mm_set1_epi8(0x0f)));
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(
+            _mm_srli_epi16::<4>(packed),
+            _mm_set1_epi8(0x0f),
+        ));
+        let min_sum = _mm256_madd_epi16(mins, load(&y.bsums));
+        acc_min = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(min_sum), acc_min);
+
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            // Scales 8h..8h+8 in both lanes; chunk s of this half uses 8h+2s and 8h+2s+1.
+            let sc = if h == 0 {
+                _mm256_permute2x128_si256::<0x00>(scales, scales)
+            } else {
+                _mm256_permute2x128_si256::<0x11>(scales, scales)
+            };
+            let bits = load(&x.qs[32 * h..]);
+            let q = [
+                _mm256_and_si256(bits, m3),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(bits), m3),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m3),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(bits), m3),
+            ];
+            for (s, q) in q.into_iter().enumerate() {
+                let q8 = load_i8(&y.qs[128 * h + 32 * s..]);
+                let p = _mm256_maddubs_epi16(q, q8);
+                let scale = _mm256_shuffle_epi8(sc, word_pick(2 * s, 2 * s + 1));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc) - hsum(acc_min)
+}
+
+/// # Safety
+/// As for [`vec_dot_q2_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q3_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let m3 = _mm256_set1_epi8(3);
+    let four = _mm256_set1_epi8(4);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in blocks::<BlockQ3K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        let d = f16_le(x.d) * y.scale();
+        let scales = _mm_sub_epi8(words128(q3k_scales(&x.scales)), _mm_set1_epi8(32));
+        let scales = _mm256_cvtepi8_epi16(scales);
+        let hbits = load(&x.hmask);
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let sc = if h == 0 {
+                _mm256_permute2x128_si256::<0x00>(scales, scales)
+            } else {
+                _mm256_permute2x128_si256::<0x11>(scales, scales)
+            };
+            let bits = load(&x.qs[32 * h..]);
+            let low = [
+                _mm256_and_si256(bits, m3),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(bits), m3),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m3),
+                _mm256_and_si256(_mm256_srli_epi16::<6>(bits), m3),
+            ];
+            for (s, low) in low.into_iter().enumerate() {
+                // 4 where the element's high bit (bit 4h + s of hmask) is clear: subtracted.
+                let bit = _mm256_set1_epi8(1 << (4 * h + s));
+                let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), _mm256_setzero_si256());
+                let minus = _mm256_and_si256(clear, four);
+                let q8 = load_i8(&y.qs[128 * h + 32 * s..]);
+                let p = _mm256_sub_epi16(
+                    _mm256_maddubs_epi16(low, q8),
+                    _mm256_maddubs_epi16(minus, q8),
+                );
+                let scale = _mm256_shuffle_epi8(sc, word_pick(2 * s, 2 * s + 1));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}
+
+/// Σ mins[j] * (bsums[2j] + bsums[2j+1]) as four i32: the integer part of the Q4_K/Q5_K min term,
+/// from the mins as eight i16 and the block's sixteen i16 bsums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k4_min_sum(mins: __m128i, bsums: &[u8; 32]) -> __m128i {
+    let b = load(bsums);
+    let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
+    _mm_madd_epi16(mins, pairs)
+}
+
+/// The fields a Q4_K and a Q5_K block share, and Q5_K's fifth bits.
+pub(super) struct K4<'a> {
+    pub(super) d: [u8; 2],
+    pub(super) dmin: [u8; 2],
+    pub(super) scales: &'a [u8; 12],
+    pub(super) qs: &'a [u8; 128],
+    pub(super) qh: Option<&'a [u8; 32]>,
+}
+
+impl<'a> From<&'a BlockQ4K> for K4<'a> {
+    fn from(x: &'a BlockQ4K) -> Self {
+        K4 {
+            d: x.d,
+            dmin: x.dmin,
+            scales: &x.scales,
+            qs: &x.qs,
+            qh: None,
+        }
+    }
+}
+
+impl<'a> From<&'a BlockQ5K> for K4<'a> {
+    fn from(x: &'a BlockQ5K) -> Self {
+        K4 {
+            d: x.d,
+            dmin: x.dmin,
+            scales: &x.scales,
+            qs: &x.qs,
+            qh: Some(&x.qh),
+        }
+    }
+}
+
+/// The Q4_K/Q5_K dot product: chunk j of 32 bytes holds elements 64j.. (low nibbles, scale 2j)
+/// and 64j+32.. (high nibbles, scale 2j+1); Q5_K adds bit 2j resp. 2j+1 of qh[l] as 16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k4_dot<'a, X: 'a>(x: &'a [X], y: &[BlockQ8K]) -> f32
+where
+    K4<'a>: From<&'a X>,
+{
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_min = _mm_setzero_ps();
+    for (x, y) in x.iter().zip(y) {
+        let x = K4::from(x);
+        let (d, dmin) = f16_pair(x.d, x.dmin);
+        let (d, dmin) = (d * y.scale(), dmin * y.scale());
+        let sm = _mm256_cvtepu8_epi16(words128(k4_scales_mins(x.scales)));
+        let min_sum = k4_min_sum(_mm256_extracti128_si256::<1>(sm), &y.bsums);
+        acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(min_sum), acc_min);
+        let scales = _mm256_permute2x128_si256::<0x00>(sm, sm);
+        let mut hbits = x.qh.map(|qh| load(qh));
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let bits = load(&x.qs[32 * j..]);
+            let mut lo = _mm256_and_si256(bits, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+            if let Some(hb) = hbits {
+                // Bits 2j and 2j+1 of each qh byte are now bits 0 and 1 (see the shift below).
+                let b0 = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, _mm256_set1_epi8(1)));
+                let b1 = _mm256_slli_epi16::<3>(_mm256_and_si256(hb, _mm256_set1_epi8(2)));
+                lo = _mm256_or_si256(lo, b0);
+                hi = _mm256_or_si256(hi, b1);
+                // Shifting 16-bit words by 2 moves the high byte's low bits into bits 6 and 7 of
+                // the low byte, never into bits 0 and 1, for the four steps taken.
+                hbits = Some(_mm256_srli_epi16::<2>(hb));
+            }
+            let plo = _mm256_maddubs_epi16(lo, load_i8(&y.qs[64 * j..]));
+            let phi = _mm256_maddubs_epi16(hi, load_i8(&y.qs[64 * j + 32..]));
+            let slo = _mm256_shuffle_epi8(scales, word_pick(2 * j, 2 * j));
+            let shi = _mm256_shuffle_epi8(scales, word_pick(2 * j + 1, 2 * j + 1));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(slo, plo));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(shi, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc) - hsum128(acc_min)
+}
+
+/// # Safety
+/// As for [`vec_dot_q2_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q4_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    k4_dot(blocks::<BlockQ4K>(w), blocks::<BlockQ8K>(act))
+}
+
+/// # Safety
+/// As for [`vec_dot_q2_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q5_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    k4_dot(blocks::<BlockQ5K>(w), blocks::<BlockQ8K>(act))
+}
+
+/// # Safety
+/// As for [`vec_dot_q2_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        let d = f16_le(x.d) * y.scale();
+        // SAFETY: any 16 bytes are a valid __m128i.
+        let sc = unsafe { std::mem::transmute::<[i8; 16], __m128i>(x.scales) };
+        // The values are stored plus 32: Σ scale * 32 * bsum is taken back out at the end.
+        let offset =
+            _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(&y.bsums), _mm256_cvtepi8_epi16(sc)));
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let l0 = load(&x.ql[64 * h..]);
+            let l1 = load(&x.ql[64 * h + 32..]);
+            let hb = load(&x.qh[32 * h..]);
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(l0, m4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(hb, m3)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(l1, m4),
+                    _mm256_slli_epi16::<2>(_mm256_and_si256(hb, _mm256_set1_epi8(0x0c))),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4),
+                    _mm256_and_si256(hb, _mm256_set1_epi8(0x30)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4),
+                    _mm256_srli_epi16::<2>(_mm256_and_si256(hb, _mm256_set1_epi8(0xc0u8 as i8))),
+                ),
+            ];
+            for (s, q) in q.into_iter().enumerate() {
+                let g = 8 * h + 2 * s;
+                let pick = _mm_set_epi64x(
+                    0x0101_0101_0101_0101 * (g as i64 + 1),
+                    0x0101_0101_0101_0101 * g as i64,
+                );
+                let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick));
+                let p = _mm256_maddubs_epi16(q, load_i8(&y.qs[128 * h + 32 * s..]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+            }
+        }
+        let sumi = _mm256_sub_epi32(sumi, offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}
+
+// ---- floats -------------------------------------------------------------------------------------
+
+/// Σ x * y over float rows of `width`-byte elements: four accumulators of eight lanes over
+/// 32-element steps, then 8-element steps, then the last few elements one by one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn float_dot(
+    w: &[u8],
+    act: &[u8],
+    width: usize,
+    load8: impl Fn(&[u8]) -> __m256,
+    one: impl Fn(&[u8]) -> f32,
+) -> f32 {
+    let step = 8 * width;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (wc, ac) = (w.chunks_exact(4 * step), act.chunks_exact(4 * step));
+    let (wr, ar) = (wc.remainder(), ac.remainder());
+    for (x, y) in wc.zip(ac) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(load8(&x[k * step..]), load8(&y[k * step..]), *a);
+        }
+    }
+    let (wc, ac) = (wr.chunks_exact(step), ar.chunks_exact(step));
+    let (wr, ar) = (wc.remainder(), ac.remainder());
+    for (x, y) in wc.zip(ac) {
+        acc[0] = _mm256_fmadd_ps(load8(x), load8(y), acc[0]);
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let tail: f32 = wr
+        .chunks_exact(width)
+        .zip(ar.chunks_exact(width))
+        .map(|(x, y)| one(x) * one(y))
+        .sum();
+    hsum(sum) + tail
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_f32(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    float_dot(
+        w,
+        act,
+        4,
+        |b| _mm256_castsi256_ps(load(b)),
+        |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    )
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_f16(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    float_dot(
+        w,
+        act,
+        2,
+        |b| _mm256_cvtph_ps(load16(b)),
+        |b| f16_le([b[0], b[1]]),
+    )
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_bf16(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    float_dot(
+        w,
+        act,
+        2,
+        // A bfloat16 is the high half of an f32.
+        |b| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load16(b)))),
+        |b| bf16_le([b[0], b[1]]),
+    )
+}

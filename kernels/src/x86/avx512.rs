@@ -1,0 +1,267 @@
+//! AVX-512 (F, BW, VL) with VNNI dot products, for the types the test models use most.
+//!
+//! VNNI's `vpdpbusd` multiplies unsigned by signed bytes and adds each group of four products to
+//! an i32 without any intermediate saturation, so the 32-element formats need no sign tricks:
+//! every weight byte is read as an unsigned `u` with `w = u - offset` (Q8_0: `u = w ^ 0x80`,
+//! offset 128; Q4_0: the nibble, offset 8; Q5_0: offset 16), and `Σ w·y = Σ u·y - offset·Σ y`, both
+//! by `vpdpbusd`, exact for any bytes. Two blocks share one 512-bit register.
+//!
+//! The k-quants keep AVX2's `vpmaddubsw` (its unsigned weights stay clear of saturation) but take
+//! 64 quants at a time and fold the scale multiply and the i32 accumulation into one `vpdpwssd`.
+//! Types without a kernel here use the AVX2 one.
+
+use super::avx2::{
+    self, f16_pair, hsum, hsum128, k4_min_sum, k4_scales_mins, load, load_i8, nibbles32,
+    scale_product, words128, K4,
+};
+use crate::dispatch::VecDotFn;
+use crate::formats::{
+    blocks, f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+};
+use crate::ggml_type::GgmlType;
+use std::arch::x86_64::*;
+
+/// Whether this CPU can run these kernels (which also use the AVX2 helpers).
+pub(crate) fn available() -> bool {
+    avx2::available()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// The AVX-512 kernel for weights of type `ty`, if there is one. Only to be called when
+/// [`available`] is true.
+pub(crate) fn kernel(ty: GgmlType) -> Option<VecDotFn> {
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 => vec_dot_q4_0,
+        Q5_0 => vec_dot_q5_0,
+        Q8_0 => vec_dot_q8_0,
+        Q4_K => vec_dot_q4_k,
+        Q5_K => vec_dot_q5_k,
+        Q6_K => vec_dot_q6_k,
+        _ => return None,
+    })
+}
+
+/// 64 signed bytes from the start of `s` (see AVX2's `load` for why not `_mm512_loadu_si512`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load512_i8(s: &[i8]) -> __m512i {
+    let a: [i8; 64] = s[..64].try_into().expect("a 64-byte range");
+    // SAFETY: any 64 bytes are a valid __m512i.
+    unsafe { std::mem::transmute::<[i8; 64], __m512i>(a) }
+}
+
+/// 64 bytes from the start of `s`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load512(s: &[u8]) -> __m512i {
+    let a: [u8; 64] = s[..64].try_into().expect("a 64-byte range");
+    // SAFETY: any 64 bytes are a valid __m512i.
+    unsafe { std::mem::transmute::<[u8; 64], __m512i>(a) }
+}
+
+/// `lo` in bytes 0..32, `hi` in 32..64.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Words: `a` in the low 16, `b` in the high 16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn halves_epi16(a: i16, b: i16) -> __m512i {
+    _mm512_mask_blend_epi16(0xffff_0000, _mm512_set1_epi16(a), _mm512_set1_epi16(b))
+}
+
+/// One 32-element block prepared for [`sum_blocks`]: its f32 factor, its weights as unsigned
+/// bytes, its activations.
+type Prepared = (f32, __m256i, __m256i);
+
+/// Σ over blocks of `factor · Σ (u - offset) · y`, with two accumulators so that consecutive
+/// blocks' FMAs do not wait on each other.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn sum_blocks<X, Y>(x: &[X], y: &[Y], offset: u8, prepare: impl Fn(&X, &Y) -> Prepared) -> f32 {
+    let off = _mm256_set1_epi8(offset as i8);
+    let block = |(d, u, q8): Prepared, acc: __m256| {
+        let zero = _mm256_setzero_si256();
+        let sumi = _mm256_sub_epi32(
+            _mm256_dpbusd_epi32(zero, u, q8),
+            _mm256_dpbusd_epi32(zero, off, q8),
+        );
+        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc)
+    };
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let (xs, ys) = (x.chunks_exact(2), y.chunks_exact(2));
+    let tail = xs.remainder().iter().zip(ys.remainder());
+    for (x, y) in xs.zip(ys) {
+        acc[0] = block(prepare(&x[0], &y[0]), acc[0]);
+        acc[1] = block(prepare(&x[1], &y[1]), acc[1]);
+    }
+    for (x, y) in tail {
+        acc[0] = block(prepare(x, y), acc[0]);
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1]))
+}
+
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL and VNNI (and AVX2, FMA, F16C); `w` and `act` must be
+/// whole rows of `n` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q8_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let flip = _mm256_set1_epi8(0x80u8 as i8);
+    sum_blocks(
+        blocks::<BlockQ8_0>(w),
+        blocks::<BlockQ8_0>(act),
+        128,
+        |x, y| {
+            let u = _mm256_xor_si256(load_i8(&x.qs), flip);
+            (scale_product(x.d, y.d), u, load_i8(&y.qs))
+        },
+    )
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_blocks(
+        blocks::<BlockQ4_0>(w),
+        blocks::<BlockQ8_0>(act),
+        8,
+        |x, y| (scale_product(x.d, y.d), nibbles32(&x.qs), load_i8(&y.qs)),
+    )
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let sixteen = _mm256_set1_epi8(16);
+    sum_blocks(
+        blocks::<BlockQ5_0>(w),
+        blocks::<BlockQ8_0>(act),
+        16,
+        |x, y| {
+            // Bit j of qh adds 16 to element j.
+            let q = nibbles32(&x.qs);
+            let u = _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, sixteen);
+            (scale_product(x.d, y.d), u, load_i8(&y.qs))
+        },
+    )
+}
+
+/// The Q4_K/Q5_K dot product (layout as in AVX2's): per 64 quants one `vpmaddubsw` and one
+/// `vpdpwssd` with the two chunks' scales.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn k4_dot<'a, X: 'a>(x: &'a [X], y: &[BlockQ8K]) -> f32
+where
+    K4<'a>: From<&'a X>,
+{
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm512_setzero_ps();
+    let mut acc_min = _mm_setzero_ps();
+    for (x, y) in x.iter().zip(y) {
+        let x = K4::from(x);
+        let (d, dmin) = f16_pair(x.d, x.dmin);
+        let (d, dmin) = (d * y.scale(), dmin * y.scale());
+        let sm = _mm256_cvtepu8_epi16(words128(k4_scales_mins(x.scales)));
+        let min_sum = k4_min_sum(_mm256_extracti128_si256::<1>(sm), &y.bsums);
+        acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(min_sum), acc_min);
+        let scales = _mm512_castsi256_si512(sm);
+        let mut hbits = x.qh.map(|qh| load(qh));
+        let mut sumi = _mm512_setzero_si512();
+        for j in 0..4 {
+            let bits = load(&x.qs[32 * j..]);
+            let mut lo = _mm256_and_si256(bits, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+            if let Some(hb) = hbits {
+                // As in AVX2's: bits 2j and 2j+1 of each qh byte are at bits 0 and 1 by now.
+                let b0 = _mm256_slli_epi16::<4>(_mm256_and_si256(hb, _mm256_set1_epi8(1)));
+                let b1 = _mm256_slli_epi16::<3>(_mm256_and_si256(hb, _mm256_set1_epi8(2)));
+                lo = _mm256_or_si256(lo, b0);
+                hi = _mm256_or_si256(hi, b1);
+                hbits = Some(_mm256_srli_epi16::<2>(hb));
+            }
+            let p = _mm512_maddubs_epi16(join(lo, hi), load512_i8(&y.qs[64 * j..]));
+            let pick = halves_epi16(2 * j as i16, 2 * j as i16 + 1);
+            sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_permutexvar_epi16(pick, scales));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    _mm512_reduce_add_ps(acc) - hsum128(acc_min)
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q4_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    k4_dot(blocks::<BlockQ4K>(w), blocks::<BlockQ8K>(act))
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q5_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    k4_dot(blocks::<BlockQ5K>(w), blocks::<BlockQ8K>(act))
+}
+
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let m4 = _mm512_set1_epi8(0x0f);
+    let m3 = _mm512_set1_epi8(3);
+    // The high bits of chunks 0/1 (first register) and 2/3 (second) sit at these shifts in qh.
+    let shift_a = halves_epi16(0, 2);
+    let shift_b = halves_epi16(4, 6);
+    let mut acc = _mm512_setzero_ps();
+    for (x, y) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        let d = f16_le(x.d) * y.scale();
+        // SAFETY: any 16 bytes are a valid __m128i.
+        let sc = unsafe { std::mem::transmute::<[i8; 16], __m128i>(x.scales) };
+        let sc = _mm256_cvtepi8_epi16(sc);
+        // The values are stored plus 32: Σ scale * 32 * bsum is taken back out at the end.
+        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(&y.bsums), sc));
+        let scales = _mm512_castsi256_si512(sc);
+        let mut sumi = _mm512_setzero_si512();
+        for h in 0..2 {
+            let ql = load512(&x.ql[64 * h..]);
+            let hb = _mm512_broadcast_i64x4(load(&x.qh[32 * h..]));
+            let high =
+                |shift| _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srlv_epi16(hb, shift), m3));
+            let a = _mm512_or_si512(_mm512_and_si512(ql, m4), high(shift_a));
+            let b = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                high(shift_b),
+            );
+            let pa = _mm512_maddubs_epi16(a, load512_i8(&y.qs[128 * h..]));
+            let pb = _mm512_maddubs_epi16(b, load512_i8(&y.qs[128 * h + 64..]));
+            // 128-bit lane L of the first register is group 8h + L, of the second 8h + 4 + L.
+            let lanes = |first: i16| {
+                _mm512_set_epi64(
+                    0x0001_0001_0001_0001 * (first as i64 + 3),
+                    0x0001_0001_0001_0001 * (first as i64 + 3),
+                    0x0001_0001_0001_0001 * (first as i64 + 2),
+                    0x0001_0001_0001_0001 * (first as i64 + 2),
+                    0x0001_0001_0001_0001 * (first as i64 + 1),
+                    0x0001_0001_0001_0001 * (first as i64 + 1),
+                    0x0001_0001_0001_0001 * first as i64,
+                    0x0001_0001_0001_0001 * first as i64,
+                )
+            };
+            let sa = _mm512_permutexvar_epi16(lanes(8 * h as i16), scales);
+            let sb = _mm512_permutexvar_epi16(lanes(8 * h as i16 + 4), scales);
+            sumi = _mm512_dpwssd_epi32(sumi, pa, sa);
+            sumi = _mm512_dpwssd_epi32(sumi, pb, sb);
+        }
+        let sumi = _mm512_sub_epi32(sumi, _mm512_zextsi256_si512(offset));
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
