@@ -469,7 +469,7 @@ impl<'a> Model<'a> {
 
         // The final norm and the (large) output projection only for the rows whose logits are wanted.
         let x_out: Vec<f32> = match logits {
-            Logits::All => x,
+            Logits::All | Logits::Hidden => x,
             Logits::Last => {
                 let mut end = 0;
                 seqs.iter()
@@ -483,6 +483,9 @@ impl<'a> Model<'a> {
         let rows = x_out.len() / d;
         let mut xn = vec![0.0f32; rows * d];
         rms_norm_rows(&x_out, &mut xn, d, &self.output_norm, c.rms_eps);
+        if logits == Logits::Hidden {
+            return xn;
+        }
         let mut out = vec![0.0f32; rows * c.n_vocab];
         self.output.apply(&xn, rows, &mut out);
         if let Some(cap) = c.final_logit_softcap {
@@ -511,10 +514,15 @@ impl<'a> Model<'a> {
         let scale = c.attn_scale;
         let k_cache = &cache.k[il];
         let v_cache = &cache.v[il];
+        // ggml's CPU flash attention takes one of two paths by batch size, and they round
+        // differently: fewer than 64 queries go through its vector path (query rounded to f16, the
+        // weighted sum of values accumulated in f16 with an online softmax); larger batches go through
+        // its tiled path (f32 query, f32 accumulation). Both are followed here.
+        let half_path = n < 64;
         // One task per (token, head): each writes its own dv-long slice of `out`.
         out[..n * o_dim].par_chunks_mut(dv).enumerate().for_each_init(
-            || (vec![f16::ZERO; dk], Vec::new(), vec![0.0f32; dv], vec![0.0f32; dv]),
-            |(q16, scores, acc, vrow), (i, out_h)| {
+            || AttentionScratch::new(dk, dv),
+            |sc, (i, out_h)| {
                 let t = i / c.n_head;
                 let h = i % c.n_head;
                 let hk = h / group;
@@ -523,36 +531,84 @@ impl<'a> Model<'a> {
                     Some(w) => (pos + 1).saturating_sub(w),
                     None => 0,
                 };
-                // Like ggml, the query is rounded to f16 and dotted with the f16 keys.
-                kernels::f32_to_f16_row(&q[t * q_dim + h * dk..t * q_dim + (h + 1) * dk], q16);
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for p in first..=pos {
-                    let krow = &k_cache[p * cache.k_row + hk * dk..p * cache.k_row + (hk + 1) * dk];
-                    let s = kernels::dot_f16(krow, q16) * scale;
-                    max = max.max(s);
-                    scores.push(s);
-                }
-                let mut sum = 0.0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                acc.iter_mut().for_each(|a| *a = 0.0);
-                for (j, p) in (first..=pos).enumerate() {
-                    let vsrc = &v_cache[p * cache.v_row + hk * dv..p * cache.v_row + (hk + 1) * dv];
-                    kernels::f16_to_f32_row(vsrc, vrow);
-                    let w = scores[j];
-                    for (a, &vv) in acc.iter_mut().zip(vrow.iter()) {
-                        *a += w * vv;
+                let qrow = &q[t * q_dim + h * dk..t * q_dim + (h + 1) * dk];
+                let key = |p: usize| &k_cache[p * cache.k_row + hk * dk..p * cache.k_row + (hk + 1) * dk];
+                let value = |p: usize| &v_cache[p * cache.v_row + hk * dv..p * cache.v_row + (hk + 1) * dv];
+                if half_path {
+                    kernels::f32_to_f16_row(qrow, &mut sc.q16);
+                    sc.acc16.iter_mut().for_each(|a| *a = f16::ZERO);
+                    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+                    for p in first..=pos {
+                        let s = kernels::dot_f16(key(p), &sc.q16) * scale;
+                        let (ms, vs) = if s > max {
+                            let ms = (max - s).exp();
+                            max = s;
+                            (ms, 1.0)
+                        } else {
+                            (1.0, (s - max).exp())
+                        };
+                        // acc = f16(acc * ms + v * vs), element by element, as ggml_vec_scale_f16
+                        // followed by ggml_vec_mad_f16.
+                        kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
+                        kernels::f16_to_f32_row(value(p), &mut sc.vrow);
+                        if ms != 1.0 {
+                            sc.acc.iter_mut().for_each(|a| *a = f16::from_f32(*a * ms).to_f32());
+                        }
+                        sc.acc.iter_mut().zip(&sc.vrow).for_each(|(a, &v)| *a += v * vs);
+                        kernels::f32_to_f16_row(&sc.acc, &mut sc.acc16);
+                        sum = sum * ms + vs;
                     }
-                }
-                let inv = 1.0 / sum;
-                for (o, &a) in out_h.iter_mut().zip(acc.iter()) {
-                    *o = a * inv;
+                    kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
+                    let inv = 1.0 / sum;
+                    out_h.iter_mut().zip(&sc.acc).for_each(|(o, &a)| *o = a * inv);
+                } else {
+                    sc.scores.clear();
+                    let mut max = f32::NEG_INFINITY;
+                    for p in first..=pos {
+                        kernels::f16_to_f32_row(key(p), &mut sc.krow);
+                        let s = qrow.iter().zip(&sc.krow).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        max = max.max(s);
+                        sc.scores.push(s);
+                    }
+                    let mut sum = 0.0f32;
+                    for s in sc.scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    sc.acc.iter_mut().for_each(|a| *a = 0.0);
+                    for (j, p) in (first..=pos).enumerate() {
+                        kernels::f16_to_f32_row(value(p), &mut sc.vrow);
+                        let w = sc.scores[j];
+                        sc.acc.iter_mut().zip(&sc.vrow).for_each(|(a, &v)| *a += w * v);
+                    }
+                    let inv = 1.0 / sum;
+                    out_h.iter_mut().zip(&sc.acc).for_each(|(o, &a)| *o = a * inv);
                 }
             },
         );
+    }
+}
+
+/// Per-thread buffers of [`Model::attention`].
+struct AttentionScratch {
+    q16: Vec<f16>,
+    krow: Vec<f32>,
+    vrow: Vec<f32>,
+    acc: Vec<f32>,
+    acc16: Vec<f16>,
+    scores: Vec<f32>,
+}
+
+impl AttentionScratch {
+    fn new(dk: usize, dv: usize) -> Self {
+        AttentionScratch {
+            q16: vec![f16::ZERO; dk],
+            krow: vec![0.0; dk],
+            vrow: vec![0.0; dv],
+            acc: vec![0.0; dv],
+            acc16: vec![f16::ZERO; dv],
+            scores: Vec::new(),
+        }
     }
 }
 
@@ -569,6 +625,9 @@ pub struct SeqInput<'c> {
 pub enum Logits {
     All,
     Last,
+    /// No logits: every token's final hidden state after the output norm (n_tokens × n_embd), the
+    /// vector llama.cpp pools into embeddings.
+    Hidden,
 }
 
 /// Keys and values of past positions, per layer, in f16 as llama.cpp keeps them.
