@@ -13,6 +13,9 @@ use payload::Payload;
 /// The flag the universal launcher puts first to say which file holds the payload.
 pub const SELF_FLAG: &str = "--llamafile-self";
 
+/// Linux's link to the running executable, open even when the file was renamed or replaced.
+const PROC_SELF_EXE: &str = "/proc/self/exe";
+
 /// A file that ends in a llamafile zip payload.
 pub struct PayloadFile {
     pub path: PathBuf,
@@ -50,7 +53,7 @@ pub fn find_self(explicit: Option<&Path>, argv0: Option<&str>) -> Result<Option<
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
     if cfg!(target_os = "linux") {
-        candidates.push(PathBuf::from("/proc/self/exe"));
+        candidates.push(PathBuf::from(PROC_SELF_EXE));
     }
     if let Ok(exe) = std::env::current_exe() {
         candidates.push(exe);
@@ -64,7 +67,13 @@ pub fn find_self(explicit: Option<&Path>, argv0: Option<&str>) -> Result<Option<
         if File::open(&c).is_err() {
             continue;
         }
-        if let Some(p) = PayloadFile::open(&c)? {
+        if let Some(mut p) = PayloadFile::open(&c)? {
+            // Messages name the file the user ran, not /proc/self/exe; the open handle stays.
+            if c == Path::new(PROC_SELF_EXE) {
+                if let Ok(real) = std::fs::read_link(&c) {
+                    p.path = real;
+                }
+            }
             return Ok(Some(p));
         }
     }

