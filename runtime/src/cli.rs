@@ -8,7 +8,13 @@ use clap::Parser;
 #[derive(Parser, Debug, Clone)]
 // args_override_self: a flag given twice takes its last value, so that the user's arguments
 // override the defaults of a llamafile's `.args`.
-#[command(name = "llamafile", version, about, disable_help_subcommand = true, args_override_self = true)]
+#[command(
+    name = "llamafile",
+    version,
+    about,
+    disable_help_subcommand = true,
+    args_override_self = true
+)]
 pub struct Args {
     /// Model file: a .gguf, or a .llamafile whose GGUF is used.
     #[arg(short = 'm', long = "model")]
@@ -27,11 +33,21 @@ pub struct Args {
     pub n_predict: i64,
 
     /// Context size in tokens; 0 means the model's trained context length.
-    #[arg(short = 'c', long = "ctx-size", alias = "ctx_size", default_value_t = 4096)]
+    #[arg(
+        short = 'c',
+        long = "ctx-size",
+        alias = "ctx_size",
+        default_value_t = 4096
+    )]
     pub ctx_size: usize,
 
     /// Tokens per forward pass while processing a prompt.
-    #[arg(short = 'b', long = "batch-size", alias = "batch_size", default_value_t = 512)]
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        alias = "batch_size",
+        default_value_t = 512
+    )]
     pub batch_size: usize,
 
     /// Threads; defaults to the number of physical cores.
@@ -55,20 +71,42 @@ pub struct Args {
     #[arg(long = "min-p", alias = "min_p", default_value_t = 0.05)]
     pub min_p: f32,
 
-    #[arg(long = "repeat-penalty", alias = "repeat_penalty", default_value_t = 1.0)]
+    #[arg(
+        long = "repeat-penalty",
+        alias = "repeat_penalty",
+        default_value_t = 1.0
+    )]
     pub repeat_penalty: f32,
 
-    #[arg(long = "repeat-last-n", alias = "repeat_last_n", default_value_t = 64, allow_negative_numbers = true)]
+    #[arg(
+        long = "repeat-last-n",
+        alias = "repeat_last_n",
+        default_value_t = 64,
+        allow_negative_numbers = true
+    )]
     pub repeat_last_n: i32,
 
-    #[arg(long = "presence-penalty", alias = "presence_penalty", default_value_t = 0.0)]
+    #[arg(
+        long = "presence-penalty",
+        alias = "presence_penalty",
+        default_value_t = 0.0
+    )]
     pub presence_penalty: f32,
 
-    #[arg(long = "frequency-penalty", alias = "frequency_penalty", default_value_t = 0.0)]
+    #[arg(
+        long = "frequency-penalty",
+        alias = "frequency_penalty",
+        default_value_t = 0.0
+    )]
     pub frequency_penalty: f32,
 
     /// Layers to offload to a GPU. Accepted for compatibility; this runtime runs on the CPU.
-    #[arg(long = "n-gpu-layers", alias = "gpu-layers", alias = "n_gpu_layers", allow_negative_numbers = true)]
+    #[arg(
+        long = "n-gpu-layers",
+        alias = "gpu-layers",
+        alias = "n_gpu_layers",
+        allow_negative_numbers = true
+    )]
     pub n_gpu_layers: Option<i64>,
 
     /// Accepted for compatibility with llama.cpp's command line.
@@ -104,7 +142,12 @@ pub struct Args {
     pub perplexity: bool,
 
     /// Interactive chat in the terminal.
-    #[arg(short = 'i', long = "interactive", alias = "chat", alias = "conversation")]
+    #[arg(
+        short = 'i',
+        long = "interactive",
+        alias = "chat",
+        alias = "conversation"
+    )]
     pub interactive: bool,
 
     /// Chat template by name (mistral, llama2, chatml, gemma, llama3) instead of the model's own.
@@ -114,6 +157,38 @@ pub struct Args {
     /// System prompt for chat.
     #[arg(long = "system-prompt")]
     pub system_prompt: Option<String>,
+
+    /// Serve the OpenAI-compatible API and the chat page over HTTP.
+    #[arg(long = "server")]
+    pub server: bool,
+
+    /// Address the server listens on; anything but loopback exposes it to the network (use --api-key).
+    #[arg(long = "host", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port the server listens on; when it is taken, the next free one. 0: any free port.
+    #[arg(long = "port", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Do not open the chat page in a browser.
+    #[arg(long = "nobrowser")]
+    pub nobrowser: bool,
+
+    /// Require `Authorization: Bearer KEY` on the server's API.
+    #[arg(long = "api-key")]
+    pub api_key: Option<String>,
+
+    /// Requests the server generates for at once (slots, batched together); they share -c.
+    #[arg(long = "parallel", default_value_t = 1)]
+    pub parallel: usize,
+
+    /// Requests that may wait for a free slot; beyond that the server answers 503.
+    #[arg(long = "max-queue", default_value_t = 64)]
+    pub max_queue: usize,
+
+    /// Seconds a server connection may stay idle, or take to send its request.
+    #[arg(long = "timeout", default_value_t = 60)]
+    pub timeout: u64,
 }
 
 /// llama.cpp spells some flags with one dash and several letters (`-ngl`, `-cnv`), which clap reads as
@@ -126,6 +201,7 @@ pub fn normalize(args: impl IntoIterator<Item = String>) -> Vec<String> {
                 "-cnv" => "--conversation",
                 "-sys" => "--system-prompt",
                 "-tb" => "--threads",
+                "-np" => "--parallel",
                 _ => return a,
             };
             long.to_string()

@@ -43,7 +43,11 @@ pub struct ContextFull {
 
 impl std::fmt::Display for ContextFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the context holds {} tokens, {} are needed (raise -c)", self.n_ctx, self.needed)
+        write!(
+            f,
+            "the context holds {} tokens, {} are needed (raise -c)",
+            self.n_ctx, self.needed
+        )
     }
 }
 
@@ -59,7 +63,10 @@ pub enum Want {
 
 impl<'a> Engine<'a> {
     pub fn new_session(&self) -> Session {
-        Session { cache: self.model.new_cache(self.n_ctx), tokens: Vec::new() }
+        Session {
+            cache: self.model.new_cache(self.n_ctx),
+            tokens: Vec::new(),
+        }
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -67,10 +74,18 @@ impl<'a> Engine<'a> {
     }
 
     /// Appends `tokens` to the session, evaluating them in batches of `n_batch`.
-    pub fn eval(&self, s: &mut Session, tokens: &[u32], want: Want) -> Result<Vec<f32>, ContextFull> {
+    pub fn eval(
+        &self,
+        s: &mut Session,
+        tokens: &[u32],
+        want: Want,
+    ) -> Result<Vec<f32>, ContextFull> {
         let needed = s.tokens.len() + tokens.len();
         if needed > self.n_ctx {
-            return Err(ContextFull { n_ctx: self.n_ctx, needed });
+            return Err(ContextFull {
+                n_ctx: self.n_ctx,
+                needed,
+            });
         }
         let n_vocab = self.n_vocab();
         let mut all = Vec::new();
@@ -84,7 +99,9 @@ impl<'a> Engine<'a> {
             };
             // Intermediate batches need no logits when only the last token's are wanted;
             // their output projection is still computed for the last row, which is cheap.
-            let out = self.model.forward(&mut s.cache, batch, s.tokens.len(), logits);
+            let out = self
+                .model
+                .forward(&mut s.cache, batch, s.tokens.len(), logits);
             s.tokens.extend_from_slice(batch);
             match want {
                 Want::All => all.extend_from_slice(&out),
@@ -128,17 +145,28 @@ impl<'a> Engine<'a> {
             return Ok(out);
         }
         let t0 = Instant::now();
-        let want = if opts.prompt_logprobs.is_some() { Want::All } else { Want::Last };
+        let want = if opts.prompt_logprobs.is_some() {
+            Want::All
+        } else {
+            Want::Last
+        };
         let logits = self.eval(s, prompt, want)?;
         let mut last: Vec<f32> = logits[logits.len() - n_vocab..].to_vec();
         if let Some(k) = opts.prompt_logprobs {
-            out.prompt_logprobs = logits.chunks_exact(n_vocab).map(|row| top_logprobs(row, k)).collect();
+            out.prompt_logprobs = logits
+                .chunks_exact(n_vocab)
+                .map(|row| top_logprobs(row, k))
+                .collect();
         }
         out.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
         out.prompt_n = prompt.len();
 
         let t1 = Instant::now();
-        let limit = if n_predict < 0 { usize::MAX } else { n_predict as usize };
+        let limit = if n_predict < 0 {
+            usize::MAX
+        } else {
+            n_predict as usize
+        };
         while out.tokens.len() < limit {
             if let Some(k) = opts.top_logprobs {
                 out.top_logprobs.push(top_logprobs(&last, k));
@@ -166,7 +194,12 @@ impl<'a> Engine<'a> {
     /// llama.cpp's perplexity: the text tokenized once, cut into chunks of `n_chunk_ctx` tokens, the
     /// first token of each chunk replaced by BOS when the model adds one, and the negative
     /// log-likelihood of the second half of each chunk averaged.
-    pub fn perplexity(&self, text: &str, n_chunk_ctx: usize, mut progress: impl FnMut(usize, usize, f64)) -> Result<Perplexity, String> {
+    pub fn perplexity(
+        &self,
+        text: &str,
+        n_chunk_ctx: usize,
+        mut progress: impl FnMut(usize, usize, f64),
+    ) -> Result<Perplexity, String> {
         let mut tokens = self.tokenizer.encode(text, true, false);
         if n_chunk_ctx < 2 || tokens.len() < 2 * n_chunk_ctx {
             return Err(format!(
@@ -176,7 +209,10 @@ impl<'a> Engine<'a> {
             ));
         }
         if n_chunk_ctx > self.n_ctx {
-            return Err(format!("the chunk size {n_chunk_ctx} exceeds the context {}", self.n_ctx));
+            return Err(format!(
+                "the chunk size {n_chunk_ctx} exceeds the context {}",
+                self.n_ctx
+            ));
         }
         let n_vocab = self.n_vocab();
         let n_chunks = tokens.len() / n_chunk_ctx;
@@ -194,7 +230,9 @@ impl<'a> Engine<'a> {
             }
             let chunk_tokens = chunk_tokens.to_vec();
             session.truncate(0);
-            let logits = self.eval(&mut session, &chunk_tokens, Want::All).map_err(|e| e.to_string())?;
+            let logits = self
+                .eval(&mut session, &chunk_tokens, Want::All)
+                .map_err(|e| e.to_string())?;
             for j in first..n_chunk_ctx - 1 {
                 let row = &logits[j * n_vocab..(j + 1) * n_vocab];
                 let target = tokens[start + j + 1] as usize;
@@ -203,7 +241,11 @@ impl<'a> Engine<'a> {
             }
             progress(chunk + 1, n_chunks, (nll / count as f64).exp());
         }
-        Ok(Perplexity { perplexity: (nll / count as f64).exp(), chunks: n_chunks, tokens: tokens.len() })
+        Ok(Perplexity {
+            perplexity: (nll / count as f64).exp(),
+            chunks: n_chunks,
+            tokens: tokens.len(),
+        })
     }
 }
 

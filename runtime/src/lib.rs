@@ -6,6 +6,7 @@ pub mod engine;
 pub mod load;
 pub mod model;
 pub mod sampling;
+pub mod server;
 
 /// Physical cores (llama.cpp's default thread count): hyper-threads share one core's arithmetic
 /// units, so counting them slows matrix multiplication down.

@@ -28,7 +28,11 @@ impl PayloadFile {
     pub fn open(path: &Path) -> Result<Option<PayloadFile>, String> {
         let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         match payload::read_payload(&file) {
-            Ok(Some(payload)) => Ok(Some(PayloadFile { path: path.to_path_buf(), file, payload })),
+            Ok(Some(payload)) => Ok(Some(PayloadFile {
+                path: path.to_path_buf(),
+                file,
+                payload,
+            })),
             Ok(None) => Ok(None),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
@@ -36,7 +40,9 @@ impl PayloadFile {
 
     /// The default arguments of its `.args` entry, if it has one.
     pub fn default_args(&self) -> Result<Option<Vec<String>>, String> {
-        self.payload.args(&self.file).map_err(|e| format!("{}: {e}", self.path.display()))
+        self.payload
+            .args(&self.file)
+            .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
 
@@ -44,11 +50,17 @@ impl PayloadFile {
 /// universal launcher passed; otherwise Linux's /proc/self/exe, then `current_exe`, then argv[0]
 /// looked up through PATH. A candidate counts only once its zip end record is found, so a runtime
 /// without a payload gives `Ok(None)`.
-pub fn find_self(explicit: Option<&Path>, argv0: Option<&str>) -> Result<Option<PayloadFile>, String> {
+pub fn find_self(
+    explicit: Option<&Path>,
+    argv0: Option<&str>,
+) -> Result<Option<PayloadFile>, String> {
     if let Some(path) = explicit {
         return match PayloadFile::open(path)? {
             Some(p) => Ok(Some(p)),
-            None => Err(format!("{}: {SELF_FLAG} names a file without a llamafile payload", path.display())),
+            None => Err(format!(
+                "{}: {SELF_FLAG} names a file without a llamafile payload",
+                path.display()
+            )),
         };
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
@@ -86,7 +98,11 @@ fn search_path(argv0: &str) -> Vec<PathBuf> {
         return vec![PathBuf::from(argv0)];
     }
     std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|d| d.join(argv0)).collect())
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(argv0))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -98,7 +114,10 @@ pub struct ModelSource {
 
 impl ModelSource {
     /// Maps `-m PATH` (a GGUF, or the GGUF inside a llamafile); without it, the GGUF in `self_file`.
-    pub fn open(model: Option<&Path>, self_file: Option<&PayloadFile>) -> Result<ModelSource, String> {
+    pub fn open(
+        model: Option<&Path>,
+        self_file: Option<&PayloadFile>,
+    ) -> Result<ModelSource, String> {
         if let Some(path) = model {
             return match PayloadFile::open(path)? {
                 Some(p) => Self::from_payload(&p),
@@ -106,16 +125,22 @@ impl ModelSource {
                     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
                     // SAFETY: a read-only map; a model file changed underneath a running process is
                     // outside what any mmap-based loader (llama.cpp included) can defend against.
-                    let map = unsafe { Mmap::map(&file) }.map_err(|e| format!("{}: cannot map: {e}", path.display()))?;
-                    Ok(ModelSource { name: path.display().to_string(), map })
+                    let map = unsafe { Mmap::map(&file) }
+                        .map_err(|e| format!("{}: cannot map: {e}", path.display()))?;
+                    Ok(ModelSource {
+                        name: path.display().to_string(),
+                        map,
+                    })
                 }
             };
         }
         match self_file {
             Some(p) => Self::from_payload(p),
-            None => Err("no model: run with -m MODEL.gguf, or pack one into a llamafile with \
+            None => Err(
+                "no model: run with -m MODEL.gguf, or pack one into a llamafile with \
                          `llamafile-pack build MODEL.gguf -o MODEL.llamafile`"
-                .into()),
+                    .into(),
+            ),
         }
     }
 
@@ -126,11 +151,20 @@ impl ModelSource {
             .gguf()
             .map_err(|e| format!("{shown}: {e}"))?
             .ok_or_else(|| format!("{shown}: the llamafile holds no .gguf entry"))?;
-        let len = usize::try_from(entry.size).map_err(|_| format!("{shown}: {} is too large to map", entry.name))?;
+        let len = usize::try_from(entry.size)
+            .map_err(|_| format!("{shown}: {} is too large to map", entry.name))?;
         // SAFETY: as above; the range was checked against the file by the payload reader.
-        let map = unsafe { MmapOptions::new().offset(entry.data_offset).len(len).map(&p.file) }
-            .map_err(|e| format!("{shown}: cannot map {}: {e}", entry.name))?;
-        Ok(ModelSource { name: format!("{shown}!{}", entry.name), map })
+        let map = unsafe {
+            MmapOptions::new()
+                .offset(entry.data_offset)
+                .len(len)
+                .map(&p.file)
+        }
+        .map_err(|e| format!("{shown}: cannot map {}: {e}", entry.name))?;
+        Ok(ModelSource {
+            name: format!("{shown}!{}", entry.name),
+            map,
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -1,6 +1,6 @@
 //! `llamafile`: runs a GGUF model, on its own or packed inside this very executable.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,12 +9,13 @@ use std::sync::Arc;
 use clap::Parser;
 use serde_json::json;
 
-use runtime::chat_template::{ChatMessage, ChatTemplate};
+use runtime::chat_template::ChatMessage;
 use runtime::cli::{self, Args};
 use runtime::engine::{Engine, GenerateOptions, Generation};
 use runtime::load::{self, ModelSource, PayloadFile};
 use runtime::model::Model;
 use runtime::sampling::{Sampler, SamplerConfig};
+use runtime::server::{Options, Server};
 use tokenizer::{Tokenizer, Utf8Stream};
 
 fn main() -> ExitCode {
@@ -31,7 +32,11 @@ fn main() -> ExitCode {
 /// then runs.
 fn start() -> Result<(), String> {
     let mut raw: Vec<String> = std::env::args().collect();
-    let argv0 = if raw.is_empty() { "llamafile".to_string() } else { raw.remove(0) };
+    let argv0 = if raw.is_empty() {
+        "llamafile".to_string()
+    } else {
+        raw.remove(0)
+    };
     let explicit_self = match raw.first().map(String::as_str) {
         Some(load::SELF_FLAG) if raw.len() >= 2 => {
             let path = PathBuf::from(raw.remove(1));
@@ -41,7 +46,12 @@ fn start() -> Result<(), String> {
         _ => None,
     };
     let self_file = load::find_self(explicit_self.as_deref(), Some(&argv0))?;
-    let user = match self_file.as_ref().map(|p| p.default_args()).transpose()?.flatten() {
+    let user = match self_file
+        .as_ref()
+        .map(|p| p.default_args())
+        .transpose()?
+        .flatten()
+    {
         Some(defaults) => payload::merge_args(&defaults, &raw),
         None => raw,
     };
@@ -68,8 +78,17 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
     let model = Model::load(&g).map_err(|e| format!("{}: {e}", source.name()))?;
     let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", source.name()))?;
     let n_ctx_train = model.config.n_ctx_train;
-    let n_ctx = if args.ctx_size == 0 { n_ctx_train } else { args.ctx_size.min(n_ctx_train) };
-    let engine = Engine { model, tokenizer, n_ctx, n_batch: args.batch_size.max(1) };
+    let n_ctx = if args.ctx_size == 0 {
+        n_ctx_train
+    } else {
+        args.ctx_size.min(n_ctx_train)
+    };
+    let engine = Engine {
+        model,
+        tokenizer,
+        n_ctx,
+        n_batch: args.batch_size.max(1),
+    };
     eprintln!(
         "llamafile: {} ({} layers, {} threads, {}, context {n_ctx})",
         source.name(),
@@ -78,6 +97,12 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
         kernels::isa_name()
     );
 
+    if args.server {
+        return runtime::server::run(&engine, &g, &args, source.name());
+    }
+    if is_bare(&args) {
+        return bare_launch(&engine, &g, &args, source.name());
+    }
     if args.perplexity {
         return perplexity(&engine, &args);
     }
@@ -93,13 +118,62 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
     complete(&engine, &args, &prompt)
 }
 
+/// No prompt and no mode: what a double-click or a plain `./model.llamafile` does.
+fn is_bare(args: &Args) -> bool {
+    args.prompt.is_none()
+        && args.file.is_none()
+        && !args.tokenize
+        && !args.perplexity
+        && !args.interactive
+}
+
+/// In a terminal: the terminal chat, with the server running in the background for the browser and
+/// API clients. Without one (launched from a desktop): the server, and the browser opened on it.
+fn bare_launch(
+    engine: &Engine,
+    g: &gguf::Gguf,
+    args: &Args,
+    model_name: &str,
+) -> Result<(), String> {
+    if !std::io::stdin().is_terminal() {
+        return runtime::server::run(engine, g, args, model_name);
+    }
+    let server = Server::bind(Options::from_args(args, model_name))?;
+    eprintln!(
+        "llamafile: chat page and OpenAI-compatible API at {}",
+        server.url()
+    );
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            if let Err(e) = server.serve(engine, g, args.chat_template.as_deref()) {
+                eprintln!("llamafile: server stopped: {e}");
+            }
+        });
+        let result = chat(engine, args, g);
+        // The server thread runs until the process ends; the chat ending ends both.
+        std::process::exit(match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("llamafile: error: {e}");
+                1
+            }
+        })
+    })
+}
+
 fn prompt_text(args: &Args) -> Result<String, String> {
     let text = match (&args.prompt, &args.file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?
+        }
         (None, None) => String::new(),
     };
-    Ok(if args.no_escape { text } else { cli::process_escapes(&text) })
+    Ok(if args.no_escape {
+        text
+    } else {
+        cli::process_escapes(&text)
+    })
 }
 
 fn sampler_for(args: &Args, n_vocab: usize) -> Result<Sampler, String> {
@@ -143,18 +217,25 @@ fn complete(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
     let mut text = Vec::new();
     let json = args.json;
     let generation = engine
-        .generate(&mut session, &ids, args.n_predict, &mut sampler, &opts, |tok| {
-            let piece = engine.tokenizer.token_to_piece(tok, false);
-            text.extend_from_slice(&piece);
-            if !json {
-                let s = stream.push(&piece);
-                if !s.is_empty() {
-                    let _ = out.write_all(s.as_bytes());
-                    let _ = out.flush();
+        .generate(
+            &mut session,
+            &ids,
+            args.n_predict,
+            &mut sampler,
+            &opts,
+            |tok| {
+                let piece = engine.tokenizer.token_to_piece(tok, false);
+                text.extend_from_slice(&piece);
+                if !json {
+                    let s = stream.push(&piece);
+                    if !s.is_empty() {
+                        let _ = out.write_all(s.as_bytes());
+                        let _ = out.flush();
+                    }
                 }
-            }
-            true
-        })
+                true
+            },
+        )
         .map_err(|e| e.to_string())?;
     if json {
         let text = String::from_utf8_lossy(&text);
@@ -205,26 +286,26 @@ fn perplexity(engine: &Engine, args: &Args) -> Result<(), String> {
         return Err("--perplexity needs the text: -f FILE".into());
     };
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let r = engine.perplexity(&text, engine.n_ctx, |i, n, ppl| eprintln!("[{i}/{n}] perplexity {ppl:.4}"))?;
+    let r = engine.perplexity(&text, engine.n_ctx, |i, n, ppl| {
+        eprintln!("[{i}/{n}] perplexity {ppl:.4}")
+    })?;
     if args.json {
-        println!("{}", json!({"perplexity": r.perplexity, "chunks": r.chunks, "tokens": r.tokens}));
+        println!(
+            "{}",
+            json!({"perplexity": r.perplexity, "chunks": r.chunks, "tokens": r.tokens})
+        );
     } else {
-        println!("perplexity: {:.4} over {} chunks of {} tokens", r.perplexity, r.chunks, engine.n_ctx);
+        println!(
+            "perplexity: {:.4} over {} chunks of {} tokens",
+            r.perplexity, r.chunks, engine.n_ctx
+        );
     }
     Ok(())
 }
 
 /// The terminal chat: one line per user turn, replies streamed; Ctrl-C stops a reply, Ctrl-D exits.
 fn chat(engine: &Engine, args: &Args, g: &gguf::Gguf) -> Result<(), String> {
-    let bos = engine.tokenizer.bos().map(|t| engine.tokenizer.token_to_piece(t, true)).unwrap_or_default();
-    let eos = engine.tokenizer.eos().map(|t| engine.tokenizer.token_to_piece(t, true)).unwrap_or_default();
-    let (bos, eos) = (String::from_utf8_lossy(&bos).into_owned(), String::from_utf8_lossy(&eos).into_owned());
-    let template = match (&args.chat_template, g.get_str("tokenizer.chat_template").ok().flatten()) {
-        (Some(name), _) => ChatTemplate::builtin(name, &bos, &eos),
-        (None, Some(src)) => ChatTemplate::from_source(src, &bos, &eos),
-        (None, None) => ChatTemplate::builtin("chatml", &bos, &eos),
-    }
-    .map_err(|e| e.to_string())?;
+    let template = runtime::server::model_template(engine, g, args.chat_template.as_deref())?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -240,7 +321,10 @@ fn chat(engine: &Engine, args: &Args, g: &gguf::Gguf) -> Result<(), String> {
 
     let mut messages = Vec::new();
     if let Some(sys) = &args.system_prompt {
-        messages.push(ChatMessage { role: "system".into(), content: sys.clone() });
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: sys.clone(),
+        });
     }
     let mut session = engine.new_session();
     let mut sampler = sampler_for(args, engine.n_vocab())?;
@@ -255,26 +339,43 @@ fn chat(engine: &Engine, args: &Args, g: &gguf::Gguf) -> Result<(), String> {
         if line.trim().is_empty() {
             continue;
         }
-        messages.push(ChatMessage { role: "user".into(), content: line });
-        let rendered = template.render(&messages, true).map_err(|e| e.to_string())?;
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: line,
+        });
+        let rendered = template
+            .render(&messages, true)
+            .map_err(|e| e.to_string())?;
         let ids = engine.tokenize_prompt(&rendered);
         // Reuse the cached prefix the conversation shares with what the cache holds.
-        let common = ids.iter().zip(session.tokens()).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        let common = ids
+            .iter()
+            .zip(session.tokens())
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
         session.truncate(common);
         let mut stream = Utf8Stream::new();
         let mut reply = Vec::new();
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        let result = engine.generate(&mut session, &ids[common..], -1, &mut sampler, &GenerateOptions::default(), |tok| {
-            if engine.tokenizer.is_eog(tok) {
-                return false;
-            }
-            let piece = engine.tokenizer.token_to_piece(tok, false);
-            reply.extend_from_slice(&piece);
-            let _ = out.write_all(stream.push(&piece).as_bytes());
-            let _ = out.flush();
-            !interrupted.load(Ordering::SeqCst)
-        });
+        let result = engine.generate(
+            &mut session,
+            &ids[common..],
+            args.n_predict,
+            &mut sampler,
+            &GenerateOptions::default(),
+            |tok| {
+                if engine.tokenizer.is_eog(tok) {
+                    return false;
+                }
+                let piece = engine.tokenizer.token_to_piece(tok, false);
+                reply.extend_from_slice(&piece);
+                let _ = out.write_all(stream.push(&piece).as_bytes());
+                let _ = out.flush();
+                !interrupted.load(Ordering::SeqCst)
+            },
+        );
         let _ = writeln!(out, "{}", stream.finish());
         if let Err(e) = result {
             eprintln!("llamafile: {e}; starting a new conversation");
@@ -282,7 +383,10 @@ fn chat(engine: &Engine, args: &Args, g: &gguf::Gguf) -> Result<(), String> {
             session.truncate(0);
             continue;
         }
-        messages.push(ChatMessage { role: "assistant".into(), content: String::from_utf8_lossy(&reply).into_owned() });
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: String::from_utf8_lossy(&reply).into_owned(),
+        });
     }
     Ok(())
 }

@@ -149,31 +149,65 @@ impl Config {
         }
         let rms_eps = match g.get_f32(&key("attention.layer_norm_rms_epsilon"))? {
             Some(v) => v,
-            None => return err(format!("missing required metadata key {}", key("attention.layer_norm_rms_epsilon"))),
+            None => {
+                return err(format!(
+                    "missing required metadata key {}",
+                    key("attention.layer_norm_rms_epsilon")
+                ))
+            }
         };
         let rope_base = g.get_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
         let rope_freq_scale = match g.get_f32(&key("rope.scaling.factor"))? {
             Some(f) if f > 0.0 => 1.0 / f,
             _ => 1.0,
         };
-        let n_ctx_train = g.get_u32(&key("context_length"))?.map_or(4096, |v| v as usize);
-        let sliding_window = g.get_u32(&key("attention.sliding_window"))?.map(|v| v as usize).filter(|&w| w > 0);
+        let n_ctx_train = g
+            .get_u32(&key("context_length"))?
+            .map_or(4096, |v| v as usize);
+        let sliding_window = g
+            .get_u32(&key("attention.sliding_window"))?
+            .map(|v| v as usize)
+            .filter(|&w| w > 0);
 
         let (rope_style, layer_is_swa, attn_scale, embd_scale, rope_base_swa) = match arch {
-            Arch::Llama => (RopeStyle::Normal, vec![sliding_window.is_some(); n_layer], None, None, rope_base),
-            Arch::Qwen2 => (RopeStyle::Neox, vec![sliding_window.is_some(); n_layer], None, None, rope_base),
+            Arch::Llama => (
+                RopeStyle::Normal,
+                vec![sliding_window.is_some(); n_layer],
+                None,
+                None,
+                rope_base,
+            ),
+            Arch::Qwen2 => (
+                RopeStyle::Neox,
+                vec![sliding_window.is_some(); n_layer],
+                None,
+                None,
+                rope_base,
+            ),
             Arch::Gemma3 => {
                 // Gemma 3 alternates five sliding-window layers with one global layer.
-                let pattern = g.get_u32(&key("attention.sliding_window_pattern"))?.map_or(6, |v| v as usize);
+                let pattern = g
+                    .get_u32(&key("attention.sliding_window_pattern"))?
+                    .map_or(6, |v| v as usize);
                 let is_swa = (0..n_layer)
-                    .map(|il| sliding_window.is_some() && (pattern == 0 || il % pattern < pattern - 1))
+                    .map(|il| {
+                        sliding_window.is_some() && (pattern == 0 || il % pattern < pattern - 1)
+                    })
                     .collect();
                 let base_swa = g.get_f32(&key("rope.freq_base_swa"))?.unwrap_or(10000.0);
-                (RopeStyle::Neox, is_swa, None, Some((n_embd as f32).sqrt()), base_swa)
+                (
+                    RopeStyle::Neox,
+                    is_swa,
+                    None,
+                    Some((n_embd as f32).sqrt()),
+                    base_swa,
+                )
             }
         };
         let attn_scale = attn_scale.unwrap_or(1.0 / (head_dim_k as f32).sqrt());
-        let final_logit_softcap = g.get_f32(&key("final_logit_softcapping"))?.filter(|&c| c != 0.0);
+        let final_logit_softcap = g
+            .get_f32(&key("final_logit_softcapping"))?
+            .filter(|&c| c != 0.0);
         let n_vocab = match g.tensor("token_embd.weight") {
             Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
             _ => return err("missing or malformed tensor token_embd.weight"),
@@ -215,7 +249,12 @@ pub struct Weight<'a> {
 
 impl<'a> Weight<'a> {
     fn matrix(&self) -> QMatrix<'a> {
-        QMatrix { ty: self.ty, data: self.data, rows: self.rows, cols: self.cols }
+        QMatrix {
+            ty: self.ty,
+            data: self.data,
+            rows: self.rows,
+            cols: self.cols,
+        }
     }
 
     /// y (n × rows) = x (n × cols) · Wᵀ
@@ -266,7 +305,12 @@ impl<'a> Loader<'_, 'a> {
             return err(format!("missing tensor {name}"));
         };
         self.check(t, &[cols, rows])?;
-        Ok(Weight { ty: t.ty, data: t.data, rows, cols })
+        Ok(Weight {
+            ty: t.ty,
+            data: t.data,
+            rows,
+            cols,
+        })
     }
 
     fn check(&self, t: &TensorInfo<'a>, dims: &[usize]) -> Result<(), ModelError> {
@@ -281,7 +325,10 @@ impl<'a> Loader<'_, 'a> {
             v
         };
         if trim(&found) != trim(&want) {
-            return err(format!("tensor {} has shape {:?}, expected {:?}", t.name, found, want));
+            return err(format!(
+                "tensor {} has shape {:?}, expected {:?}",
+                t.name, found, want
+            ));
         }
         Ok(())
     }
@@ -295,7 +342,9 @@ impl<'a> Loader<'_, 'a> {
     }
 
     fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
-        let Some(t) = self.find(name) else { return Ok(None) };
+        let Some(t) = self.find(name) else {
+            return Ok(None);
+        };
         self.check(t, &[len])?;
         let mut out = vec![0.0f32; len];
         kernels::dequantize_row(t.ty, t.data, &mut out);
@@ -324,13 +373,14 @@ impl<'a> Model<'a> {
         for i in 0..c.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
             let gemma = c.arch == Arch::Gemma3;
-            let required_if = |cond: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
-                if cond {
-                    l.vector(&n(name), len).map(Some)
-                } else {
-                    l.optional_vector(&n(name), len)
-                }
-            };
+            let required_if =
+                |cond: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
+                    if cond {
+                        l.vector(&n(name), len).map(Some)
+                    } else {
+                        l.optional_vector(&n(name), len)
+                    }
+                };
             layers.push(Layer {
                 attn_norm: l.vector(&n("attn_norm.weight"), c.n_embd)?,
                 wq: l.weight(&n("attn_q.weight"), c.n_embd, q_dim)?,
@@ -350,7 +400,13 @@ impl<'a> Model<'a> {
                 post_ffn_norm: required_if(gemma, "post_ffw_norm.weight", c.n_embd)?,
             });
         }
-        Ok(Model { config, token_embd, output_norm, output, layers })
+        Ok(Model {
+            config,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+        })
     }
 
     /// A KV cache for up to `n_ctx` positions.
@@ -362,14 +418,31 @@ impl<'a> Model<'a> {
             n_ctx,
             k_row,
             v_row,
-            k: (0..c.n_layer).map(|_| vec![f16::ZERO; n_ctx * k_row]).collect(),
-            v: (0..c.n_layer).map(|_| vec![f16::ZERO; n_ctx * v_row]).collect(),
+            k: (0..c.n_layer)
+                .map(|_| vec![f16::ZERO; n_ctx * k_row])
+                .collect(),
+            v: (0..c.n_layer)
+                .map(|_| vec![f16::ZERO; n_ctx * v_row])
+                .collect(),
         }
     }
 
     /// Runs one sequence's `tokens` at positions `pos0..` through the model; see [`Model::forward_batch`].
-    pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], pos0: usize, logits: Logits) -> Vec<f32> {
-        self.forward_batch(&mut [SeqInput { cache, tokens, pos0 }], logits)
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        pos0: usize,
+        logits: Logits,
+    ) -> Vec<f32> {
+        self.forward_batch(
+            &mut [SeqInput {
+                cache,
+                tokens,
+                pos0,
+            }],
+            logits,
+        )
     }
 
     /// Runs the tokens of several independent sequences through the model in one pass: the weight
@@ -380,9 +453,15 @@ impl<'a> Model<'a> {
     pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], logits: Logits) -> Vec<f32> {
         let c = &self.config;
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        let positions: Vec<usize> = seqs.iter().flat_map(|s| s.pos0..s.pos0 + s.tokens.len()).collect();
+        let positions: Vec<usize> = seqs
+            .iter()
+            .flat_map(|s| s.pos0..s.pos0 + s.tokens.len())
+            .collect();
         for s in seqs.iter() {
-            assert!(!s.tokens.is_empty() && s.pos0 + s.tokens.len() <= s.cache.n_ctx, "forward: batch exceeds the KV cache");
+            assert!(
+                !s.tokens.is_empty() && s.pos0 + s.tokens.len() <= s.cache.n_ctx,
+                "forward: batch exceeds the KV cache"
+            );
         }
         let n = tokens.len();
         let d = c.n_embd;
@@ -428,14 +507,37 @@ impl<'a> Model<'a> {
             }
             let swa = c.layer_is_swa[il];
             let base = if swa { c.rope_base_swa } else { c.rope_base };
-            rope(&mut q, c.n_head, c.head_dim_k, c.n_rot, &positions, base, c.rope_freq_scale, c.rope_style);
-            rope(&mut k, c.n_head_kv, c.head_dim_k, c.n_rot, &positions, base, c.rope_freq_scale, c.rope_style);
+            rope(
+                &mut q,
+                c.n_head,
+                c.head_dim_k,
+                c.n_rot,
+                &positions,
+                base,
+                c.rope_freq_scale,
+                c.rope_style,
+            );
+            rope(
+                &mut k,
+                c.n_head_kv,
+                c.head_dim_k,
+                c.n_rot,
+                &positions,
+                base,
+                c.rope_freq_scale,
+                c.rope_style,
+            );
 
             let window = if swa { c.sliding_window } else { None };
             let mut row = 0;
             for s in seqs.iter_mut() {
                 let len = s.tokens.len();
-                s.cache.store(il, s.pos0, &k[row * k_dim..(row + len) * k_dim], &v[row * v_dim..(row + len) * v_dim]);
+                s.cache.store(
+                    il,
+                    s.pos0,
+                    &k[row * k_dim..(row + len) * k_dim],
+                    &v[row * v_dim..(row + len) * v_dim],
+                );
                 self.attention(
                     s.cache,
                     il,
@@ -520,72 +622,94 @@ impl<'a> Model<'a> {
         // its tiled path (f32 query, f32 accumulation). Both are followed here.
         let half_path = n < 64;
         // One task per (token, head): each writes its own dv-long slice of `out`.
-        out[..n * o_dim].par_chunks_mut(dv).enumerate().for_each_init(
-            || AttentionScratch::new(dk, dv),
-            |sc, (i, out_h)| {
-                let t = i / c.n_head;
-                let h = i % c.n_head;
-                let hk = h / group;
-                let pos = pos0 + t;
-                let first = match window {
-                    Some(w) => (pos + 1).saturating_sub(w),
-                    None => 0,
-                };
-                let qrow = &q[t * q_dim + h * dk..t * q_dim + (h + 1) * dk];
-                let key = |p: usize| &k_cache[p * cache.k_row + hk * dk..p * cache.k_row + (hk + 1) * dk];
-                let value = |p: usize| &v_cache[p * cache.v_row + hk * dv..p * cache.v_row + (hk + 1) * dv];
-                if half_path {
-                    kernels::f32_to_f16_row(qrow, &mut sc.q16);
-                    sc.acc16.iter_mut().for_each(|a| *a = f16::ZERO);
-                    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-                    for p in first..=pos {
-                        let s = kernels::dot_f16(key(p), &sc.q16) * scale;
-                        let (ms, vs) = if s > max {
-                            let ms = (max - s).exp();
-                            max = s;
-                            (ms, 1.0)
-                        } else {
-                            (1.0, (s - max).exp())
-                        };
-                        // acc = f16(acc * ms + v * vs), element by element, as ggml_vec_scale_f16
-                        // followed by ggml_vec_mad_f16.
-                        kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
-                        kernels::f16_to_f32_row(value(p), &mut sc.vrow);
-                        if ms != 1.0 {
-                            sc.acc.iter_mut().for_each(|a| *a = f16::from_f32(*a * ms).to_f32());
+        out[..n * o_dim]
+            .par_chunks_mut(dv)
+            .enumerate()
+            .for_each_init(
+                || AttentionScratch::new(dk, dv),
+                |sc, (i, out_h)| {
+                    let t = i / c.n_head;
+                    let h = i % c.n_head;
+                    let hk = h / group;
+                    let pos = pos0 + t;
+                    let first = match window {
+                        Some(w) => (pos + 1).saturating_sub(w),
+                        None => 0,
+                    };
+                    let qrow = &q[t * q_dim + h * dk..t * q_dim + (h + 1) * dk];
+                    let key = |p: usize| {
+                        &k_cache[p * cache.k_row + hk * dk..p * cache.k_row + (hk + 1) * dk]
+                    };
+                    let value = |p: usize| {
+                        &v_cache[p * cache.v_row + hk * dv..p * cache.v_row + (hk + 1) * dv]
+                    };
+                    if half_path {
+                        kernels::f32_to_f16_row(qrow, &mut sc.q16);
+                        sc.acc16.iter_mut().for_each(|a| *a = f16::ZERO);
+                        let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+                        for p in first..=pos {
+                            let s = kernels::dot_f16(key(p), &sc.q16) * scale;
+                            let (ms, vs) = if s > max {
+                                let ms = (max - s).exp();
+                                max = s;
+                                (ms, 1.0)
+                            } else {
+                                (1.0, (s - max).exp())
+                            };
+                            // acc = f16(acc * ms + v * vs), element by element, as ggml_vec_scale_f16
+                            // followed by ggml_vec_mad_f16.
+                            kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
+                            kernels::f16_to_f32_row(value(p), &mut sc.vrow);
+                            if ms != 1.0 {
+                                sc.acc
+                                    .iter_mut()
+                                    .for_each(|a| *a = f16::from_f32(*a * ms).to_f32());
+                            }
+                            sc.acc
+                                .iter_mut()
+                                .zip(&sc.vrow)
+                                .for_each(|(a, &v)| *a += v * vs);
+                            kernels::f32_to_f16_row(&sc.acc, &mut sc.acc16);
+                            sum = sum * ms + vs;
                         }
-                        sc.acc.iter_mut().zip(&sc.vrow).for_each(|(a, &v)| *a += v * vs);
-                        kernels::f32_to_f16_row(&sc.acc, &mut sc.acc16);
-                        sum = sum * ms + vs;
+                        kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
+                        let inv = 1.0 / sum;
+                        out_h
+                            .iter_mut()
+                            .zip(&sc.acc)
+                            .for_each(|(o, &a)| *o = a * inv);
+                    } else {
+                        sc.scores.clear();
+                        let mut max = f32::NEG_INFINITY;
+                        for p in first..=pos {
+                            kernels::f16_to_f32_row(key(p), &mut sc.krow);
+                            let s =
+                                qrow.iter().zip(&sc.krow).map(|(a, b)| a * b).sum::<f32>() * scale;
+                            max = max.max(s);
+                            sc.scores.push(s);
+                        }
+                        let mut sum = 0.0f32;
+                        for s in sc.scores.iter_mut() {
+                            *s = (*s - max).exp();
+                            sum += *s;
+                        }
+                        sc.acc.iter_mut().for_each(|a| *a = 0.0);
+                        for (j, p) in (first..=pos).enumerate() {
+                            kernels::f16_to_f32_row(value(p), &mut sc.vrow);
+                            let w = sc.scores[j];
+                            sc.acc
+                                .iter_mut()
+                                .zip(&sc.vrow)
+                                .for_each(|(a, &v)| *a += w * v);
+                        }
+                        let inv = 1.0 / sum;
+                        out_h
+                            .iter_mut()
+                            .zip(&sc.acc)
+                            .for_each(|(o, &a)| *o = a * inv);
                     }
-                    kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
-                    let inv = 1.0 / sum;
-                    out_h.iter_mut().zip(&sc.acc).for_each(|(o, &a)| *o = a * inv);
-                } else {
-                    sc.scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for p in first..=pos {
-                        kernels::f16_to_f32_row(key(p), &mut sc.krow);
-                        let s = qrow.iter().zip(&sc.krow).map(|(a, b)| a * b).sum::<f32>() * scale;
-                        max = max.max(s);
-                        sc.scores.push(s);
-                    }
-                    let mut sum = 0.0f32;
-                    for s in sc.scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    sc.acc.iter_mut().for_each(|a| *a = 0.0);
-                    for (j, p) in (first..=pos).enumerate() {
-                        kernels::f16_to_f32_row(value(p), &mut sc.vrow);
-                        let w = sc.scores[j];
-                        sc.acc.iter_mut().zip(&sc.vrow).for_each(|(a, &v)| *a += w * v);
-                    }
-                    let inv = 1.0 / sum;
-                    out_h.iter_mut().zip(&sc.acc).for_each(|(o, &a)| *o = a * inv);
-                }
-            },
-        );
+                },
+            );
     }
 }
 

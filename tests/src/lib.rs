@@ -6,14 +6,20 @@ use std::process::{Command, Output};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// A binary of the workspace, built in the same profile as this test (`cargo xtask test` builds them first).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -33,7 +39,11 @@ pub fn shared_reference() -> PathBuf {
     let dir = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("../shared/reference"));
-    assert!(dir.is_dir(), "{} not found: set LLAMAFILE_SHARED_REFERENCE", dir.display());
+    assert!(
+        dir.is_dir(),
+        "{} not found: set LLAMAFILE_SHARED_REFERENCE",
+        dir.display()
+    );
     dir
 }
 
@@ -42,13 +52,20 @@ pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("LLAMAFILE_TEST_MODELS").map(PathBuf::from).expect(
         "LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and `cargo xtask test`",
     );
-    assert!(dir.join("qwen.gguf").exists(), "{}/qwen.gguf missing: run `cargo xtask fetch-models`", dir.display());
+    assert!(
+        dir.join("qwen.gguf").exists(),
+        "{}/qwen.gguf missing: run `cargo xtask fetch-models`",
+        dir.display()
+    );
     dir
 }
 
 /// Runs `llamafile` with `args`, returning its output; panics with its stderr when it fails.
 pub fn llamafile(args: &[&str]) -> Output {
-    let out = Command::new(bin("llamafile")).args(args).output().expect("spawn llamafile");
+    let out = Command::new(bin("llamafile"))
+        .args(args)
+        .output()
+        .expect("spawn llamafile");
     assert!(
         out.status.success(),
         "llamafile {:?} failed ({}):\n{}",
@@ -62,6 +79,10 @@ pub fn llamafile(args: &[&str]) -> Output {
 /// Parses stdout as one JSON value (the last non-empty line).
 pub fn json_stdout(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text}"))
 }

@@ -9,20 +9,50 @@ use e2e::{bin, json_stdout, llamafile, shared_reference};
 use serde_json::Value;
 
 fn synth(ty: &str) -> String {
-    shared_reference().join(format!("llama-synth/models/llama-synth-{ty}.gguf")).display().to_string()
+    shared_reference()
+        .join(format!("llama-synth/models/llama-synth-{ty}.gguf"))
+        .display()
+        .to_string()
 }
 
 fn ids(v: &Value) -> Vec<u64> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id"))
+        .collect()
 }
 
 #[test]
 fn no_display_prompt_prints_only_the_generated_text() {
     let m = synth("Q8_0");
-    let json = json_stdout(&llamafile(&["-m", &m, "-p", "Hello world", "-n", "6", "--temp", "0", "--json"]));
-    let text = llamafile(&["-m", &m, "-p", "Hello world", "-n", "6", "--temp", "0", "--no-display-prompt"]);
+    let json = json_stdout(&llamafile(&[
+        "-m",
+        &m,
+        "-p",
+        "Hello world",
+        "-n",
+        "6",
+        "--temp",
+        "0",
+        "--json",
+    ]));
+    let text = llamafile(&[
+        "-m",
+        &m,
+        "-p",
+        "Hello world",
+        "-n",
+        "6",
+        "--temp",
+        "0",
+        "--no-display-prompt",
+    ]);
     let stdout = String::from_utf8(text.stdout).expect("utf-8");
-    assert_eq!(stdout.trim_end_matches('\n'), json["text"].as_str().unwrap());
+    assert_eq!(
+        stdout.trim_end_matches('\n'),
+        json["text"].as_str().unwrap()
+    );
     assert_eq!(ids(&json["tokens"]).len(), 6);
     // Logs and timings go to stderr.
     assert!(String::from_utf8_lossy(&text.stderr).contains("t/s"));
@@ -32,7 +62,18 @@ fn no_display_prompt_prints_only_the_generated_text() {
 fn json_reports_logprobs_and_timings() {
     let m = synth("Q4_K");
     let v = json_stdout(&llamafile(&[
-        "-m", &m, "-p", "one two three", "-n", "4", "--temp", "0", "--json", "--top-logprobs", "3", "--prompt-logprobs",
+        "-m",
+        &m,
+        "-p",
+        "one two three",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "--json",
+        "--top-logprobs",
+        "3",
+        "--prompt-logprobs",
     ]));
     let prompt = ids(&v["prompt_tokens"]);
     assert_eq!(v["prompt_logprobs"].as_array().unwrap().len(), prompt.len());
@@ -44,7 +85,10 @@ fn json_reports_logprobs_and_timings() {
         // Greedy: the chosen token is the most likely one, and logprobs are sorted and ≤ 0.
         assert_eq!(row[0][0], v["tokens"][step]);
         let lps: Vec<f64> = row.iter().map(|p| p[1].as_f64().unwrap()).collect();
-        assert!(lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0, "{lps:?}");
+        assert!(
+            lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0,
+            "{lps:?}"
+        );
     }
     assert!(v["timings"]["prompt_per_second"].as_f64().unwrap() > 0.0);
 }
@@ -54,7 +98,18 @@ fn a_prompt_of_zero_tokens_gives_empty_lists() {
     // Qwen adds no BOS, so the empty prompt has no tokens at all.
     let m = e2e::models_dir().join("qwen.gguf");
     let v = json_stdout(&llamafile(&[
-        "-m", m.to_str().unwrap(), "-p", "", "-n", "4", "--temp", "0", "--json", "--prompt-logprobs", "--top-logprobs", "2",
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "--json",
+        "--prompt-logprobs",
+        "--top-logprobs",
+        "2",
     ]));
     for key in ["prompt_tokens", "tokens", "prompt_logprobs", "top_logprobs"] {
         assert_eq!(v[key], serde_json::json!([]), "{key}");
@@ -71,16 +126,24 @@ fn tokenize_prints_ids_and_a_literal_bos_is_not_doubled() {
     let with_bos: Vec<u64> = serde_json::from_slice(&with_bos.stdout).expect("json array");
     assert_eq!(plain[0], 1, "BOS added");
     assert_eq!(with_bos[0], 1);
-    assert_ne!(with_bos[1], 1, "a literal <s> must not become a second BOS: {with_bos:?}");
+    assert_ne!(
+        with_bos[1], 1,
+        "a literal <s> must not become a second BOS: {with_bos:?}"
+    );
 }
 
 #[test]
 fn escapes_are_processed_unless_no_escape() {
     let m = synth("Q4_0");
-    let escaped: Vec<u64> = serde_json::from_slice(&llamafile(&["-m", &m, "--tokenize", "-p", "a\\nb"]).stdout).unwrap();
-    let newline: Vec<u64> = serde_json::from_slice(&llamafile(&["-m", &m, "--tokenize", "-p", "a\nb"]).stdout).unwrap();
-    let literal: Vec<u64> =
-        serde_json::from_slice(&llamafile(&["-m", &m, "--tokenize", "--no-escape", "-p", "a\\nb"]).stdout).unwrap();
+    let escaped: Vec<u64> =
+        serde_json::from_slice(&llamafile(&["-m", &m, "--tokenize", "-p", "a\\nb"]).stdout)
+            .unwrap();
+    let newline: Vec<u64> =
+        serde_json::from_slice(&llamafile(&["-m", &m, "--tokenize", "-p", "a\nb"]).stdout).unwrap();
+    let literal: Vec<u64> = serde_json::from_slice(
+        &llamafile(&["-m", &m, "--tokenize", "--no-escape", "-p", "a\\nb"]).stdout,
+    )
+    .unwrap();
     assert_eq!(escaped, newline);
     assert_ne!(literal, newline);
 }
@@ -89,7 +152,9 @@ fn escapes_are_processed_unless_no_escape() {
 fn the_seed_fixes_the_sample_and_temperature_varies_it() {
     let m = synth("Q4_0");
     let run = |seed: &str| {
-        ids(&json_stdout(&llamafile(&["-m", &m, "-p", "Hello", "-n", "12", "--temp", "1.5", "-s", seed, "--json"]))["tokens"])
+        ids(&json_stdout(&llamafile(&[
+            "-m", &m, "-p", "Hello", "-n", "12", "--temp", "1.5", "-s", seed, "--json",
+        ]))["tokens"])
     };
     assert_eq!(run("42"), run("42"));
     assert_ne!(run("42"), run("43"));
@@ -100,19 +165,43 @@ fn the_seed_models_command_line_runs_unchanged() {
     // llamafile's Mistral release line, with a small -c so the random-weight model hits it quickly.
     let m = synth("Q4_K");
     let out = llamafile(&[
-        "-m", &m, "-ngl", "35", "--color", "-c", "64", "--temp", "0.7", "--repeat_penalty", "1.1", "-n", "-1", "-s", "1", "-p",
+        "-m",
+        &m,
+        "-ngl",
+        "35",
+        "--color",
+        "-c",
+        "64",
+        "--temp",
+        "0.7",
+        "--repeat_penalty",
+        "1.1",
+        "-n",
+        "-1",
+        "-s",
+        "1",
+        "-p",
         "<s>[INST] Say hi [/INST]",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches("GPU").count(), 1, "-ngl is acknowledged once: {stderr}");
+    assert_eq!(
+        stderr.matches("GPU").count(),
+        1,
+        "-ngl is acknowledged once: {stderr}"
+    );
 }
 
 #[test]
 fn n_minus_one_stops_at_a_full_context() {
     let m = synth("Q4_0");
-    let v = json_stdout(&llamafile(&["-m", &m, "-p", "Hello", "-c", "24", "-n", "-2", "--temp", "0", "--json"]));
+    let v = json_stdout(&llamafile(&[
+        "-m", &m, "-p", "Hello", "-c", "24", "-n", "-2", "--temp", "0", "--json",
+    ]));
     let total = ids(&v["prompt_tokens"]).len() + ids(&v["tokens"]).len();
-    assert_eq!(total, 25, "the last token is sampled from the full context's logits");
+    assert_eq!(
+        total, 25,
+        "the last token is sampled from the full context's logits"
+    );
 }
 
 #[test]
@@ -132,9 +221,17 @@ fn chat_keeps_the_conversation_and_exits_on_end_of_input() {
     }
     drop(child.stdin.take()); // Ctrl-D
     let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches("\n> ").count(), 3, "two turns, then the prompt that met end of input: {stderr}");
+    assert_eq!(
+        stderr.matches("\n> ").count(),
+        3,
+        "two turns, then the prompt that met end of input: {stderr}"
+    );
 }
 
 /// A minimal GGUF v3 writer for the refusal cases.
@@ -148,7 +245,13 @@ struct Gguf {
 
 impl Gguf {
     fn new(arch: &str) -> Gguf {
-        let mut g = Gguf { kv: Vec::new(), n_kv: 0, tensors: Vec::new(), n_tensors: 0, data: Vec::new() };
+        let mut g = Gguf {
+            kv: Vec::new(),
+            n_kv: 0,
+            tensors: Vec::new(),
+            n_tensors: 0,
+            data: Vec::new(),
+        };
         g.string_kv("general.architecture", arch);
         g
     }
@@ -167,7 +270,8 @@ impl Gguf {
 
     fn tensor(&mut self, name: &str, dims: &[u64], ty: u32, offset: u64) {
         Self::string(&mut self.tensors, name);
-        self.tensors.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        self.tensors
+            .extend_from_slice(&(dims.len() as u32).to_le_bytes());
         for d in dims {
             self.tensors.extend_from_slice(&d.to_le_bytes());
         }
@@ -193,11 +297,20 @@ impl Gguf {
 
 /// Runs llamafile on `bytes` written to a file and returns its one-line error.
 fn refusal(name: &str, bytes: &[u8]) -> String {
-    let path: PathBuf = std::env::temp_dir().join(format!("llamafile-cli-{}-{name}.gguf", std::process::id()));
+    let path: PathBuf =
+        std::env::temp_dir().join(format!("llamafile-cli-{}-{name}.gguf", std::process::id()));
     std::fs::write(&path, bytes).unwrap();
-    let out = Command::new(bin("llamafile")).args(["-m", path.to_str().unwrap(), "-p", "hi", "-n", "1"]).output().unwrap();
+    let out = Command::new(bin("llamafile"))
+        .args(["-m", path.to_str().unwrap(), "-p", "hi", "-n", "1"])
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&path);
-    assert_eq!(out.status.code(), Some(1), "{name}: exit code, stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{name}: exit code, stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(errors.len(), 1, "{name}: one error line expected: {stderr}");
@@ -222,13 +335,19 @@ fn bad_model_files_are_refused_with_one_line_naming_the_problem() {
     g.tensor("token_embd.weight", &[32, 4], 99, 0);
     g.data = vec![0; 4096];
     let line = refusal("unknown-type", &g.bytes());
-    assert!(line.contains("token_embd.weight") && line.contains("99"), "{line}");
+    assert!(
+        line.contains("token_embd.weight") && line.contains("99"),
+        "{line}"
+    );
 
     let mut g = Gguf::new("mamba");
     g.tensor("token_embd.weight", &[32, 4], 0, 0);
     g.data = vec![0; 32 * 4 * 4];
     let line = refusal("unsupported-arch", &g.bytes());
-    assert!(line.contains("mamba") && line.contains("architecture"), "{line}");
+    assert!(
+        line.contains("mamba") && line.contains("architecture"),
+        "{line}"
+    );
 
     let mut g = Gguf::new("llama");
     g.tensor("token_embd.weight", &[32, 4], 0, 1 << 20);
@@ -245,8 +364,85 @@ fn bad_model_files_are_refused_with_one_line_naming_the_problem() {
 
 #[test]
 fn no_model_tells_how_to_pass_one() {
-    let out = Command::new(bin("llamafile")).args(["-p", "hi"]).output().unwrap();
+    let out = Command::new(bin("llamafile"))
+        .args(["-p", "hi"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("-m") && stderr.contains("llamafile-pack"), "{stderr}");
+    assert!(
+        stderr.contains("-m") && stderr.contains("llamafile-pack"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bare_launch_in_a_terminal_chats_with_the_server_beside_it() {
+    // `script` gives the runtime a terminal; the user's one line, then end of input.
+    let m = synth("Q4_0");
+    let cmd = format!(
+        "'{}' -m '{m}' --nobrowser --port 0 --temp 0 -n 4",
+        bin("llamafile").display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs the runtime in a terminal");
+    child.stdin.as_mut().unwrap().write_all(b"hi\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("chat page and OpenAI-compatible API at http://127.0.0.1:"),
+        "{screen}"
+    );
+    assert_eq!(
+        screen.matches("\n> ").count(),
+        2,
+        "one reply, then the prompt that met end of input: {screen}"
+    );
+}
+
+#[test]
+fn a_bare_launch_without_a_terminal_serves_the_chat_page() {
+    use std::io::{BufRead, BufReader, Read};
+    let m = synth("Q4_0");
+    let mut child = Command::new(bin("llamafile"))
+        .args(["-m", &m, "--nobrowser", "--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut url = None;
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if let Some(i) = line.find("http://") {
+            url = Some(
+                line[i + "http://".len()..]
+                    .trim()
+                    .trim_end_matches('/')
+                    .to_string(),
+            );
+            break;
+        }
+        line.clear();
+    }
+    let addr = url.expect("the server prints its URL");
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<html"), "{page}");
 }

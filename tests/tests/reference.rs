@@ -16,9 +16,18 @@ struct Bounds {
     p99: f64,
 }
 
-const QUANTIZED: Bounds = Bounds { mean: 0.10, p99: 0.5 };
-const FLOAT: Bounds = Bounds { mean: 0.005, p99: 0.02 };
-const GEMMA: Bounds = Bounds { mean: 0.25, p99: 1.5 };
+const QUANTIZED: Bounds = Bounds {
+    mean: 0.10,
+    p99: 0.5,
+};
+const FLOAT: Bounds = Bounds {
+    mean: 0.005,
+    p99: 0.02,
+};
+const GEMMA: Bounds = Bounds {
+    mean: 0.25,
+    p99: 1.5,
+};
 
 fn pairs(v: &Value) -> Vec<(u64, f64)> {
     v.as_array()
@@ -64,7 +73,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs every case of `fixture` on `model` and asserts the bounds.
 fn check_fixture(label: &str, model: &Path, fixture: &Path, bounds: &Bounds) {
-    let text = std::fs::read_to_string(fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
+    let text =
+        std::fs::read_to_string(fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
     let tmp = std::env::temp_dir().join(format!("llamafile-ref-{}-{label}", std::process::id()));
     let mut diffs = Vec::new();
     let (mut eligible, mut agree) = (0usize, 0usize);
@@ -98,7 +108,10 @@ fn check_fixture(label: &str, model: &Path, fixture: &Path, bounds: &Bounds) {
         ]);
         let ours = json_stdout(&out);
         if ours["prompt_tokens"] != case["prompt_tokens"] {
-            failures.push(format!("{id}: tokens {} != llama.cpp's {}", ours["prompt_tokens"], case["prompt_tokens"]));
+            failures.push(format!(
+                "{id}: tokens {} != llama.cpp's {}",
+                ours["prompt_tokens"], case["prompt_tokens"]
+            ));
             continue;
         }
         let theirs_top = case["prompt_top"].as_array().expect("prompt_top");
@@ -112,7 +125,10 @@ fn check_fixture(label: &str, model: &Path, fixture: &Path, bounds: &Bounds) {
                 agree += c.top1_agrees as usize;
             }
             if c.margin >= 0.5 && !c.top1_agrees {
-                failures.push(format!("{id}: position {pos}: top-1 differs where llama.cpp wins by {:.3}", c.margin));
+                failures.push(format!(
+                    "{id}: position {pos}: top-1 differs where llama.cpp wins by {:.3}",
+                    c.margin
+                ));
             }
         }
         // Greedy tokens must agree up to the first step llama.cpp itself decides by less than 0.25.
@@ -144,7 +160,10 @@ fn check_fixture(label: &str, model: &Path, fixture: &Path, bounds: &Bounds) {
         agreement * 100.0
     );
     if mean > bounds.mean {
-        failures.push(format!("mean logprob difference {mean:.4} > {}", bounds.mean));
+        failures.push(format!(
+            "mean logprob difference {mean:.4} > {}",
+            bounds.mean
+        ));
     }
     if p99 > bounds.p99 {
         failures.push(format!("p99 logprob difference {p99:.4} > {}", bounds.p99));
@@ -152,7 +171,11 @@ fn check_fixture(label: &str, model: &Path, fixture: &Path, bounds: &Bounds) {
     if agreement < 0.93 {
         failures.push(format!("top-1 agreement {:.1}% < 93%", agreement * 100.0));
     }
-    assert!(failures.is_empty(), "{label} disagrees with llama.cpp:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{label} disagrees with llama.cpp:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Perplexity over the shared text with chunks of 256 tokens, within 1 % of llama.cpp's.
@@ -172,11 +195,15 @@ fn check_perplexity(label: &str, model: &Path, expected: f64) {
     let ppl = v["perplexity"].as_f64().expect("perplexity");
     let dev = (ppl / expected - 1.0) * 100.0;
     eprintln!("{label}: perplexity {ppl:.4} vs llama.cpp {expected:.4} ({dev:+.3}%)");
-    assert!(dev.abs() <= 1.0, "{label}: perplexity {ppl} deviates {dev:.3}% from llama.cpp's {expected}");
+    assert!(
+        dev.abs() <= 1.0,
+        "{label}: perplexity {ppl} deviates {dev:.3}% from llama.cpp's {expected}"
+    );
 }
 
 fn reference_ppl(file: PathBuf, key: Option<&str>) -> f64 {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("perplexity.json")).expect("json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("perplexity.json"))
+        .expect("json");
     let v = match key {
         Some(k) => &v[k],
         None => &v,
@@ -187,9 +214,22 @@ fn reference_ppl(file: PathBuf, key: Option<&str>) -> f64 {
 fn synth(ty: &str) {
     let model = shared_reference().join(format!("llama-synth/models/llama-synth-{ty}.gguf"));
     let dir = fixtures().join("reference/llama-synth");
-    let bounds = if ty == "F32" || ty == "F16" { &FLOAT } else { &QUANTIZED };
-    check_fixture(&format!("llama-synth {ty}"), &model, &dir.join(format!("reference-{ty}.jsonl")), bounds);
-    check_perplexity(&format!("llama-synth {ty}"), &model, reference_ppl(dir.join("perplexity.json"), Some(ty)));
+    let bounds = if ty == "F32" || ty == "F16" {
+        &FLOAT
+    } else {
+        &QUANTIZED
+    };
+    check_fixture(
+        &format!("llama-synth {ty}"),
+        &model,
+        &dir.join(format!("reference-{ty}.jsonl")),
+        bounds,
+    );
+    check_perplexity(
+        &format!("llama-synth {ty}"),
+        &model,
+        reference_ppl(dir.join("perplexity.json"), Some(ty)),
+    );
 }
 
 macro_rules! synth_tests {
@@ -208,8 +248,17 @@ synth_tests! {
 fn qwen2_5_coder() {
     let model = models_dir().join("qwen.gguf");
     let dir = fixtures().join("reference/qwen2.5-coder-0.5b-instruct");
-    check_fixture("qwen2.5-coder-0.5b", &model, &dir.join("reference.jsonl"), &QUANTIZED);
-    check_perplexity("qwen2.5-coder-0.5b", &model, reference_ppl(dir.join("perplexity.json"), None));
+    check_fixture(
+        "qwen2.5-coder-0.5b",
+        &model,
+        &dir.join("reference.jsonl"),
+        &QUANTIZED,
+    );
+    check_perplexity(
+        "qwen2.5-coder-0.5b",
+        &model,
+        reference_ppl(dir.join("perplexity.json"), None),
+    );
 }
 
 #[test]
@@ -217,5 +266,9 @@ fn gemma3_270m() {
     let model = models_dir().join("gemma.gguf");
     let dir = fixtures().join("reference/gemma-3-270m");
     check_fixture("gemma-3-270m", &model, &dir.join("reference.jsonl"), &GEMMA);
-    check_perplexity("gemma-3-270m", &model, reference_ppl(dir.join("perplexity.json"), None));
+    check_perplexity(
+        "gemma-3-270m",
+        &model,
+        reference_ppl(dir.join("perplexity.json"), None),
+    );
 }

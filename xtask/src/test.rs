@@ -17,7 +17,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let models = fetch_models::default_dir()?;
     fetch_models::run(&["--dir".to_string(), models.display().to_string()])?;
     let root = workspace_root();
-    cargo(&root, &["build", "--release", "--workspace", "--bins"], &models)?;
+    cargo(
+        &root,
+        &["build", "--release", "--workspace", "--bins"],
+        &models,
+    )?;
     let mut test_args = vec!["test", "--release", "--workspace"];
     if !extra.is_empty() {
         test_args.push("--");
@@ -27,7 +31,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn workspace_root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo(root: &Path, args: &[&str], models: &Path) -> Result<(), String> {

@@ -24,7 +24,9 @@ mod tests {
     #[test]
     fn dotprod_kernels_match_scalar_reference() {
         if !neon::dotprod_available() {
-            eprintln!("skipping the NEON dotprod kernels: this CPU lacks the dot-product extension");
+            eprintln!(
+                "skipping the NEON dotprod kernels: this CPU lacks the dot-product extension"
+            );
             return;
         }
         simd_check::check_isa("neon-dotprod", neon::kernel_dotprod);
@@ -38,7 +40,9 @@ mod tests {
     #[test]
     fn dotprod_kernels_match_on_model_rows() {
         if !neon::dotprod_available() {
-            eprintln!("skipping the NEON dotprod kernels: this CPU lacks the dot-product extension");
+            eprintln!(
+                "skipping the NEON dotprod kernels: this CPU lacks the dot-product extension"
+            );
             return;
         }
         simd_check::check_isa_on_models("neon-dotprod", neon::kernel_dotprod);

@@ -264,75 +264,59 @@ unsafe fn block_dot<D: Dot>(q: (int8x16_t, int8x16_t), y: &[i8; 32]) -> int32x4_
 
 #[inline(always)]
 unsafe fn q8_0<D: Dot>(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks(
-        blocks::<BlockQ8_0>(w),
-        blocks::<BlockQ8_0>(act),
-        |x, y| {
-            let q = (ld_s8(&x.qs), ld_s8(&x.qs[16..]));
-            (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
-        },
-    )
+    sum_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        let q = (ld_s8(&x.qs), ld_s8(&x.qs[16..]));
+        (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
+    })
 }
 
 #[inline(always)]
 unsafe fn q4_0<D: Dot>(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let eight = vdupq_n_s8(8);
-    sum_blocks(
-        blocks::<BlockQ4_0>(w),
-        blocks::<BlockQ8_0>(act),
-        |x, y| {
-            let (lo, hi) = nibbles(&x.qs);
-            let q = (vsubq_s8(signed(lo), eight), vsubq_s8(signed(hi), eight));
-            (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
-        },
-    )
+    sum_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        let (lo, hi) = nibbles(&x.qs);
+        let q = (vsubq_s8(signed(lo), eight), vsubq_s8(signed(hi), eight));
+        (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
+    })
 }
 
 #[inline(always)]
 unsafe fn q5_0<D: Dot>(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let sixteen = vdupq_n_s8(16);
-    sum_blocks(
-        blocks::<BlockQ5_0>(w),
-        blocks::<BlockQ8_0>(act),
-        |x, y| {
-            let (lo, hi) = nibbles(&x.qs);
-            let (hlo, hhi) = fifth_bits(x.qh);
-            let q = (
-                vsubq_s8(signed(vorrq_u8(lo, hlo)), sixteen),
-                vsubq_s8(signed(vorrq_u8(hi, hhi)), sixteen),
-            );
-            (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
-        },
-    )
+    sum_blocks(blocks::<BlockQ5_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        let (lo, hi) = nibbles(&x.qs);
+        let (hlo, hhi) = fifth_bits(x.qh);
+        let q = (
+            vsubq_s8(signed(vorrq_u8(lo, hlo)), sixteen),
+            vsubq_s8(signed(vorrq_u8(hi, hhi)), sixteen),
+        );
+        (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
+    })
 }
 
 #[inline(always)]
 unsafe fn q4_1<D: Dot>(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks(
-        blocks::<BlockQ4_1>(w),
-        blocks::<BlockQ8_1>(act),
-        |x, y| {
-            let (lo, hi) = nibbles(&x.qs);
-            let sumi = block_dot::<D>((signed(lo), signed(hi)), &y.qs);
-            let min = f16_le(x.m) * f16_le(y.s);
-            (f16_le(x.d) * f16_le(y.d), sumi, Some(min))
-        },
-    )
+    sum_blocks(blocks::<BlockQ4_1>(w), blocks::<BlockQ8_1>(act), |x, y| {
+        let (lo, hi) = nibbles(&x.qs);
+        let sumi = block_dot::<D>((signed(lo), signed(hi)), &y.qs);
+        let min = f16_le(x.m) * f16_le(y.s);
+        (f16_le(x.d) * f16_le(y.d), sumi, Some(min))
+    })
 }
 
 #[inline(always)]
 unsafe fn q5_1<D: Dot>(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks(
-        blocks::<BlockQ5_1>(w),
-        blocks::<BlockQ8_1>(act),
-        |x, y| {
-            let (lo, hi) = nibbles(&x.qs);
-            let (hlo, hhi) = fifth_bits(x.qh);
-            let q = (signed(vorrq_u8(lo, hlo)), signed(vorrq_u8(hi, hhi)));
-            let min = f16_le(x.m) * f16_le(y.s);
-            (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), Some(min))
-        },
-    )
+    sum_blocks(blocks::<BlockQ5_1>(w), blocks::<BlockQ8_1>(act), |x, y| {
+        let (lo, hi) = nibbles(&x.qs);
+        let (hlo, hhi) = fifth_bits(x.qh);
+        let q = (signed(vorrq_u8(lo, hlo)), signed(vorrq_u8(hi, hhi)));
+        let min = f16_le(x.m) * f16_le(y.s);
+        (
+            f16_le(x.d) * f16_le(y.d),
+            block_dot::<D>(q, &y.qs),
+            Some(min),
+        )
+    })
 }
 
 // ---- k-quants -----------------------------------------------------------------------------------

@@ -1,0 +1,647 @@
+//! The HTTP side: connections, limits, authentication, routing, and turning the scheduler's events
+//! into JSON responses or server-sent events. Runs on tokio; it reaches the model only through the
+//! scheduler's job channel.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::api::{self, ApiError, Endpoint, LogprobFormatter, ResponseMeta};
+use super::scheduler::{Event, GenJob, Job, Status};
+
+/// Request bodies larger than this are refused with 413.
+pub(crate) const MAX_BODY: usize = 8 << 20;
+/// A too-large body up to this size is read and discarded before the 413, so that the client,
+/// still sending, reads the answer instead of a connection reset.
+const MAX_DRAIN: usize = 64 << 20;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 1024;
+
+const PAGE: &str = include_str!("chat.html");
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub model: String,
+    /// SHA-256 of the API key: compared digest to digest, in constant time.
+    pub api_key: Option<[u8; 32]>,
+    /// Bound to a loopback address: `Host` must name this machine (DNS rebinding protection).
+    pub loopback: bool,
+    /// How long a connection may idle or take to send its request.
+    pub timeout: Duration,
+    pub jobs: Sender<Job>,
+    pub status: Arc<Status>,
+    pub parallel: usize,
+    /// `/v1/models`'s `meta`, known once the model is loaded.
+    pub model_meta: OnceLock<Value>,
+    pub created: u64,
+}
+
+pub(crate) fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait for connections to close.
+                eprintln!("llamafile: server: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let timeout = shared.timeout;
+            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
+            // The header timeout also runs while a kept-alive connection waits for its next
+            // request, so it is the idle timeout too.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+}
+
+/// A response body: all at once, or server-sent events as the scheduler produces them.
+pub(crate) enum Body {
+    Full(Option<Bytes>),
+    Events(Box<EventStream>),
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Events(stream) => stream.poll_next(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    /// Whole bodies go out with a Content-Length; event streams chunked.
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Full(bytes) => {
+                http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Body::Events(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+/// The events of one streaming generation, formatted as OpenAI's chunks. Dropping it (the client
+/// went away) closes the channel, which stops the generation.
+pub(crate) struct EventStream {
+    rx: mpsc::UnboundedReceiver<Event>,
+    meta: ResponseMeta,
+    logprobs: LogprobFormatter,
+    pending: Option<Event>,
+    first: bool,
+    done: bool,
+}
+
+fn sse(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+impl EventStream {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let event = match self.pending.take() {
+            Some(e) => e,
+            None => match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(e)) => e,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let e = ApiError::internal("the generation ended unexpectedly");
+                    return Poll::Ready(Some(Bytes::from(sse(&e.to_json()))));
+                }
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        Poll::Ready(Some(Bytes::from(self.format(event))))
+    }
+
+    fn format(&mut self, event: Event) -> String {
+        let first = std::mem::replace(&mut self.first, false);
+        match event {
+            Event::Delta { text, logprobs } => {
+                let lp = self
+                    .meta
+                    .logprobs
+                    .then(|| self.logprobs.format(self.meta.endpoint, &logprobs));
+                sse(&self.meta.chunk(Some(&text), lp, first, None))
+            }
+            Event::Done { finish, usage } => {
+                self.done = true;
+                let mut out = sse(&self.meta.chunk(None, None, first, Some(finish)));
+                if self.meta.include_usage {
+                    out.push_str(&sse(&self.meta.usage_chunk(&usage)));
+                }
+                out.push_str("data: [DONE]\n\n");
+                out
+            }
+            Event::Error(e) => {
+                self.done = true;
+                sse(&e.to_json())
+            }
+        }
+    }
+}
+
+fn json_response(status: u16, v: &Value) -> Response<Body> {
+    let mut r = Response::new(Body::Full(Some(Bytes::from(v.to_string()))));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let mut r = json_response(e.status, &e.to_json());
+    match e.status {
+        401 => {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // The request may not have been read to its end: the connection cannot carry another.
+        408 | 413 => {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
+    }
+    r
+}
+
+fn page_response() -> Response<Body> {
+    let mut r = Response::new(Body::Full(Some(Bytes::from_static(PAGE.as_bytes()))));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // The page talks to this server only and loads nothing from anywhere.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The host part of a `Host` header or an origin's authority, lowercased, without the port.
+fn host_name(authority: &str) -> String {
+    let a = authority.trim().to_ascii_lowercase();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_string();
+    }
+    a.rsplit_once(':').map_or(a.clone(), |(h, _)| h.to_string())
+}
+
+fn is_local_name(host: &str) -> bool {
+    host == "localhost"
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether the request comes from a web page of another origin (a browser says so in `Origin`).
+fn cross_origin(headers: &HeaderMap) -> Option<String> {
+    let origin = header_str(headers, header::ORIGIN)?;
+    let host = header_str(headers, header::HOST).unwrap_or("");
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    (!authority.eq_ignore_ascii_case(host)).then(|| origin.to_string())
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(want) = &shared.api_key else {
+        return true;
+    };
+    let given = header_str(headers, header::AUTHORIZATION)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, key)| key.trim());
+    constant_time_eq(&key_digest(given), want)
+}
+
+/// Every byte is compared whatever the first difference, so the time says nothing about the key.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)));
+    diff == 0
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let origin = cross_origin(req.headers());
+    let mut response = match route(&shared, req, origin.is_some()).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    // A page of another origin may read answers only when an API key guards the server.
+    if let (Some(origin), Some(_)) = (origin, &shared.api_key) {
+        if let Ok(v) = HeaderValue::from_str(&origin) {
+            let h = response.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    Ok(response)
+}
+
+const API_PATHS: &[&str] = &[
+    "/v1/models",
+    "/models",
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/completions",
+    "/completions",
+    "/v1/embeddings",
+    "/embeddings",
+    "/tokenize",
+    "/detokenize",
+    "/apply-template",
+];
+
+async fn route(
+    shared: &Shared,
+    req: Request<Incoming>,
+    cross_origin: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    if shared.loopback {
+        if let Some(host) = header_str(&parts.headers, header::HOST) {
+            if !is_local_name(&host_name(host)) {
+                return Err(ApiError::forbidden(format!(
+                    "Host {host:?} is not this machine's name: this server listens on loopback only"
+                )));
+            }
+        }
+    }
+    if cross_origin && shared.api_key.is_none() {
+        return Err(ApiError::forbidden(
+            "requests from web pages of other origins are refused unless the server runs with --api-key",
+        ));
+    }
+    if parts.method == Method::OPTIONS {
+        // A CORS preflight; only reached with an API key set (see above).
+        let mut r = Response::new(Body::Full(None));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        return Ok(r);
+    }
+    match (&parts.method, path) {
+        // The embedded page and the health check need no key (the page asks for it).
+        (&Method::GET, "/" | "/index.html") => return Ok(page_response()),
+        (&Method::GET, "/health" | "/v1/health") => return Ok(health(shared)),
+        _ => {}
+    }
+    if !authorized(shared, &parts.headers) {
+        return Err(ApiError::unauthorized());
+    }
+    if !API_PATHS.contains(&path) {
+        return Err(ApiError::not_found(path));
+    }
+    if !shared.status.ready.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the model is loading"));
+    }
+    let post = parts.method == Method::POST;
+    match path {
+        "/v1/models" | "/models" if parts.method == Method::GET => Ok(models(shared)),
+        "/v1/chat/completions" | "/chat/completions" if post => {
+            generate(
+                shared,
+                &read_body(shared, &parts.headers, body).await?,
+                Endpoint::Chat,
+            )
+            .await
+        }
+        "/v1/completions" | "/completions" if post => {
+            generate(
+                shared,
+                &read_body(shared, &parts.headers, body).await?,
+                Endpoint::Completion,
+            )
+            .await
+        }
+        "/v1/embeddings" | "/embeddings" if post => {
+            embeddings(shared, &read_body(shared, &parts.headers, body).await?).await
+        }
+        "/tokenize" if post => {
+            let req = api::parse_tokenize(&read_body(shared, &parts.headers, body).await?)?;
+            let (reply, rx) = oneshot::channel();
+            submit(
+                shared,
+                Job::Tokenize {
+                    text: req.text,
+                    add_special: req.add_special,
+                    parse_special: req.parse_special,
+                    reply,
+                },
+            )?;
+            let tokens = rx.await.map_err(|_| stopped())?;
+            Ok(json_response(
+                200,
+                &api::tokenize_response(&tokens, req.with_pieces),
+            ))
+        }
+        "/detokenize" if post => {
+            let tokens = api::parse_detokenize(&read_body(shared, &parts.headers, body).await?)?;
+            let (reply, rx) = oneshot::channel();
+            submit(shared, Job::Detokenize { tokens, reply })?;
+            let text = rx.await.map_err(|_| stopped())??;
+            Ok(json_response(200, &json!({"content": text})))
+        }
+        "/apply-template" if post => {
+            let messages =
+                api::parse_apply_template(&read_body(shared, &parts.headers, body).await?)?;
+            let (reply, rx) = oneshot::channel();
+            submit(shared, Job::ApplyTemplate { messages, reply })?;
+            let prompt = rx.await.map_err(|_| stopped())??;
+            Ok(json_response(200, &json!({"prompt": prompt})))
+        }
+        _ => Err(ApiError::method_not_allowed(parts.method.as_str(), path)),
+    }
+}
+
+fn stopped() -> ApiError {
+    ApiError::unavailable("the model is not running")
+}
+
+fn submit(shared: &Shared, job: Job) -> Result<(), ApiError> {
+    shared.jobs.send(job).map_err(|_| stopped())
+}
+
+/// The whole body, refused past [`MAX_BODY`] and when it does not arrive within the timeout.
+async fn read_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    mut body: Incoming,
+) -> Result<Bytes, ApiError> {
+    let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    let expects_continue =
+        header_str(headers, header::EXPECT).is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if declared.is_some_and(|n| n > MAX_BODY as u64 && (expects_continue || n > MAX_DRAIN as u64)) {
+        // Not read at all: the client waits for "100 Continue" or sends far too much to drain.
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    let mut data = Vec::new();
+    let mut total = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+            if let Ok(chunk) = frame.into_data() {
+                total += chunk.len();
+                if total > MAX_DRAIN {
+                    break;
+                }
+                if total <= MAX_BODY {
+                    data.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(shared.timeout, read).await {
+        Err(_) => Err(ApiError::timeout()),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) if total > MAX_BODY => Err(ApiError::too_large(MAX_BODY)),
+        Ok(Ok(())) => Ok(Bytes::from(data)),
+    }
+}
+
+fn health(shared: &Shared) -> Response<Body> {
+    let s = &shared.status;
+    if !s.ready.load(Ordering::SeqCst) {
+        return error_response(&ApiError::unavailable("Loading model"));
+    }
+    let busy = s.busy_slots.load(Ordering::Relaxed);
+    json_response(
+        200,
+        &json!({
+            "status": "ok",
+            "slots_idle": shared.parallel.saturating_sub(busy),
+            "slots_processing": busy,
+            "requests_waiting": s.queued.load(Ordering::Relaxed),
+        }),
+    )
+}
+
+fn models(shared: &Shared) -> Response<Body> {
+    let meta = shared.model_meta.get().cloned().unwrap_or(Value::Null);
+    json_response(
+        200,
+        &json!({
+            "object": "list",
+            "data": [{"id": shared.model, "object": "model", "created": shared.created, "owned_by": "llamafile", "meta": meta}],
+        }),
+    )
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", crate::sampling::random_seed())
+}
+
+async fn generate(
+    shared: &Shared,
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Result<Response<Body>, ApiError> {
+    let req = api::parse_generation(body, endpoint)?;
+    let meta = ResponseMeta {
+        id: new_id(match endpoint {
+            Endpoint::Chat => "chatcmpl",
+            Endpoint::Completion => "cmpl",
+        }),
+        created: unix_now(),
+        model: shared.model.clone(),
+        endpoint,
+        logprobs: req.params.logprobs.is_some(),
+        include_usage: req.include_usage,
+    };
+    let (events, mut rx) = mpsc::unbounded_channel();
+    submit(
+        shared,
+        Job::Generate(GenJob {
+            prompt: req.prompt,
+            params: req.params,
+            events,
+        }),
+    )?;
+    // The first event decides the status: an error before any output is answered as such.
+    let first = rx.recv().await.ok_or_else(stopped)?;
+    if let Event::Error(e) = first {
+        return Err(e);
+    }
+    if req.stream {
+        let stream = EventStream {
+            rx,
+            meta,
+            logprobs: LogprobFormatter::default(),
+            pending: Some(first),
+            first: true,
+            done: false,
+        };
+        let mut r = Response::new(Body::Events(Box::new(stream)));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        return Ok(r);
+    }
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    let mut next = Some(first);
+    loop {
+        let event = match next.take() {
+            Some(e) => e,
+            None => rx.recv().await.ok_or_else(stopped)?,
+        };
+        match event {
+            Event::Delta {
+                text: t,
+                logprobs: l,
+            } => {
+                text.push_str(&t);
+                logprobs.extend(l);
+            }
+            Event::Done { finish, usage } => {
+                return Ok(json_response(
+                    200,
+                    &meta.complete(&text, &logprobs, finish, &usage),
+                ))
+            }
+            Event::Error(e) => return Err(e),
+        }
+    }
+}
+
+async fn embeddings(shared: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let req = api::parse_embeddings(body)?;
+    let (reply, rx) = oneshot::channel();
+    submit(
+        shared,
+        Job::Embed {
+            inputs: req.inputs,
+            reply,
+        },
+    )?;
+    let result = rx.await.map_err(|_| stopped())??;
+    Ok(json_response(
+        200,
+        &api::embeddings_response(&shared.model, &result, req.base64),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_origins() {
+        assert_eq!(host_name("LocalHost:8080"), "localhost");
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert!(is_local_name("127.0.0.2") && is_local_name("::1") && is_local_name("localhost"));
+        assert!(!is_local_name("evil.example") && !is_local_name("10.0.0.1"));
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert_eq!(cross_origin(&h), None);
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert_eq!(cross_origin(&h), None);
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert_eq!(cross_origin(&h).as_deref(), Some("https://evil.example"));
+    }
+
+    #[test]
+    fn keys_compare_by_digest() {
+        let k = key_digest("sekret");
+        assert!(constant_time_eq(&key_digest("sekret"), &k));
+        assert!(!constant_time_eq(&key_digest("sekreT"), &k));
+        assert!(!constant_time_eq(&key_digest(""), &k));
+    }
+}

@@ -1,0 +1,262 @@
+//! `--server`: an OpenAI-compatible HTTP API and a chat page, served by this binary.
+//!
+//! Two halves joined by a channel: the HTTP side (`http`, on a small tokio runtime) parses and
+//! checks requests and streams answers; the scheduler (`scheduler`, on the thread that calls
+//! [`Server::serve`]) owns the model's slots and batches every active request into one forward
+//! pass per step. The server binds before the model is needed, so that a caller can start it
+//! first: until `serve` runs, API requests get 503 and `/health` says the model is loading.
+
+mod api;
+mod http;
+mod json_schema;
+mod scheduler;
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::chat_template::ChatTemplate;
+use crate::cli::Args;
+use crate::engine::Engine;
+use scheduler::{Job, Pooling, Scheduler, Status};
+
+/// How the server listens and shares the model.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub host: String,
+    /// The port to try first; 0 lets the system pick a free one.
+    pub port: u16,
+    pub api_key: Option<String>,
+    /// Requests generating at once; the context is divided among them.
+    pub parallel: usize,
+    /// Requests that may wait for a slot; more get 503.
+    pub max_queue: usize,
+    /// Seconds a connection may idle, or take to send a request.
+    pub timeout: Duration,
+    /// The model's name in `/v1/models` and in responses.
+    pub model_name: String,
+}
+
+impl Options {
+    pub fn from_args(args: &Args, model_path: &str) -> Options {
+        let model_name = std::path::Path::new(model_path).file_name().map_or_else(
+            || model_path.to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Options {
+            host: args.host.clone(),
+            port: args.port,
+            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            parallel: args.parallel.max(1),
+            max_queue: args.max_queue,
+            timeout: Duration::from_secs(args.timeout.max(1)),
+            model_name,
+        }
+    }
+}
+
+/// A listening server whose model side has not started yet.
+pub struct Server {
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    shared: Arc<http::Shared>,
+    jobs: Receiver<Job>,
+    status: Arc<Status>,
+    opts: Options,
+}
+
+/// Ports tried after a taken one.
+const PORT_TRIES: u16 = 100;
+
+fn bind(host: &str, port: u16) -> Result<TcpListener, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("--host {host}: {e}"))?
+        .collect();
+    let mut last = None;
+    for addr in &addrs {
+        match TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => format!("cannot listen on {host}:{port}: {e}"),
+        None => format!("--host {host}: no address"),
+    })
+}
+
+impl Server {
+    /// Listens on `opts.host`, at `opts.port` or, when that is taken, the next free port (said on
+    /// stderr), and starts answering HTTP.
+    pub fn bind(opts: Options) -> Result<Server, String> {
+        let mut port = opts.port;
+        let listener = loop {
+            match bind(&opts.host, port) {
+                Ok(l) => break l,
+                Err(e)
+                    if port != 0
+                        && port < opts.port.saturating_add(PORT_TRIES)
+                        && port < u16::MAX
+                        && e.contains("in use") =>
+                {
+                    eprintln!("llamafile: port {port} is in use, trying {}", port + 1);
+                    port += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("server socket: {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("server socket: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("llamafile-http")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the HTTP threads: {e}"))?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| format!("server socket: {e}"))?
+        };
+        let (tx, jobs) = mpsc::channel();
+        let status = Arc::new(Status::default());
+        let shared = Arc::new(http::Shared {
+            model: opts.model_name.clone(),
+            api_key: opts.api_key.as_deref().map(http::key_digest),
+            loopback: addr.ip().is_loopback(),
+            timeout: opts.timeout,
+            jobs: tx,
+            status: Arc::clone(&status),
+            parallel: opts.parallel,
+            model_meta: OnceLock::new(),
+            created: http::unix_now(),
+        });
+        runtime.spawn(http::accept_loop(listener, Arc::clone(&shared)));
+        Ok(Server {
+            runtime,
+            addr,
+            shared,
+            jobs,
+            status,
+            opts,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The chat page's address (a wildcard bind is reached through loopback).
+    pub fn url(&self) -> String {
+        let ip = self.addr.ip();
+        let host = match ip {
+            _ if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+            _ if ip.is_unspecified() => "[::1]".to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+        };
+        format!("http://{host}:{}/", self.addr.port())
+    }
+
+    /// Runs the model side on this thread, for as long as the server runs. `chat_template`
+    /// names a built-in template to use instead of the model's own.
+    pub fn serve(
+        self,
+        engine: &Engine<'_>,
+        g: &gguf::Gguf<'_>,
+        chat_template: Option<&str>,
+    ) -> Result<(), String> {
+        let template = model_template(engine, g, chat_template)?;
+        let c = &engine.model.config;
+        let _ = self.shared.model_meta.set(json!({
+            "n_ctx": engine.n_ctx,
+            "n_ctx_slot": engine.n_ctx / self.opts.parallel,
+            "n_ctx_train": c.n_ctx_train,
+            "n_vocab": c.n_vocab,
+            "n_embd": c.n_embd,
+            "parallel": self.opts.parallel,
+        }));
+        let cfg = scheduler::Config {
+            parallel: self.opts.parallel,
+            max_queue: self.opts.max_queue,
+            pooling: Pooling::from_gguf(g),
+        };
+        let scheduler = Scheduler::new(engine, template, &cfg, Arc::clone(&self.status))?;
+        let Server {
+            runtime,
+            jobs,
+            shared,
+            ..
+        } = self;
+        // The HTTP side keeps the job sender; the scheduler runs until the runtime is gone.
+        drop(shared);
+        scheduler.run(jobs);
+        drop(runtime);
+        Ok(())
+    }
+}
+
+/// The model's chat template (`tokenizer.chat_template`), a built-in one by name, or ChatML for
+/// models that carry none.
+pub fn model_template(
+    engine: &Engine<'_>,
+    g: &gguf::Gguf<'_>,
+    name: Option<&str>,
+) -> Result<ChatTemplate, String> {
+    let text = |id: Option<u32>| {
+        id.map(|t| String::from_utf8_lossy(&engine.tokenizer.token_to_piece(t, true)).into_owned())
+            .unwrap_or_default()
+    };
+    let (bos, eos) = (text(engine.tokenizer.bos()), text(engine.tokenizer.eos()));
+    let source = g
+        .get_str("tokenizer.chat_template")
+        .map_err(|e| e.to_string())?;
+    match (name, source) {
+        (Some(name), _) => ChatTemplate::builtin(name, &bos, &eos),
+        (None, Some(src)) => ChatTemplate::from_source(src, &bos, &eos),
+        (None, None) => ChatTemplate::builtin("chatml", &bos, &eos),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Opens `url` in the desktop's browser; failures (no desktop) are silent.
+pub fn open_browser(url: &str) {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    let child = std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Ok(mut child) = child {
+        std::thread::spawn(move || child.wait());
+    }
+}
+
+/// `llamafile --server`: listens, prints the URL, opens the browser unless `--nobrowser`, serves.
+pub fn run(
+    engine: &Engine<'_>,
+    g: &gguf::Gguf<'_>,
+    args: &Args,
+    model_path: &str,
+) -> Result<(), String> {
+    let server = Server::bind(Options::from_args(args, model_path))?;
+    let url = server.url();
+    eprintln!("llamafile: server listening at {url}");
+    if !args.nobrowser {
+        open_browser(&url);
+    }
+    server.serve(engine, g, args.chat_template.as_deref())
+}

@@ -1,0 +1,166 @@
+"""The server, driven by the official `openai` Python package (run by tests/tests/server.rs).
+
+Environment: LLAMAFILE_BASE_URL (http://127.0.0.1:PORT/v1), LLAMAFILE_API_KEY, LLAMAFILE_SLOT_CTX
+(the context of one slot, for the prompt-too-long check). Prints one line per check; exits
+non-zero with the failing check's traceback.
+"""
+
+import json
+import math
+import os
+import re
+import sys
+import traceback
+
+import openai
+
+BASE_URL = os.environ["LLAMAFILE_BASE_URL"]
+API_KEY = os.environ["LLAMAFILE_API_KEY"]
+SLOT_CTX = int(os.environ["LLAMAFILE_SLOT_CTX"])
+
+client = openai.OpenAI(base_url=BASE_URL, api_key=API_KEY, max_retries=0, timeout=600)
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+def model_id():
+    models = client.models.list().data
+    assert len(models) == 1, models
+    assert models[0].id.endswith(".gguf"), models[0].id
+    return models[0].id
+
+
+def check_models():
+    model_id()
+
+
+def check_chat_and_stream():
+    model = model_id()
+    r = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=5, temperature=0)
+    choice = r.choices[0]
+    assert choice.message.role == "assistant", choice
+    text = choice.message.content
+    assert isinstance(text, str) and text.strip(), r
+    assert choice.finish_reason in ("stop", "length"), choice.finish_reason
+    assert r.usage.completion_tokens >= 1 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage
+
+    stream = client.chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        max_tokens=5,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.content:
+                pieces.append(c.delta.content)
+            if c.finish_reason:
+                finish = c.finish_reason
+    # Greedy decoding: the streamed reply is the same reply, in several chunks.
+    assert "".join(pieces) == text, (pieces, text)
+    assert len(pieces) >= 2, pieces
+    assert finish == choice.finish_reason, finish
+    assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
+    # The second request shares the whole prompt with the first: the slot's cache is reused.
+    assert usage.prompt_tokens_details.cached_tokens >= usage.prompt_tokens - 1, usage
+
+
+def check_completions_with_logprobs():
+    r = client.completions.create(model=model_id(), prompt="The capital of France is", max_tokens=3, temperature=0, logprobs=2)
+    c = r.choices[0]
+    assert c.text, r
+    lp = c.logprobs
+    assert len(lp.tokens) == r.usage.completion_tokens == len(lp.token_logprobs), lp
+    assert "".join(lp.tokens) == c.text, (lp.tokens, c.text)
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert chosen <= 0 and len(top) == 2, (chosen, top)
+        # Greedy: the chosen token is the most likely one.
+        assert math.isclose(chosen, max(top.values()), abs_tol=1e-4), (chosen, top)
+
+
+def check_embeddings():
+    inputs = ["A cat sat on the mat.", "def add(a, b): return a + b"]
+    r = client.embeddings.create(model=model_id(), input=inputs)  # the SDK asks for base64
+    assert [d.index for d in r.data] == [0, 1], r.data
+    vectors = [d.embedding for d in r.data]
+    assert len(vectors[0]) == len(vectors[1]) > 100, [len(v) for v in vectors]
+    for v in vectors:
+        assert math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-4), "not normalized"
+    assert vectors[0] != vectors[1]
+    assert r.usage.prompt_tokens > 5, r.usage
+    floats = client.embeddings.create(model=model_id(), input=inputs[0], encoding_format="float")
+    assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(floats.data[0].embedding, vectors[0]))
+
+
+def check_json_schema():
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model=model_id(),
+        messages=[{"role": "user", "content": "Bob is 42. Reply with JSON."}],
+        max_tokens=40,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
+    )
+    doc = json.loads(r.choices[0].message.content)
+    assert set(doc) == {"name", "age"}, doc
+    assert isinstance(doc["name"], str) and isinstance(doc["age"], int), doc
+    assert r.choices[0].finish_reason == "stop", r.choices[0]
+
+
+def expect(error_class, status, fn):
+    try:
+        fn()
+    except error_class as e:
+        assert e.status_code == status, (e.status_code, e)
+        return e
+    raise AssertionError(f"expected {error_class.__name__} ({status})")
+
+
+def check_errors():
+    model = model_id()
+    wrong = openai.OpenAI(base_url=BASE_URL, api_key="wrong-key", max_retries=0)
+    expect(openai.AuthenticationError, 401, lambda: wrong.models.list())
+    expect(openai.BadRequestError, 400, lambda: client.chat.completions.create(model=model, messages=[]))
+    expect(
+        openai.BadRequestError,
+        400,
+        lambda: client.chat.completions.create(model=model, messages=MESSAGES, temperature="hot"),
+    )
+    long_prompt = "hello " * (SLOT_CTX + 10)
+    e = expect(openai.BadRequestError, 400, lambda: client.completions.create(model=model, prompt=long_prompt, max_tokens=1))
+    numbers = [int(n) for n in re.findall(r"\d+", e.body["message"] if isinstance(e.body, dict) else str(e))]
+    assert SLOT_CTX in numbers and any(n > SLOT_CTX for n in numbers), e
+    expect(openai.NotFoundError, 404, lambda: client.get("/no-such-endpoint", cast_to=object))
+    huge = [{"role": "user", "content": "a" * (9 << 20)}]
+    expect(openai.APIStatusError, 413, lambda: client.chat.completions.create(model=model, messages=huge, max_tokens=1))
+
+
+CHECKS = [
+    check_models,
+    check_chat_and_stream,
+    check_completions_with_logprobs,
+    check_embeddings,
+    check_json_schema,
+    check_errors,
+]
+
+if __name__ == "__main__":
+    failed = False
+    for check in CHECKS:
+        try:
+            check()
+            print(f"ok {check.__name__}", flush=True)
+        except Exception:
+            failed = True
+            print(f"FAILED {check.__name__}", flush=True)
+            traceback.print_exc()
+    sys.exit(1 if failed else 0)

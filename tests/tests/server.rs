@@ -1,0 +1,904 @@
+//! `llamafile --server` end to end, on the Qwen2.5 Coder 0.5B model: the official `openai` Python
+//! package as the client (chat, streaming, completions, embeddings, JSON schema, errors), greedy
+//! answers against the CLI's, parallel clients, limits and hostile clients, and the chat page in
+//! headless Chromium. Generations are a few tokens long: the model runs on the CPU.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use e2e::{bin, models_dir, workspace};
+use serde_json::{json, Value};
+
+/// Each server uses every core: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A `llamafile --server` process on a free loopback port, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(bin("llamafile"))
+            .arg("-m")
+            .arg(models_dir().join("qwen.gguf"))
+            .args(["--server", "--port", "0", "--nobrowser"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn llamafile --server");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("listening at ").nth(1) {
+                    let _ = tx.send(url.trim().to_string());
+                }
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&(line + "\n"));
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the server did not start:\n{}",
+                    log.lock().unwrap_or_else(|e| e.into_inner())
+                );
+            }
+        };
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("server address");
+        // It listens first and answers 503 until the model side is up.
+        wait_for("the model to load", Duration::from_secs(120), || {
+            let r = request(addr, "GET", "/health", &[], b"");
+            assert!(matches!(r.status, 200 | 503), "{} {}", r.status, r.body);
+            r.status == 200
+        });
+        Server { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response read to the end of the connection.
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// Reads one response: its head, then a Content-Length body, a chunked body, or all until EOF.
+fn read_reply(s: &mut impl Read) -> Reply {
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).expect("read head") == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let mut reply = parse_reply(format!("{head}\r\n").as_bytes());
+    let mut body = Vec::new();
+    if let Some(n) = reply
+        .header("content-length")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        body.resize(n, 0);
+        r.read_exact(&mut body).expect("read body");
+    } else if reply
+        .header("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("read chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).expect("read chunk");
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        r.read_to_end(&mut body).expect("read body");
+    }
+    reply.body = String::from_utf8_lossy(&body).into_owned();
+    reply
+}
+
+/// One request on its own connection (`Connection: close`).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(300)))
+        .expect("timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("send head");
+    s.write_all(body).expect("send body");
+    read_reply(&mut s)
+}
+
+fn post(addr: SocketAddr, path: &str, key: Option<&str>, v: &Value) -> Reply {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    request(addr, "POST", path, &headers, v.to_string().as_bytes())
+}
+
+fn chat(addr: SocketAddr, question: &str, max_tokens: usize) -> Value {
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        None,
+        &json!({"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+fn content(v: &Value) -> String {
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_string()
+}
+
+fn health(addr: SocketAddr) -> Value {
+    request(addr, "GET", "/health", &[], b"").json()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Python virtual environment with the official `openai` package (target/py-venv), created on
+/// first use.
+fn python_with_openai() -> PathBuf {
+    let venv = workspace().join("target/py-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let out = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .expect("run python3 (install python3)");
+        assert!(
+            out.status.success(),
+            "python3 -m venv failed (on Debian: apt-get install python3-venv):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(workspace().join("tests/python/requirements.txt"))
+        .output()
+        .expect("run pip");
+    assert!(
+        out.status.success(),
+        "pip install -r tests/python/requirements.txt failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python
+}
+
+#[test]
+fn openai_python_client() {
+    let _serial = serial();
+    let python = python_with_openai();
+    let server = Server::start(&["--api-key", "test-key", "-c", "512"]);
+    let out = Command::new(python)
+        .arg(workspace().join("tests/python/test_openai.py"))
+        .env("LLAMAFILE_BASE_URL", format!("http://{}/v1", server.addr))
+        .env("LLAMAFILE_API_KEY", "test-key")
+        .env("LLAMAFILE_SLOT_CTX", "512")
+        .output()
+        .expect("run tests/python/test_openai.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "test_openai.py failed:\n{stdout}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        6,
+        "{stdout}"
+    );
+}
+
+const QUESTIONS: [&str; 3] = ["What is 2+2?", "Name a color.", "Say hi in French."];
+const ANSWER_TOKENS: usize = 6;
+
+#[test]
+fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
+    let _serial = serial();
+    // Three clients at once: their prompts are read and their tokens generated in shared batches.
+    let together: Vec<Value> = {
+        let server = Server::start(&["--parallel", "3", "-c", "384"]);
+        let answers = std::thread::scope(|s| {
+            let handles: Vec<_> = QUESTIONS
+                .iter()
+                .map(|q| s.spawn(|| chat(server.addr, q, ANSWER_TOKENS)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("client thread"))
+                .collect()
+        });
+        assert_eq!(health(server.addr)["slots_idle"], 3);
+        answers
+    };
+    // The same questions one at a time, on a fresh server with one slot.
+    let server = Server::start(&["--parallel", "1", "-c", "384"]);
+    let mut rendered = None;
+    for (q, a) in QUESTIONS.iter().zip(&together) {
+        let alone = chat(server.addr, q, ANSWER_TOKENS);
+        assert_eq!(
+            content(&alone),
+            content(a),
+            "{q}: answered differently alone and among parallel clients"
+        );
+        assert!(!content(a).is_empty());
+        assert_eq!(
+            alone["usage"]["completion_tokens"],
+            a["usage"]["completion_tokens"]
+        );
+        if rendered.is_none() {
+            let r = post(
+                server.addr,
+                "/apply-template",
+                None,
+                &json!({"messages": [{"role": "user", "content": q}]}),
+            );
+            rendered = Some(r.json()["prompt"].as_str().expect("prompt").to_string());
+        }
+    }
+    // A follow-up that repeats the conversation reuses the slot's cache.
+    let again = chat(server.addr, QUESTIONS[2], ANSWER_TOKENS);
+    let usage = &again["usage"];
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"],
+        usage["prompt_tokens"].as_u64().unwrap() - 1,
+        "{usage}"
+    );
+    drop(server);
+
+    // The CLI, given the prompt the server rendered, says the same.
+    let prompt = rendered.expect("rendered prompt");
+    let out = Command::new(bin("llamafile"))
+        .arg("-m")
+        .arg(models_dir().join("qwen.gguf"))
+        .args([
+            "-p",
+            &prompt,
+            "--temp",
+            "0",
+            "-n",
+            &ANSWER_TOKENS.to_string(),
+            "--no-display-prompt",
+            "--no-escape",
+        ])
+        .output()
+        .expect("run llamafile");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        cli.strip_suffix('\n').unwrap_or(&cli),
+        content(&together[0]),
+        "server and CLI disagree"
+    );
+}
+
+#[test]
+fn limits_errors_and_hostile_clients() {
+    let _serial = serial();
+    let key = "k3y";
+    let bearer = format!("Bearer {key}");
+    let auth = [("Authorization", bearer.as_str())];
+    let server = Server::start(&[
+        "--api-key",
+        key,
+        "--parallel",
+        "1",
+        "--max-queue",
+        "1",
+        "--timeout",
+        "2",
+        "-c",
+        "32",
+    ]);
+    let addr = server.addr;
+
+    // Authentication: the API needs the key; the page and the health check do not.
+    let r = request(addr, "GET", "/v1/models", &[], b"");
+    assert_eq!(
+        (r.status, r.header("www-authenticate")),
+        (401, Some("Bearer")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    assert_eq!(
+        request(
+            addr,
+            "GET",
+            "/v1/models",
+            &[("Authorization", "Bearer k3y-not")],
+            b""
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        request(
+            addr,
+            "GET",
+            "/v1/models",
+            &[("Authorization", "Bearer k3")],
+            b""
+        )
+        .status,
+        401
+    );
+    assert_eq!(request(addr, "GET", "/v1/models", &auth, b"").status, 200);
+    assert_eq!(health(addr)["status"], "ok");
+    let page = request(addr, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>llamafile</title>"));
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("connect-src 'self'")));
+
+    // Nothing outside the embedded page is served.
+    for path in [
+        "/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/index.html/../../etc/passwd",
+        "/v1/../../etc/passwd",
+        "/chat.html",
+        "/src/main.rs",
+    ] {
+        let r = request(addr, "GET", path, &auth, b"");
+        assert!(
+            matches!(r.status, 400 | 404),
+            "{path}: {} {}",
+            r.status,
+            r.body
+        );
+        assert!(!r.body.contains("root:"), "{path}");
+    }
+    assert_eq!(
+        request(addr, "GET", "/v1/completions", &auth, b"").status,
+        405
+    );
+
+    // Malformed requests.
+    let r = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &auth,
+        b"{\"messages\": [",
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{}",
+        r.body
+    );
+    let r = post(
+        addr,
+        "/v1/chat/completions",
+        Some(key),
+        &json!({"messages": [{"role": "user", "content": 5}]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // A prompt longer than the context: 400 naming both sizes.
+    let long: Vec<u32> = vec![9707; 40];
+    let r = post(
+        addr,
+        "/v1/completions",
+        Some(key),
+        &json!({"prompt": long, "max_tokens": 1}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("40 tokens") && msg.contains("32 tokens"),
+        "{msg}"
+    );
+
+    // max_tokens far beyond the context is clamped to what is left of it.
+    let prompt: Vec<u32> = vec![9707; 28];
+    let r = post(
+        addr,
+        "/v1/completions",
+        Some(key),
+        &json!({"prompt": prompt, "max_tokens": 1_000_000, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(n <= 4, "{v}");
+    assert!(v["choices"][0]["finish_reason"] == "stop" || n == 4, "{v}");
+
+    // Bodies over the limit: 413, whether the client waits for "100 Continue" or sends it all.
+    let big = vec![b'a'; 9 << 20];
+    let r = request(addr, "POST", "/v1/completions", &auth, &big);
+    assert_eq!(r.status, 413, "{}", r.body);
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {bearer}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", big.len()).unwrap();
+    let mut raw = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_end(&mut raw);
+    assert_eq!(parse_reply(&raw).status, 413);
+
+    // DNS rebinding and cross-origin pages.
+    assert_eq!(
+        request(
+            addr,
+            "GET",
+            "/health",
+            &[("Host", "evil.example:8080")],
+            b""
+        )
+        .status,
+        403
+    );
+    let r = request(
+        addr,
+        "GET",
+        "/v1/models",
+        &[("Origin", "https://app.example"), auth[0]],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.header("access-control-allow-origin")),
+        (200, Some("https://app.example"))
+    );
+    let r = request(
+        addr,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[("Origin", "https://app.example")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+
+    // One slot, a queue of one: a third request is told 503; clients that hang up free the slot.
+    let generate =
+        json!({"prompt": "Count: 1, 2, 3,", "max_tokens": 1000, "stream": true}).to_string();
+    let open = |body: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {bearer}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        s
+    };
+    let first = open(&generate);
+    wait_for(
+        "the first request to take the slot",
+        Duration::from_secs(30),
+        || health(addr)["slots_processing"] == 1,
+    );
+    let second = open(&generate);
+    wait_for(
+        "the second request to queue",
+        Duration::from_secs(30),
+        || health(addr)["requests_waiting"] == 1,
+    );
+    let r = post(
+        addr,
+        "/v1/completions",
+        Some(key),
+        &json!({"prompt": "x", "max_tokens": 1}),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("--max-queue"), "{}", r.body);
+    drop(first);
+    drop(second);
+    wait_for(
+        "the disconnected clients' slot and queue place to free",
+        Duration::from_secs(30),
+        || {
+            let h = health(addr);
+            h["slots_processing"] == 0 && h["requests_waiting"] == 0
+        },
+    );
+
+    // A client sending one byte a second does not hold up the others, and is cut off.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let dribble = std::thread::spawn(move || {
+        for b in b"GET /health HTTP/1.1\r\nHost: x\r\n".iter() {
+            if slow.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            if started.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        started.elapsed()
+    });
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(health(addr)["status"], "ok");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a slow client held up /health for {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let cut_after = dribble.join().unwrap();
+    assert!(
+        cut_after < Duration::from_secs(8),
+        "the slow client was not cut off ({cut_after:?})"
+    );
+
+    // Idle connections are closed, fresh or kept alive after a request.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(idle.read(&mut [0u8; 64]).unwrap_or(0), 0);
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "idle connection kept {:?}",
+        t.elapsed()
+    );
+    let mut kept = TcpStream::connect(addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(kept, "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    assert_eq!(read_reply(&mut kept).status, 200);
+    // The connection stays open for another request, until the idle timeout.
+    let t = Instant::now();
+    assert_eq!(kept.read(&mut [0u8; 64]).unwrap_or(0), 0);
+    assert!(
+        t.elapsed() > Duration::from_millis(1500),
+        "kept-alive connection closed at once"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "kept-alive connection held {:?}",
+        t.elapsed()
+    );
+
+    assert_eq!(
+        health(addr)["status"],
+        "ok",
+        "the server survived:\n{}",
+        server.log()
+    );
+}
+
+/// The Chrome DevTools protocol over a page's WebSocket.
+struct Cdp {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next: u64,
+}
+
+impl Cdp {
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let msg = json!({"id": id, "method": method, "params": params}).to_string();
+        self.ws
+            .send(tungstenite::Message::text(msg))
+            .expect("CDP send");
+        loop {
+            let msg = self.ws.read().expect("CDP read");
+            let tungstenite::Message::Text(text) = msg else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&text).expect("CDP JSON");
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    fn eval(&mut self, js: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    fn wait(&mut self, what: &str, timeout: Duration, js: &str) {
+        let start = Instant::now();
+        while self.eval(js) != json!(true) {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Headless Chromium with its own profile, killed when dropped.
+struct Chromium {
+    child: Child,
+    profile: PathBuf,
+    port: u16,
+}
+
+impl Chromium {
+    fn start() -> Chromium {
+        let exe = std::env::var_os("LLAMAFILE_CHROMIUM")
+            .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+        assert!(
+            exe.exists(),
+            "{} not found: install Debian's chromium (apt-get install chromium; see .ci/run)",
+            exe.display()
+        );
+        let profile =
+            std::env::temp_dir().join(format!("llamafile-chromium-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&profile);
+        let child = Command::new(&exe)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-port=0",
+                "--window-size=1000,760",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromium");
+        let mut browser = Chromium {
+            child,
+            profile,
+            port: 0,
+        };
+        // Chromium writes the port it picked into the profile.
+        let file = browser.profile.join("DevToolsActivePort");
+        wait_for("Chromium's DevTools port", Duration::from_secs(60), || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|s| s.lines().next().and_then(|p| p.parse().ok()))
+                .is_some_and(|p: u16| {
+                    browser.port = p;
+                    true
+                })
+        });
+        browser
+    }
+
+    fn page(&self) -> Cdp {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut url = None;
+        wait_for("a page target", Duration::from_secs(30), || {
+            let targets = request(addr, "GET", "/json/list", &[], b"").json();
+            url = targets.as_array().and_then(|t| {
+                t.iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            });
+            url.is_some()
+        });
+        let (ws, _) = tungstenite::connect(url.expect("page url")).expect("connect to the page");
+        Cdp { ws, next: 0 }
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+#[test]
+fn chat_page_streams_a_reply_in_headless_chromium() {
+    let _serial = serial();
+    let server = Server::start(&["-c", "512"]);
+    let browser = Chromium::start();
+    let mut page = browser.page();
+    page.call(
+        "Page.navigate",
+        json!({"url": format!("http://{}/", server.addr)}),
+    );
+    page.wait(
+        "the page",
+        Duration::from_secs(30),
+        "document.readyState === 'complete' && !!document.getElementById('input')",
+    );
+    page.wait(
+        "the model name",
+        Duration::from_secs(30),
+        "document.getElementById('model').textContent.endsWith('.gguf')",
+    );
+
+    // The markdown renderer escapes what the model writes and renders the usual markup.
+    let html = page.eval("renderMarkdown('**bold** and `x<y`\\n\\n```rust\\nfn main() {}\\n```\\n- one\\n- two\\n\\n<img src=x onerror=alert(1)>')");
+    let html = html.as_str().expect("html");
+    for part in [
+        "<strong>bold</strong>",
+        "<code>x&lt;y</code>",
+        "<pre><span class=\"lang\">rust</span><code>fn main() {}</code></pre>",
+        "<ul><li>one</li><li>two</li></ul>",
+        "&lt;img",
+    ] {
+        assert!(html.contains(part), "{part} not in {html}");
+    }
+
+    // Settings: greedy, short replies.
+    page.eval(
+        "document.getElementById('open-settings').click();
+         document.getElementById('temperature').value = '0';
+         document.getElementById('max-tokens').value = '12';
+         document.getElementById('save-settings').click(); true",
+    );
+    page.wait(
+        "the settings to be saved",
+        Duration::from_secs(10),
+        "JSON.parse(localStorage.getItem('llamafile.settings')).maxTokens === 12",
+    );
+
+    // Send a message; the reply must show up while it is still being generated.
+    page.eval("document.getElementById('input').value = 'Write a short poem about the sea.'; document.getElementById('send').click(); true");
+    page.wait("the reply to start streaming", Duration::from_secs(180), "document.body.dataset.busy === 'true' && document.querySelector('.msg.assistant .content').textContent.length > 0");
+    page.wait(
+        "the reply to finish",
+        Duration::from_secs(180),
+        "document.body.dataset.busy === 'false'",
+    );
+    let state = page.eval(
+        "({text: document.querySelector('.msg.assistant .content').textContent,
+           chunks: Number(document.querySelector('.msg.assistant .content').dataset.chunks),
+           errors: document.querySelectorAll('.msg.error').length,
+           user: document.querySelector('.msg.user .content').textContent})",
+    );
+    assert_eq!(state["errors"], 0, "{state}");
+    assert_eq!(state["user"], "Write a short poem about the sea.");
+    assert!(
+        !state["text"].as_str().unwrap().trim().is_empty(),
+        "{state}"
+    );
+    assert!(
+        state["chunks"].as_u64().unwrap() >= 2,
+        "the reply came in one piece: {state}"
+    );
+
+    let shot = page.call("Page.captureScreenshot", json!({"format": "png"}));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().expect("screenshot data"))
+        .expect("base64");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let dir = workspace().join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).expect("create target/test-artifacts");
+    std::fs::write(dir.join("chat.png"), &png).expect("write chat.png");
+
+    // Stop cuts a reply short and frees the server's slot; New chat clears the page.
+    page.eval("settings.maxTokens = 200; document.getElementById('input').value = 'And one about mountains.'; document.getElementById('send').click(); true");
+    page.wait("the second reply to start", Duration::from_secs(180), "document.body.dataset.busy === 'true' && document.querySelectorAll('.msg.assistant')[1].querySelector('.content').textContent.length > 0");
+    page.eval("document.getElementById('stop').click(); true");
+    page.wait(
+        "the stop to take effect",
+        Duration::from_secs(10),
+        "document.body.dataset.busy === 'false'",
+    );
+    wait_for("the slot to free", Duration::from_secs(30), || {
+        health(server.addr)["slots_processing"] == 0
+    });
+    page.eval("document.getElementById('new-chat').click(); true");
+    assert_eq!(page.eval("document.querySelectorAll('.msg').length"), 0);
+}
