@@ -37,11 +37,11 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const AARCH64_GCC: &str = "aarch64-linux-gnu-gcc";
 
 /// How one target is built.
-struct Build {
+pub(crate) struct Build {
     triple: &'static str,
     /// The cargo to run, and the environment it needs on top of ours.
-    cargo: OsString,
-    env: Vec<(&'static str, OsString)>,
+    pub(crate) cargo: OsString,
+    pub(crate) env: Vec<(&'static str, OsString)>,
     /// Linux: linked with `+crt-static` and checked for having no dynamic loader.
     linux: bool,
 }
@@ -156,7 +156,7 @@ fn plan(require_aarch64: bool) -> Result<Vec<Build>, String> {
 
 /// Debian's packaged Rust (`rustc-web`, which installs as /usr/bin/rustc) with the arm64 standard
 /// library, linking with the GNU cross compiler.
-fn debian_cross_aarch64() -> Result<Build, String> {
+pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
     for tool in [DEBIAN_CARGO, DEBIAN_RUSTC] {
         if !Path::new(tool).is_file() {
             return Err(format!("{tool} is missing"));
@@ -191,7 +191,7 @@ fn debian_cross_aarch64() -> Result<Build, String> {
     })
 }
 
-fn on_path(name: &str) -> bool {
+pub(crate) fn on_path(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
 }
