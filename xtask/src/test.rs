@@ -94,6 +94,9 @@ fn aarch64_kernels(
             "--release",
             "-p",
             "kernels",
+            // No doctests: kernels has none, and their empty run would be the suite's last word.
+            "--lib",
+            "--tests",
             "--target",
             dist::AARCH64_LINUX,
         ],
