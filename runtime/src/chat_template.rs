@@ -140,6 +140,29 @@ impl fmt::Debug for ChatTemplate {
 }
 
 impl ChatTemplate {
+    /// The template a model is chatted with: the built-in one called `name` when given, else the
+    /// model's own (`tokenizer.chat_template`), else ChatML for models that carry none.
+    pub fn for_model(
+        tokenizer: &tokenizer::Tokenizer,
+        g: &gguf::Gguf<'_>,
+        name: Option<&str>,
+    ) -> Result<Self, String> {
+        let text = |id: Option<u32>| {
+            id.map(|t| String::from_utf8_lossy(&tokenizer.token_to_piece(t, true)).into_owned())
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
+        let source = g
+            .get_str("tokenizer.chat_template")
+            .map_err(|e| e.to_string())?;
+        match (name, source) {
+            (Some(name), _) => Self::builtin(name, &bos, &eos),
+            (None, Some(src)) => Self::from_source(src, &bos, &eos),
+            (None, None) => Self::builtin("chatml", &bos, &eos),
+        }
+        .map_err(|e| e.to_string())
+    }
+
     /// Compiles the model's template text (`tokenizer.chat_template`); `bos_token`/`eos_token` are
     /// the texts of the model's BOS/EOS tokens, the template's `bos_token`/`eos_token` variables.
     pub fn from_source(

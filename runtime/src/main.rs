@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use serde_json::json;
 
-use runtime::chat_template::ChatMessage;
+use runtime::chat_template::{ChatMessage, ChatTemplate};
 use runtime::cli::{self, Args};
 use runtime::engine::{Engine, GenerateOptions, Generation};
 use runtime::load::{self, ModelSource, PayloadFile};
@@ -305,7 +305,7 @@ fn perplexity(engine: &Engine, args: &Args) -> Result<(), String> {
 
 /// The terminal chat: one line per user turn, replies streamed; Ctrl-C stops a reply, Ctrl-D exits.
 fn chat(engine: &Engine, args: &Args, g: &gguf::Gguf) -> Result<(), String> {
-    let template = runtime::server::model_template(engine, g, args.chat_template.as_deref())?;
+    let template = ChatTemplate::for_model(&engine.tokenizer, g, args.chat_template.as_deref())?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {

@@ -174,7 +174,7 @@ impl Server {
         g: &gguf::Gguf<'_>,
         chat_template: Option<&str>,
     ) -> Result<(), String> {
-        let template = model_template(engine, g, chat_template)?;
+        let template = ChatTemplate::for_model(&engine.tokenizer, g, chat_template)?;
         let c = &engine.model.config;
         let _ = self.shared.model_meta.set(json!({
             "n_ctx": engine.n_ctx,
@@ -202,29 +202,6 @@ impl Server {
         drop(runtime);
         Ok(())
     }
-}
-
-/// The model's chat template (`tokenizer.chat_template`), a built-in one by name, or ChatML for
-/// models that carry none.
-pub fn model_template(
-    engine: &Engine<'_>,
-    g: &gguf::Gguf<'_>,
-    name: Option<&str>,
-) -> Result<ChatTemplate, String> {
-    let text = |id: Option<u32>| {
-        id.map(|t| String::from_utf8_lossy(&engine.tokenizer.token_to_piece(t, true)).into_owned())
-            .unwrap_or_default()
-    };
-    let (bos, eos) = (text(engine.tokenizer.bos()), text(engine.tokenizer.eos()));
-    let source = g
-        .get_str("tokenizer.chat_template")
-        .map_err(|e| e.to_string())?;
-    match (name, source) {
-        (Some(name), _) => ChatTemplate::builtin(name, &bos, &eos),
-        (None, Some(src)) => ChatTemplate::from_source(src, &bos, &eos),
-        (None, None) => ChatTemplate::builtin("chatml", &bos, &eos),
-    }
-    .map_err(|e| e.to_string())
 }
 
 /// Opens `url` in the desktop's browser; failures (no desktop) are silent.
