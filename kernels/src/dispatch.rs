@@ -8,7 +8,9 @@
 //! `LLAMAFILE_ISA=scalar|avx2|avx512|neon` caps the choice (never raises it beyond what the CPU
 //! has), to compare the variants in tests and benchmarks.
 
+use crate::gemm::TileFn;
 use crate::ggml_type::GgmlType;
+use crate::multiversion::Width;
 use std::sync::OnceLock;
 
 /// A dot-product kernel: `n` weights of one type against `n` activations of its `vec_dot_type`,
@@ -60,6 +62,10 @@ pub(crate) struct Dispatch {
     /// The highest instruction set that supplied at least one kernel.
     pub(crate) isa: &'static str,
     kernels: [VecDotFn; TYPES.len()],
+    /// The tile kernel of [`crate::gemm`], where this CPU has one.
+    pub(crate) tile: Option<TileFn>,
+    /// What [`crate::multiversion`]'s loops may use.
+    pub(crate) width: Width,
 }
 
 impl Dispatch {
@@ -71,6 +77,8 @@ impl Dispatch {
         Dispatch {
             isa: "scalar",
             kernels: TYPES.map(|ty| crate::scalar::kernel(ty) as VecDotFn),
+            tile: None,
+            width: Width::Baseline,
         }
     }
 
@@ -131,9 +139,12 @@ fn detect() -> Dispatch {
         use crate::x86::{avx2, avx512};
         if cap >= Cap::Simd && avx2::available() {
             d.overlay("avx2", avx2::kernel);
+            d.width = Width::Avx2;
         }
         if cap >= Cap::Avx512 && avx512::available() {
             d.overlay("avx512vnni", avx512::kernel);
+            d.tile = Some(avx512::gemm_tile);
+            d.width = Width::Avx512;
         }
     }
     #[cfg(target_arch = "aarch64")]

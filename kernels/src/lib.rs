@@ -16,15 +16,20 @@ mod aarch64;
 mod dequant;
 mod dispatch;
 mod formats;
+mod gemm;
 mod ggml_type;
 mod matmul;
+#[macro_use]
+mod multiversion;
 mod quantize;
+mod rows;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use ggml_type::{GgmlType, QK_K};
 pub use matmul::{matmul, QMatrix};
+pub use rows::{dot_rows, weighted_sum_rows};
 
 use half::f16;
 

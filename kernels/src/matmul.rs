@@ -1,6 +1,7 @@
 //! Matrix times a batch of activation rows, parallel over weight rows.
 
 use crate::dispatch::{self, VecDotFn};
+use crate::gemm;
 use crate::ggml_type::GgmlType;
 use crate::quantize::quantize;
 use crate::vec_dot_type;
@@ -22,6 +23,10 @@ thread_local! {
     /// (the same shapes, layer after layer) allocates nothing.
     static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
+
+/// From this many tokens on, unpacking a panel of weights once for all of them (the tiled
+/// [`gemm`]) beats unpacking each block once per token.
+const GEMM_MIN_TOKENS: usize = 4;
 
 /// Weight bytes one task's tile of rows aims at: small enough to stay in L2 while every token of a
 /// token tile is dotted with it, so each weight row is read from memory once per call.
@@ -65,6 +70,12 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) {
     );
     if n_tokens == 0 || w.rows == 0 {
         return;
+    }
+
+    if n_tokens >= GEMM_MIN_TOKENS && gemm::shape(w.ty).is_some() {
+        if let Some(tile) = dispatch::get().tile {
+            return gemm::matmul(w, x, n_tokens, y, tile);
+        }
     }
 
     // Taken rather than borrowed: if rayon runs another matmul on this thread while this one waits,

@@ -5,12 +5,17 @@ use crate::formats::{blocks_mut, f16_to_le, f32_to_bf16_bits, BlockQ8K, BlockQ8_
 use crate::ggml_type::GgmlType;
 use half::{f16, slice::HalfFloatSliceExt};
 
-/// Converts `src` into `dst`, which is exactly `src.len()` elements' worth of `ty` bytes.
-///
-/// # Panics
-/// For the weight-only formats (Q4_0 ... Q6_K): ggml produces those offline with an importance
-/// search, never for activations, so asking for them is a caller bug.
-pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+crate::multiversion::multiversion! {
+    /// Converts `src` into `dst`, which is exactly `src.len()` elements' worth of `ty` bytes.
+    ///
+    /// # Panics
+    /// For the weight-only formats (Q4_0 ... Q6_K): ggml produces those offline with an importance
+    /// search, never for activations, so asking for them is a caller bug.
+    pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) = quantize_body;
+}
+
+#[inline(always)]
+fn quantize_body(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     match ty {
         GgmlType::F32 => {
             for (d, &s) in dst.chunks_exact_mut(4).zip(src) {
@@ -38,7 +43,7 @@ pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 }
 
 /// ggml's MAX(a, b) is `a > b ? a : b`; kept as such so NaNs propagate the way they do in ggml.
-#[inline]
+#[inline(always)]
 fn c_max(a: f32, b: f32) -> f32 {
     if a > b {
         a
@@ -48,7 +53,7 @@ fn c_max(a: f32, b: f32) -> f32 {
 }
 
 /// The scale of a Q8_0/Q8_1 block and its inverse: `d = amax / 127`, `id = 1 / d` (0 for an all-zero block).
-#[inline]
+#[inline(always)]
 fn q8_scale(x: &[f32]) -> (f32, f32) {
     let amax = x.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
     let d = amax / 127.0;
@@ -59,7 +64,7 @@ fn q8_scale(x: &[f32]) -> (f32, f32) {
 /// C's roundf (halfway cases away from zero) for |x| < 2^23, the range of quants. Written out
 /// because `f32::round` is a libm call on baseline x86_64 (no SSE4.1), one per activation; this
 /// form vectorizes. `x - trunc(x)` is exact there.
-#[inline]
+#[inline(always)]
 fn round_away(x: f32) -> i32 {
     let t = x as i32;
     let frac = x - t as f32;
@@ -74,12 +79,13 @@ fn round_away(x: f32) -> i32 {
 
 /// ggml's nearest_int: adding 1.5 * 2^23 leaves the rounded integer (halfway cases to even) in
 /// the low mantissa bits. Valid for |x| <= 2^22, which quants are far inside.
-#[inline]
+#[inline(always)]
 fn nearest_int(x: f32) -> i32 {
     let v = x + 12_582_912.0;
     (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
+#[inline(always)]
 fn q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
         let (d, id) = q8_scale(x);
@@ -90,6 +96,7 @@ fn q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
     }
 }
 
+#[inline(always)]
 fn q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
         let (d, id) = q8_scale(x);
@@ -103,6 +110,7 @@ fn q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
     }
 }
 
+#[inline(always)]
 fn q8_k(x: &[f32], y: &mut [BlockQ8K]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(256)) {
         // The element of largest magnitude, the first one on ties; its sign sets the scale's sign.

@@ -412,3 +412,149 @@ pub(super) fn check_isa_on_models(isa: &str, kernel: fn(GgmlType) -> Option<VecD
         eprintln!("{isa}: {checked} rows of {name}");
     }
 }
+
+/// The f64 product of `ty` weights with f32 activations `x`, and the most that quantizing `x` per
+/// 32-block to 8 bits (error at most d/2 per element, d = amax/127) and f32 arithmetic can move
+/// an f32 result away from it.
+fn exact_with_q8_bound(ty: GgmlType, n: usize, w: &[u8], x: &[f32]) -> (f64, f64) {
+    let wd = dequant(ty, n, w);
+    let exact = wd.iter().zip(x).map(|(a, &b)| a * b as f64).sum();
+    let mut bound = 0.0;
+    for (wb, xb) in wd.chunks(32).zip(x.chunks(32)) {
+        let amax = xb.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+        let mag: f64 = wb.iter().zip(xb).map(|(a, &b)| (a * b as f64).abs()).sum();
+        let wabs: f64 = wb.iter().map(|a| a.abs()).sum();
+        bound += wabs * amax / 127.0 * 0.5 * 1.001 + mag * 64.0 * f32::EPSILON as f64;
+    }
+    (exact, bound + 1e-30)
+}
+
+/// Checks a [`crate::gemm`] tile kernel: against the scalar tile on random rows (integer sums
+/// exact, so only the f32 order differs), then the whole tiled matmul on random and model rows
+/// against the f64 product within the bound of its 8-bit activations.
+pub(super) fn check_tile(isa: &str, tile: crate::gemm::TileFn) {
+    use crate::gemm::{self, ActGroup, WGroup, RM, RN};
+    let mut rng = Rng::new(0x711e);
+    for ty in [Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K] {
+        let shape = gemm::shape(ty).expect("a gemm type");
+        let bs = ty.block_size().max(32);
+        for n in [bs, 3 * bs, 17 * 32 * bs / 32, 28 * 32, 20 * 32]
+            .into_iter()
+            .filter(|n| n % ty.block_size() == 0)
+        {
+            let groups = gemm::groups(n);
+            let mut w: Vec<WGroup> = vec![gemm::ZERO_W; RM * groups];
+            let mut a: Vec<ActGroup> = vec![gemm::ZERO_ACT; RN * groups];
+            let ws: Vec<Vec<u8>> = (0..RM).map(|_| random_weights(&mut rng, ty, n)).collect();
+            let xs: Vec<Vec<f32>> = (0..RN).map(|_| rng.activations(n)).collect();
+            for (r, wr) in ws.iter().enumerate() {
+                gemm::unpack_row(ty, wr, &mut w[r * groups..(r + 1) * groups]);
+            }
+            for (t, xt) in xs.iter().enumerate() {
+                gemm::pack_activations(shape, xt, &mut a[t * groups..(t + 1) * groups]);
+            }
+            let (mut want, mut got) = ([0f32; RM * RN], [0f32; RM * RN]);
+            gemm::tile_scalar(shape, &w, &a, groups, &mut want);
+            // SAFETY: the caller checked the tile's CPU features; the slices hold RM and RN rows.
+            unsafe { tile(shape, &w, &a, groups, &mut got) };
+            for i in 0..RM {
+                let wd = dequant(ty, n, &ws[i]);
+                for j in 0..RN {
+                    let magnitude: f64 = wd
+                        .iter()
+                        .zip(&xs[j])
+                        .map(|(a, &b)| (a * b as f64).abs())
+                        .sum();
+                    // Two scales and a min per block, 16 lanes: a few f32 terms per 32 elements.
+                    let tol = tolerance(3 * n / 32, 1.01 * magnitude);
+                    let (g, s) = (got[i * RN + j] as f64, want[i * RN + j] as f64);
+                    assert!(
+                        (g - s).abs() <= tol,
+                        "{isa} tile {} n={n} ({i},{j}): {g:e}, scalar {s:e}, tolerance {tol:e}",
+                        ty.name()
+                    );
+                }
+            }
+        }
+        // The whole matmul (padding, panels, threads) on random rows.
+        let n = if ty.block_size() == 256 { 768 } else { 896 };
+        let rows = 37;
+        let w: Vec<u8> = (0..rows)
+            .flat_map(|_| random_weights(&mut rng, ty, n))
+            .collect();
+        check_matmul(isa, ty, &w, rows, n, &mut rng, "random rows");
+    }
+}
+
+/// `gemm::matmul` through `tile` on `rows × n` weights and 7 random tokens, against f64.
+fn check_matmul(
+    isa: &str,
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    n: usize,
+    rng: &mut Rng,
+    what: &str,
+) {
+    let tile = crate::dispatch::get().tile.expect("checked by the caller");
+    let m = crate::QMatrix {
+        ty,
+        data: w,
+        rows,
+        cols: n,
+    };
+    let tokens = 7;
+    let x: Vec<f32> = (0..tokens).flat_map(|_| rng.activations(n)).collect();
+    let mut y = vec![0f32; tokens * rows];
+    crate::gemm::matmul(&m, &x, tokens, &mut y, tile);
+    let row = ty.row_size(n as u64).expect("whole blocks") as usize;
+    for t in 0..tokens {
+        for r in 0..rows {
+            let (exact, bound) =
+                exact_with_q8_bound(ty, n, &w[r * row..(r + 1) * row], &x[t * n..(t + 1) * n]);
+            let got = y[t * rows + r] as f64;
+            assert!(
+                (got - exact).abs() <= bound,
+                "{isa} gemm {} ({what}) row {r} token {t}: {got:e}, exact {exact:e}, bound {bound:e}",
+                ty.name()
+            );
+        }
+    }
+}
+
+/// [`check_matmul`] on the first rows of every gemm-typed matrix of the synth and real models.
+pub(super) fn check_tile_on_models(isa: &str) {
+    let mut rng = Rng::new(0x90de1);
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shared = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("../shared/reference"));
+    let models = std::env::var_os("LLAMAFILE_TEST_MODELS").map(PathBuf::from).expect(
+        "LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and `cargo xtask test`",
+    );
+    let mut paths: Vec<PathBuf> = ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]
+        .iter()
+        .map(|t| shared.join(format!("llama-synth/models/llama-synth-{t}.gguf")))
+        .collect();
+    paths.push(models.join("qwen.gguf"));
+    paths.push(models.join("gemma.gguf"));
+    for path in paths {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // SAFETY: a read-only map of a test fixture that nothing modifies while the test runs.
+        let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
+        let model = gguf::Gguf::parse(&map).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut checked = 0;
+        for t in model.tensors.iter().filter(|t| t.dims.len() == 2) {
+            let ty = GgmlType::from_id(t.ty as u32).expect("the gguf crate's types are ours");
+            if crate::gemm::shape(ty).is_none() || !t.name.starts_with("blk.") {
+                continue;
+            }
+            let n = t.dims[0] as usize;
+            let row = ty.row_size(n as u64).expect("whole blocks") as usize;
+            let rows = 5;
+            check_matmul(isa, ty, &t.data[..rows * row], rows, n, &mut rng, t.name);
+            checked += 1;
+        }
+        assert!(checked > 0, "{}: no gemm-typed matrices", path.display());
+    }
+}

@@ -141,6 +141,15 @@ pub struct Args {
     #[arg(long = "perplexity")]
     pub perplexity: bool,
 
+    /// Measure prompt processing and generation speed as llama-bench does: with --bench, -p is the
+    /// prompt length (default 512) and -n the tokens generated (default 128), 0 skips a test.
+    #[arg(long = "bench")]
+    pub bench: bool,
+
+    /// With --bench: timed runs of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub repetitions: usize,
+
     /// Interactive chat in the terminal.
     #[arg(
         short = 'i',

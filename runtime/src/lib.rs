@@ -1,5 +1,6 @@
 //! The llamafile runtime as a library: model loading, the forward pass, sampling and chat templates.
 
+pub mod bench;
 pub mod chat_template;
 pub mod cli;
 pub mod engine;

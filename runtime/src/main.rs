@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use serde_json::json;
 
+use runtime::bench::BenchPlan;
 use runtime::chat_template::{ChatMessage, ChatTemplate};
 use runtime::cli::{self, Args};
 use runtime::engine::{Engine, GenerateOptions, Generation};
@@ -78,7 +79,11 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
     let model = Model::load(&g).map_err(|e| format!("{}: {e}", source.name()))?;
     let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", source.name()))?;
     let n_ctx_train = model.config.n_ctx_train;
-    let n_ctx = if args.ctx_size == 0 {
+    let bench_plan = args.bench.then(|| bench_plan(&args)).transpose()?;
+    let n_ctx = if let Some(plan) = &bench_plan {
+        // As llama-bench: the context holds exactly what a test evaluates.
+        (plan.n_prompt + plan.n_gen).max(1)
+    } else if args.ctx_size == 0 {
         n_ctx_train
     } else {
         args.ctx_size.min(n_ctx_train)
@@ -97,6 +102,9 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
         kernels::isa_name()
     );
 
+    if let Some(plan) = bench_plan {
+        return bench(&engine, &plan, &args, source.name(), threads);
+    }
     if args.server {
         return runtime::server::run(&engine, &g, &args, source.name());
     }
@@ -118,12 +126,60 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
     complete(&engine, &args, &prompt)
 }
 
+/// `--bench`'s sizes: -p and -n are token counts there, as in llama-bench.
+fn bench_plan(args: &Args) -> Result<BenchPlan, String> {
+    let n_prompt = match args.prompt.as_deref() {
+        None => 512,
+        Some(p) => p
+            .parse()
+            .map_err(|_| format!("--bench: -p is the prompt length in tokens, not {p:?}"))?,
+    };
+    let n_gen = match args.n_predict {
+        -1 => 128,
+        n => usize::try_from(n)
+            .map_err(|_| format!("--bench: -n is the tokens to generate, not {n}"))?,
+    };
+    Ok(BenchPlan {
+        n_prompt,
+        n_gen,
+        repetitions: args.repetitions,
+    })
+}
+
+/// Prints llama-bench's table (or, with --json, its JSON array) for this model.
+fn bench(
+    engine: &Engine,
+    plan: &BenchPlan,
+    args: &Args,
+    name: &str,
+    threads: usize,
+) -> Result<(), String> {
+    let results = runtime::bench::run(engine, plan);
+    if args.json {
+        let all: Vec<_> = results.iter().map(|r| r.to_json(name, threads)).collect();
+        println!("{}", serde_json::Value::Array(all));
+        return Ok(());
+    }
+    println!("| model | threads | isa | test | t/s |");
+    println!("| --- | ---: | --- | ---: | ---: |");
+    for r in &results {
+        let (avg, sd) = r.tokens_per_second();
+        println!(
+            "| {name} | {threads} | {} | {} | {avg:.2} ± {sd:.2} |",
+            kernels::isa_name(),
+            r.test
+        );
+    }
+    Ok(())
+}
+
 /// No prompt and no mode: what a double-click or a plain `./model.llamafile` does.
 fn is_bare(args: &Args) -> bool {
     args.prompt.is_none()
         && args.file.is_none()
         && !args.tokenize
         && !args.perplexity
+        && !args.bench
         && !args.interactive
 }
 

@@ -418,12 +418,8 @@ impl<'a> Model<'a> {
             n_ctx,
             k_row,
             v_row,
-            k: (0..c.n_layer)
-                .map(|_| vec![f16::ZERO; n_ctx * k_row])
-                .collect(),
-            v: (0..c.n_layer)
-                .map(|_| vec![f16::ZERO; n_ctx * v_row])
-                .collect(),
+            k: (0..c.n_layer).map(|_| zeroed_f16(n_ctx * k_row)).collect(),
+            v: (0..c.n_layer).map(|_| zeroed_f16(n_ctx * v_row)).collect(),
         }
     }
 
@@ -451,6 +447,13 @@ impl<'a> Model<'a> {
     /// Returns the logits of every token, sequence after sequence (`Logits::All`, n_tokens ×
     /// n_vocab), or of each sequence's last token (`Logits::Last`, n_seqs × n_vocab).
     pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], logits: Logits) -> Vec<f32> {
+        // The whole pass runs on one of rayon's worker threads (`scope` moves it there from a
+        // caller outside the pool): each of its ~200 parallel loops per token then starts from a
+        // worker, whose idle peers are still spinning, instead of waking the pool from outside.
+        rayon::scope(|_| self.forward_on_pool(seqs, logits))
+    }
+
+    fn forward_on_pool(&self, seqs: &mut [SeqInput<'_>], logits: Logits) -> Vec<f32> {
         let c = &self.config;
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let positions: Vec<usize> = seqs
@@ -621,6 +624,23 @@ impl<'a> Model<'a> {
         // weighted sum of values accumulated in f16 with an online softmax); larger batches go through
         // its tiled path (f32 query, f32 accumulation). Both are followed here.
         let half_path = n < 64;
+        // The tiled path reads every cached key and value once per query: they are converted to
+        // f32 once here instead, from the first position any query of this batch sees.
+        let first_seen = match window {
+            Some(w) => (pos0 + 1).saturating_sub(w),
+            None => 0,
+        };
+        let end = (pos0 + n) * cache.k_row;
+        let (kf, vf) = if half_path {
+            (Vec::new(), Vec::new())
+        } else {
+            let mut kf = vec![0.0f32; end - first_seen * cache.k_row];
+            kernels::f16_to_f32_row(&k_cache[first_seen * cache.k_row..end], &mut kf);
+            let vend = (pos0 + n) * cache.v_row;
+            let mut vf = vec![0.0f32; vend - first_seen * cache.v_row];
+            kernels::f16_to_f32_row(&v_cache[first_seen * cache.v_row..vend], &mut vf);
+            (kf, vf)
+        };
         // One task per (token, head): each writes its own dv-long slice of `out`.
         out[..n * o_dim]
             .par_chunks_mut(dv)
@@ -679,29 +699,21 @@ impl<'a> Model<'a> {
                             .zip(&sc.acc)
                             .for_each(|(o, &a)| *o = a * inv);
                     } else {
-                        sc.scores.clear();
-                        let mut max = f32::NEG_INFINITY;
-                        for p in first..=pos {
-                            kernels::f16_to_f32_row(key(p), &mut sc.krow);
-                            let s =
-                                qrow.iter().zip(&sc.krow).map(|(a, b)| a * b).sum::<f32>() * scale;
-                            max = max.max(s);
-                            sc.scores.push(s);
-                        }
+                        let keys = pos + 1 - first;
+                        sc.scores.resize(keys, 0.0);
+                        let o = (first - first_seen) * cache.k_row + hk * dk;
+                        kernels::dot_rows(qrow, &kf[o..], cache.k_row, &mut sc.scores);
+                        let max = sc
+                            .scores
+                            .iter()
+                            .fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
                         let mut sum = 0.0f32;
                         for s in sc.scores.iter_mut() {
-                            *s = (*s - max).exp();
+                            *s = (*s * scale - max).exp();
                             sum += *s;
                         }
-                        sc.acc.iter_mut().for_each(|a| *a = 0.0);
-                        for (j, p) in (first..=pos).enumerate() {
-                            kernels::f16_to_f32_row(value(p), &mut sc.vrow);
-                            let w = sc.scores[j];
-                            sc.acc
-                                .iter_mut()
-                                .zip(&sc.vrow)
-                                .for_each(|(a, &v)| *a += w * v);
-                        }
+                        let o = (first - first_seen) * cache.v_row + hk * dv;
+                        kernels::weighted_sum_rows(&sc.scores, &vf[o..], cache.v_row, &mut sc.acc);
                         let inv = 1.0 / sum;
                         out_h
                             .iter_mut()
@@ -716,7 +728,6 @@ impl<'a> Model<'a> {
 /// Per-thread buffers of [`Model::attention`].
 struct AttentionScratch {
     q16: Vec<f16>,
-    krow: Vec<f32>,
     vrow: Vec<f32>,
     acc: Vec<f32>,
     acc16: Vec<f16>,
@@ -727,7 +738,6 @@ impl AttentionScratch {
     fn new(dk: usize, dv: usize) -> Self {
         AttentionScratch {
             q16: vec![f16::ZERO; dk],
-            krow: vec![0.0; dk],
             vrow: vec![0.0; dv],
             acc: vec![0.0; dv],
             acc16: vec![f16::ZERO; dv],
@@ -770,6 +780,17 @@ impl KvCache {
         let vd = &mut self.v[il][pos0 * self.v_row..pos0 * self.v_row + v.len()];
         kernels::f32_to_f16_row(v, vd);
     }
+}
+
+/// `n` zero f16s from the allocator's zeroed memory: for a large cache that is fresh pages from
+/// the kernel, which cost nothing (no memset, no resident memory) until a position is written,
+/// where `vec![f16::ZERO; n]` would write every byte up front.
+fn zeroed_f16(n: usize) -> Vec<f16> {
+    let zeros = std::mem::ManuallyDrop::new(vec![0u16; n]);
+    let (ptr, len, cap) = (zeros.as_ptr().cast_mut(), zeros.len(), zeros.capacity());
+    // SAFETY: f16 has the size and alignment of u16, and the all-zero bit pattern is +0.0; the
+    // allocation is handed over whole (ManuallyDrop keeps the u16 vector from freeing it).
+    unsafe { Vec::from_raw_parts(ptr.cast::<f16>(), len, cap) }
 }
 
 /// ggml's rms_norm (sum of squares in f64, then a f32 scale) followed by the elementwise weight.
@@ -856,8 +877,7 @@ fn silu_gate(gate: &mut [f32], up: &[f32]) {
 /// GELU (tanh approximation) gated by `up`, the way ggml's CPU backend computes it: through a table
 /// indexed by the input rounded to f16, holding f16 results.
 fn gelu_gate(gate: &mut [f32], up: &[f32]) {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    const GELU_COEF_A: f32 = 0.044715;
+    let table = gelu_table();
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
         *g = if x <= -10.0 {
@@ -865,9 +885,23 @@ fn gelu_gate(gate: &mut [f32], up: &[f32]) {
         } else if x >= 10.0 {
             x * u
         } else {
-            let xh = f16::from_f32(x).to_f32();
-            let y = 0.5 * xh * (1.0 + (SQRT_2_OVER_PI * xh * (1.0 + GELU_COEF_A * xh * xh)).tanh());
-            f16::from_f32(y).to_f32() * u
+            table[f16::from_f32(x).to_bits() as usize] * u
         };
     }
+}
+
+/// GELU of every f16 value, rounded to f16 (kept as f32): built once, on first use.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const GELU_COEF_A: f32 = 0.044715;
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = f16::from_bits(bits).to_f32();
+                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
+                f16::from_f32(y).to_f32()
+            })
+            .collect()
+    })
 }

@@ -3,6 +3,7 @@
 //! `main` only dispatches; each subcommand lives in its own module with a `run(args)` entry point
 //! returning an error message, which is printed before exiting with status 1.
 
+mod bench;
 mod demo;
 mod dist;
 mod fetch_models;
@@ -13,6 +14,11 @@ use std::process::ExitCode;
 /// Subcommands: name, one-line summary, entry point.
 type Run = fn(&[String]) -> Result<(), String>;
 const COMMANDS: &[(&str, &str, Run)] = &[
+    (
+        "bench",
+        "llamafile --bench and llama.cpp's llama-bench side by side, plus time to first token [--json] [--quick]",
+        bench::run,
+    ),
     (
         "demo",
         "build, pack Qwen2.5 Coder 0.5B into a llamafile, run it [--no-build] [--no-run] [-- ARGS]",

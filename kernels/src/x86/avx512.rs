@@ -18,6 +18,7 @@ use crate::dispatch::VecDotFn;
 use crate::formats::{
     blocks, f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
 };
+use crate::gemm::{ActGroup, Shape, WGroup, RM, RN, STEPS};
 use crate::ggml_type::GgmlType;
 use std::arch::x86_64::*;
 
@@ -264,4 +265,102 @@ pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
     }
     _mm512_reduce_add_ps(acc)
+}
+
+/// The [`crate::gemm`] tile: `RM × RN` sums of interleaved groups, 16 blocks per `vpdpbusd`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL and VNNI; `w` holds `RM` rows and `act` `RN` tokens of
+/// `groups` groups each.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_tile(
+    shape: Shape,
+    w: &[WGroup],
+    act: &[ActGroup],
+    groups: usize,
+    out: &mut [f32; RM * RN],
+) {
+    match (shape.split, shape.min) {
+        (false, false) => tile::<false, false>(w, act, groups, out),
+        (false, true) => tile::<false, true>(w, act, groups, out),
+        (true, false) => tile::<true, false>(w, act, groups, out),
+        (true, true) => tile::<true, true>(w, act, groups, out),
+    }
+}
+
+/// A 64-byte-aligned field as a vector.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn vec_i<T>(v: &T) -> __m512i {
+    const { assert!(std::mem::size_of::<T>() == 64) };
+    // SAFETY: T is 64 bytes of plain integers or floats, and every field given here starts at a
+    // multiple of 64 in a #[repr(C, align(64))] struct.
+    unsafe { _mm512_load_si512((v as *const T).cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn vec_f(v: &[f32; 16]) -> __m512 {
+    _mm512_castsi512_ps(vec_i(v))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile<const SPLIT: bool, const MIN: bool>(
+    w: &[WGroup],
+    act: &[ActGroup],
+    groups: usize,
+    out: &mut [f32; RM * RN],
+) {
+    let (w, act) = (&w[..RM * groups], &act[..RN * groups]);
+    let mut acc = [[_mm512_setzero_ps(); RN]; RM];
+    for g in 0..groups {
+        let wg: [&WGroup; RM] = std::array::from_fn(|i| &w[i * groups + g]);
+        let ag: [&ActGroup; RN] = std::array::from_fn(|j| &act[j * groups + g]);
+        // The exact integer sums of `steps`, started from the activations' folded-in offset, then
+        // scaled by weight scale × activation scale into the f32 accumulators. (A macro, not a
+        // closure: the tile must stay one function for its accumulators to live in registers.)
+        macro_rules! part {
+            ($steps:expr, $bias:ident, $scale:ident) => {{
+                let mut dot: [[__m512i; RN]; RM] =
+                    std::array::from_fn(|_| std::array::from_fn(|j| vec_i(&ag[j].$bias)));
+                for s in $steps {
+                    let u: [__m512i; RM] = std::array::from_fn(|i| vec_i(&wg[i].u[s]));
+                    for j in 0..RN {
+                        let q = vec_i(&ag[j].qs[s]);
+                        for i in 0..RM {
+                            dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], u[i], q);
+                        }
+                    }
+                }
+                for i in 0..RM {
+                    let sw = vec_f(&wg[i].$scale);
+                    for j in 0..RN {
+                        let scale = _mm512_mul_ps(sw, vec_f(&ag[j].d));
+                        acc[i][j] =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]), scale, acc[i][j]);
+                    }
+                }
+            }};
+        }
+        if SPLIT {
+            part!(0..STEPS / 2, bias_lo, scale_lo);
+            part!(STEPS / 2..STEPS, bias_hi, scale_hi);
+        } else {
+            part!(0..STEPS, bias_lo, scale_lo);
+        }
+        if MIN {
+            for i in 0..RM {
+                let min = vec_f(&wg[i].min);
+                for j in 0..RN {
+                    acc[i][j] = _mm512_fnmadd_ps(min, vec_f(&ag[j].dsum), acc[i][j]);
+                }
+            }
+        }
+    }
+    for i in 0..RM {
+        for j in 0..RN {
+            out[i * RN + j] = _mm512_reduce_add_ps(acc[i][j]);
+        }
+    }
 }

@@ -40,6 +40,24 @@ mod tests {
     }
 
     #[test]
+    fn avx512_gemm_tile_matches_scalar_tile() {
+        if !avx512::available() {
+            eprintln!("skipping the AVX-512 tile: this CPU lacks AVX-512 F/BW/VL/VNNI");
+            return;
+        }
+        simd_check::check_tile("avx512", avx512::gemm_tile);
+    }
+
+    #[test]
+    fn avx512_gemm_matches_on_model_rows() {
+        if !avx512::available() {
+            eprintln!("skipping the AVX-512 tile: this CPU lacks AVX-512 F/BW/VL/VNNI");
+            return;
+        }
+        simd_check::check_tile_on_models("avx512");
+    }
+
+    #[test]
     fn avx2_kernels_match_on_model_rows() {
         if !avx2::available() {
             eprintln!("skipping the AVX2 kernels: this CPU lacks AVX2, FMA or F16C");

@@ -1,0 +1,408 @@
+//! Register-tiled matrix multiplication for batches of tokens (prompt processing).
+//!
+//! [`crate::matmul`]'s per-row dot products unpack every weight block once per token. Here a panel
+//! of weight rows is unpacked once into [`WGroup`]s and then met by every token, and the inner loop
+//! computes a tile of `RM` rows × `RN` tokens at a time from registers (the idea of llamafile's
+//! tinyBLAS and ikawrakow's iqk_mul_mat).
+//!
+//! The layout makes that inner loop almost all integer multiply-adds: 16 blocks of 32 elements
+//! are *interleaved* so that one 64-byte step holds 4 elements of each of the 16 blocks, and a
+//! u8×i8 four-way dot-product instruction (VNNI's `vpdpbusd`, NEON's `udot`-like forms) on it adds
+//! each block's products into its own 32-bit lane. Eight steps give 16 exact block sums, which are
+//! then scaled in f32 once, 16 at a time. Per tile and 512 elements that is 8 integer
+//! instructions and 3 float ones, where a block-at-a-time kernel needs about 4 per 32 elements.
+//!
+//! Every weight type here is "unsigned quant times scale, minus offset, minus min":
+//! `w = scale · (u - offset) - min`, with `u` a byte, one or two scales per 32-block (Q6_K's
+//! 16-element groups give two), and a min only for Q4_K/Q5_K. The activations are quantized per
+//! 32-block exactly as ggml's Q8_0 (`quantize_row_q8_0_ref`), so the Q8_0/Q4_0/Q5_0 results are
+//! ggml's integer sums with the same scales; for the k-quants this is finer than ggml's Q8_K (one
+//! scale per 256), which keeps them at least as close to the f32 result.
+
+use crate::formats::{
+    blocks, f16_le, k4_scales_mins, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0,
+};
+use crate::ggml_type::GgmlType;
+use crate::quantize::quantize;
+use crate::QMatrix;
+use rayon::prelude::*;
+use std::cell::Cell;
+
+/// Blocks per group: one 32-bit lane each in a 512-bit register.
+pub(crate) const LANES: usize = 16;
+/// 4-byte steps per 32-element block.
+pub(crate) const STEPS: usize = 8;
+/// Elements per group.
+const GROUP: usize = LANES * 32;
+
+/// 16 activation blocks of one token, interleaved.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(crate) struct ActGroup {
+    /// `qs[s][4 * l + b]` is element `4 * s + b` of block `l`.
+    pub(crate) qs: [[i8; 64]; STEPS],
+    /// Each block's Q8_0 scale (0 for padding).
+    pub(crate) d: [f32; LANES],
+    /// `-offset · Σ q` over elements 0..16 of each block (0..32 for types with one scale), the
+    /// weights' offset folded in so the integer sums start from it.
+    pub(crate) bias_lo: [i32; LANES],
+    /// `-offset · Σ q` over elements 16..32 (types with two scales; else 0).
+    pub(crate) bias_hi: [i32; LANES],
+    /// `d · Σ q`: the block's activation sum, for the mins.
+    pub(crate) dsum: [f32; LANES],
+}
+
+/// 16 weight blocks of one row, interleaved as [`ActGroup`].
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(crate) struct WGroup {
+    pub(crate) u: [[u8; 64]; STEPS],
+    /// Scale of elements 0..16 of each block (0..32 for types with one scale).
+    pub(crate) scale_lo: [f32; LANES],
+    /// Scale of elements 16..32 (types with two scales).
+    pub(crate) scale_hi: [f32; LANES],
+    /// Subtracted per element (Q4_K/Q5_K), so `min · d · Σ q` per block.
+    pub(crate) min: [f32; LANES],
+}
+
+pub(crate) const ZERO_ACT: ActGroup = ActGroup {
+    qs: [[0; 64]; STEPS],
+    d: [0.0; LANES],
+    bias_lo: [0; LANES],
+    bias_hi: [0; LANES],
+    dsum: [0.0; LANES],
+};
+
+pub(crate) const ZERO_W: WGroup = WGroup {
+    u: [[0; 64]; STEPS],
+    scale_lo: [0.0; LANES],
+    scale_hi: [0.0; LANES],
+    min: [0.0; LANES],
+};
+
+/// How a weight type maps onto [`WGroup`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// `w = scale · (u - offset) - min`.
+    pub(crate) offset: i32,
+    /// Two scales per 32-block (16-element groups).
+    pub(crate) split: bool,
+    /// Has a min term.
+    pub(crate) min: bool,
+}
+
+/// The weight types this module handles, and how.
+pub(crate) fn shape(ty: GgmlType) -> Option<Shape> {
+    let (offset, split, min) = match ty {
+        GgmlType::Q8_0 => (128, false, false),
+        GgmlType::Q4_0 => (8, false, false),
+        GgmlType::Q5_0 => (16, false, false),
+        GgmlType::Q4_K | GgmlType::Q5_K => (0, false, true),
+        GgmlType::Q6_K => (32, true, false),
+        _ => return None,
+    };
+    Some(Shape { offset, split, min })
+}
+
+/// A tile kernel: `out[i * RN + j] = Σ_g dot(w[i * groups + g], act[j * groups + g])` for the
+/// `RM × RN` tile (see [`tile_scalar`] for the arithmetic). `unsafe` because a SIMD tile may only
+/// run on a CPU with its features.
+pub(crate) type TileFn = unsafe fn(Shape, &[WGroup], &[ActGroup], usize, &mut [f32; RM * RN]);
+
+/// Weight rows per tile.
+pub(crate) const RM: usize = 4;
+/// Tokens per tile.
+pub(crate) const RN: usize = 3;
+/// Weight rows one task unpacks and keeps (in L2) while all tokens pass.
+const PANEL_ROWS: usize = 32;
+/// Tokens per pass over a panel: their activations stay in L1/L2 while the panel's tiles use them.
+const TOKEN_CHUNK: usize = 24;
+
+thread_local! {
+    static ACT: Cell<Vec<ActGroup>> = const { Cell::new(Vec::new()) };
+    static PANEL: Cell<Vec<WGroup>> = const { Cell::new(Vec::new()) };
+    static Q8_ROW: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// [`crate::matmul`] for a weight type with a [`shape`], through tile kernel `tile`.
+pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], tile: TileFn) {
+    let shape = shape(w.ty).expect("gemm::matmul is only called for types with a shape");
+    let groups = groups(w.cols);
+    let padded_tokens = n_tokens.next_multiple_of(RN);
+    let mut act = ACT.take();
+    act.clear();
+    act.resize(padded_tokens * groups, ZERO_ACT);
+    act.par_chunks_mut(groups)
+        .zip(x.par_chunks(w.cols))
+        .for_each(|(dst, src)| pack_activations(shape, src, dst));
+
+    let w_row = crate::row_bytes(w.ty, w.cols, "matmul weights");
+    let out = Out(y.as_mut_ptr());
+    let panels = w.rows.div_ceil(PANEL_ROWS);
+    (0..panels).into_par_iter().for_each(|p| {
+        let r0 = p * PANEL_ROWS;
+        let r1 = (r0 + PANEL_ROWS).min(w.rows);
+        let mut panel = PANEL.take();
+        panel.clear();
+        panel.resize((r1 - r0).next_multiple_of(RM) * groups, ZERO_W);
+        for (r, dst) in (r0..r1).zip(panel.chunks_mut(groups)) {
+            unpack_row(w.ty, &w.data[r * w_row..(r + 1) * w_row], dst);
+        }
+        let mut acc = [0.0f32; RM * RN];
+        for t0 in (0..padded_tokens).step_by(TOKEN_CHUNK) {
+            let t1 = (t0 + TOKEN_CHUNK).min(padded_tokens);
+            for i0 in (0..panel.len() / groups).step_by(RM) {
+                let wt = &panel[i0 * groups..(i0 + RM) * groups];
+                for j0 in (t0..t1).step_by(RN) {
+                    let at = &act[j0 * groups..(j0 + RN) * groups];
+                    // SAFETY: `tile` was chosen for features this CPU has, and the slices hold
+                    // exactly RM and RN rows of `groups` groups.
+                    unsafe { tile(shape, wt, at, groups, &mut acc) };
+                    for i in 0..RM.min(r1 - r0 - i0) {
+                        for j in 0..RN.min(n_tokens.saturating_sub(j0)) {
+                            // SAFETY: row r0+i0+i < rows and token j0+j < n_tokens, so the index
+                            // is inside y; only this panel writes its rows.
+                            unsafe { out.write((j0 + j) * w.rows + r0 + i0 + i, acc[i * RN + j]) };
+                        }
+                    }
+                }
+            }
+        }
+        PANEL.set(panel);
+    });
+    ACT.set(act);
+}
+
+/// `y`, shared by the panels, each writing only its own rows' elements.
+struct Out(*mut f32);
+
+// SAFETY: panels write disjoint elements, and `matmul` holds `&mut y` until all are done.
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// `i` is inside the output and no other thread writes it.
+    unsafe fn write(&self, i: usize, v: f32) {
+        unsafe { self.0.add(i).write(v) };
+    }
+}
+
+/// Quantizes one token's activations (ggml's Q8_0 rounding) into interleaved groups.
+pub(crate) fn pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
+    let mut q8 = Q8_ROW.take();
+    q8.resize(
+        crate::row_bytes(GgmlType::Q8_0, x.len(), "gemm activations"),
+        0,
+    );
+    quantize(GgmlType::Q8_0, x, &mut q8);
+    for (b, block) in blocks::<BlockQ8_0>(&q8).iter().enumerate() {
+        let (g, l) = (b / LANES, b % LANES);
+        let a = &mut dst[g];
+        for (s, step) in a.qs.iter_mut().enumerate() {
+            step[4 * l..4 * l + 4].copy_from_slice(&block.qs[4 * s..4 * s + 4]);
+        }
+        let d = f16_le(block.d);
+        let lo: i32 = block.qs[..16].iter().map(|&q| q as i32).sum();
+        let hi: i32 = block.qs[16..].iter().map(|&q| q as i32).sum();
+        a.d[l] = d;
+        a.dsum[l] = d * (lo + hi) as f32;
+        if shape.split {
+            a.bias_lo[l] = -shape.offset * lo;
+            a.bias_hi[l] = -shape.offset * hi;
+        } else {
+            a.bias_lo[l] = -shape.offset * (lo + hi);
+            a.bias_hi[l] = 0;
+        }
+    }
+    Q8_ROW.set(q8);
+}
+
+/// One 32-element weight block, unpacked: its unsigned quants, scales and min.
+struct Unpacked {
+    u: [u8; 32],
+    scale_lo: f32,
+    scale_hi: f32,
+    min: f32,
+}
+
+impl Unpacked {
+    #[inline(always)]
+    fn store(&self, b: usize, dst: &mut [WGroup]) {
+        let (g, l) = (b / LANES, b % LANES);
+        let w = &mut dst[g];
+        for (s, step) in w.u.iter_mut().enumerate() {
+            step[4 * l..4 * l + 4].copy_from_slice(&self.u[4 * s..4 * s + 4]);
+        }
+        w.scale_lo[l] = self.scale_lo;
+        w.scale_hi[l] = self.scale_hi;
+        w.min[l] = self.min;
+    }
+}
+
+crate::multiversion::multiversion! {
+    /// Unpacks one row of weights of type `ty` (one with a [`shape`]) into interleaved groups;
+    /// the padding lanes of the last group stay zero. Every block's quants are computed as a
+    /// whole 32-byte array (loops the compiler vectorizes), then moved 4 bytes at a time.
+    pub(crate) fn unpack_row(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) = unpack_row_body;
+}
+
+#[inline(always)]
+fn unpack_row_body(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) {
+    let one = |d: f32, u: [u8; 32]| Unpacked {
+        u,
+        scale_lo: d,
+        scale_hi: d,
+        min: 0.0,
+    };
+    match ty {
+        GgmlType::Q8_0 => {
+            for (b, x) in blocks::<BlockQ8_0>(row).iter().enumerate() {
+                one(f16_le(x.d), x.qs.map(|q| (q as u8) ^ 0x80)).store(b, dst);
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (b, x) in blocks::<BlockQ4_0>(row).iter().enumerate() {
+                one(f16_le(x.d), nibbles(&x.qs)).store(b, dst);
+            }
+        }
+        GgmlType::Q5_0 => {
+            for (b, x) in blocks::<BlockQ5_0>(row).iter().enumerate() {
+                let qh = u32::from_le_bytes(x.qh);
+                let mut u = nibbles(&x.qs);
+                for (e, u) in u.iter_mut().enumerate() {
+                    *u |= (((qh >> e) & 1) << 4) as u8;
+                }
+                one(f16_le(x.d), u).store(b, dst);
+            }
+        }
+        GgmlType::Q4_K => {
+            for (k, x) in blocks::<BlockQ4K>(row).iter().enumerate() {
+                unpack_k4(x.d, x.dmin, &x.scales, &x.qs, None, k, dst);
+            }
+        }
+        GgmlType::Q5_K => {
+            for (k, x) in blocks::<BlockQ5K>(row).iter().enumerate() {
+                unpack_k4(x.d, x.dmin, &x.scales, &x.qs, Some(&x.qh), k, dst);
+            }
+        }
+        GgmlType::Q6_K => {
+            for (k, x) in blocks::<BlockQ6K>(row).iter().enumerate() {
+                let d = f16_le(x.d);
+                let mut q = [0u8; 256];
+                for half in 0..2 {
+                    let (ql, qh) = (&x.ql[64 * half..], &x.qh[32 * half..]);
+                    let y = &mut q[128 * half..];
+                    for l in 0..32 {
+                        y[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
+                        y[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
+                        y[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                        y[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    }
+                }
+                for sb in 0..8 {
+                    Unpacked {
+                        u: q[32 * sb..32 * sb + 32].try_into().expect("32 quants"),
+                        scale_lo: d * x.scales[2 * sb] as f32,
+                        scale_hi: d * x.scales[2 * sb + 1] as f32,
+                        min: 0.0,
+                    }
+                    .store(8 * k + sb, dst);
+                }
+            }
+        }
+        other => unreachable!("unpack_row: {} has no gemm shape", other.name()),
+    }
+}
+
+/// Superblock `k` of a Q4_K row, or of a Q5_K row with its fifth bits `qh`: eight sub-blocks of
+/// 32, each `d · scale · q - dmin · min`.
+#[inline(always)]
+fn unpack_k4(
+    d: [u8; 2],
+    dmin: [u8; 2],
+    scales: &[u8; 12],
+    qs: &[u8; 128],
+    qh: Option<&[u8; 32]>,
+    k: usize,
+    dst: &mut [WGroup],
+) {
+    let (sc, mn) = k4_scales_mins(scales);
+    let (d, dmin) = (f16_le(d), f16_le(dmin));
+    for sb in 0..8 {
+        // Sub-block sb is in bytes 32·(sb/2)..: low nibbles for even sb, high ones for odd.
+        let bytes = &qs[32 * (sb / 2)..32 * (sb / 2) + 32];
+        let shift = 4 * (sb % 2);
+        let mut u = [0u8; 32];
+        for l in 0..32 {
+            u[l] = (bytes[l] >> shift) & 15;
+        }
+        if let Some(h) = qh {
+            for l in 0..32 {
+                u[l] |= ((h[l] >> sb) & 1) << 4;
+            }
+        }
+        Unpacked {
+            u,
+            scale_lo: d * sc[sb] as f32,
+            scale_hi: d * sc[sb] as f32,
+            min: dmin * mn[sb] as f32,
+        }
+        .store(8 * k + sb, dst);
+    }
+}
+
+/// A Q4_0/Q5_0 block's 32 nibbles: the low ones are elements 0..16, the high ones 16..32.
+#[inline(always)]
+fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
+    let mut u = [0u8; 32];
+    for e in 0..16 {
+        u[e] = qs[e] & 15;
+        u[e + 16] = qs[e] >> 4;
+    }
+    u
+}
+
+/// The reference tile: what every SIMD tile computes, in plain arithmetic (the tests hold each
+/// SIMD tile to it).
+#[cfg(test)]
+///
+/// Per block: the integer sums `Σ u·q + bias` over each scale's elements (exact), times the
+/// weight scale times the activation scale, minus `min · d · Σ q`.
+pub(crate) fn tile_scalar(
+    shape: Shape,
+    w: &[WGroup],
+    act: &[ActGroup],
+    groups: usize,
+    out: &mut [f32; RM * RN],
+) {
+    for i in 0..RM {
+        for j in 0..RN {
+            let mut sum = 0.0f32;
+            for g in 0..groups {
+                let (wg, ag) = (&w[i * groups + g], &act[j * groups + g]);
+                for l in 0..LANES {
+                    let dot = |steps: std::ops::Range<usize>, bias: i32| {
+                        steps.fold(bias, |acc, s| {
+                            (0..4).fold(acc, |acc, b| {
+                                acc + wg.u[s][4 * l + b] as i32 * ag.qs[s][4 * l + b] as i32
+                            })
+                        })
+                    };
+                    let block = if shape.split {
+                        dot(0..4, ag.bias_lo[l]) as f32 * (wg.scale_lo[l] * ag.d[l])
+                            + dot(4..8, ag.bias_hi[l]) as f32 * (wg.scale_hi[l] * ag.d[l])
+                    } else {
+                        dot(0..8, ag.bias_lo[l]) as f32 * (wg.scale_lo[l] * ag.d[l])
+                    };
+                    sum += block - wg.min[l] * ag.dsum[l];
+                }
+            }
+            out[i * RN + j] = sum;
+        }
+    }
+}
+
+/// Groups a row of `cols` elements takes (the last one padded with zero blocks).
+pub(crate) fn groups(cols: usize) -> usize {
+    cols.div_ceil(GROUP)
+}
