@@ -80,8 +80,10 @@ if [ ! -r "$self" ]; then
   echo "llamafile: cannot find this file (\$0 is '$0'); run it by its path" >&2
   exit 1
 fi
-os=$(uname -s 2>/dev/null)
-arch=$(uname -m 2>/dev/null)
+# One process for both names: every fork counts in the time to the first token.
+uname=$(uname -sm 2>/dev/null)
+os=${{uname% *}}
+arch=${{uname##* }}
 case $os in Linux) os=linux ;; Darwin) os=darwin ;; esac
 case $arch in x86_64|amd64) arch=x86_64 ;; aarch64|arm64) arch=aarch64 ;; esac
 {rosetta}case $os-$arch in
@@ -89,40 +91,61 @@ case $arch in x86_64|amd64) arch=x86_64 ;; aarch64|arm64) arch=aarch64 ;; esac
     echo "llamafile: this file has runtimes for {names}, not for $os-$arch" >&2
     exit 1 ;;
 esac
-if command -v sha256sum >/dev/null 2>&1; then hasher=sha256sum
-elif command -v shasum >/dev/null 2>&1; then hasher="shasum -a 256"
-else hasher=
-fi
-# Is "$1" our runtime? Its sha256 when a tool exists, else its size.
-intact() {{
-  [ -f "$1" ] || return 1
-  if [ -n "$hasher" ]; then
-    h=$($hasher < "$1") || return 1
-    [ "${{h%% *}}" = "$sha" ]
-  else
-    n=$(wc -c < "$1" | tr -d ' ') || return 1
-    [ "$n" = "$size" ]
-  fi
+# Is "$1" byte for byte the runtime this file carries, and executable? Checked on every launch,
+# so that a runtime changed in the cache is never run. Comparing with the bytes here is exact and
+# faster than hashing (cmp reads both at memory speed; a hash tool costs more to start than to
+# run); the cmp of GNU, BSD and busybox takes -n and skip operands, an older one gets a pipe.
+same() {{
+  [ -f "$1" ] && [ -x "$1" ] || return 1
+  n=$(wc -c < "$1") && [ $n -eq "$size" ] || return 1
+  cmp -s -n "$size" "$1" "$self" 0 $((start - 1)) 2>/dev/null
+  case $? in 0) return 0 ;; 1) return 1 ;; esac
+  tail -c +"$start" "$self" | head -c "$size" | cmp -s - "$1"
 }}
-# Extracts into directory "$1" through a temporary file and a rename, so that two first
-# launches at once are safe and nothing half-written is ever run.
+# The sha256 of file "$1" into $h, by the first tool here that gives one.
+sha256_of() {{
+  for tool in openssl sha256sum shasum sha256; do
+    command -v $tool >/dev/null 2>&1 || continue
+    case $tool in
+      openssl) h=$(openssl dgst -sha256 -r < "$1" 2>/dev/null) ;;
+      sha256sum) h=$(sha256sum < "$1" 2>/dev/null) ;;
+      shasum) h=$(shasum -a 256 < "$1" 2>/dev/null) ;;
+      *) h=$(sha256 -q < "$1" 2>/dev/null) ;;
+    esac || continue
+    h=${{h%% *}}
+    case $h in *[!0-9a-f]*) continue ;; esac
+    [ ${{#h}} -eq 64 ] && return 0
+  done
+  return 1
+}}
+# Extracts into directory "$1": into a new temporary file, checked against the sha256 written
+# above (a damaged file is caught here), then renamed into place, so that two first launches at
+# once are safe and an interrupted extraction never leaves a half file under the runtime's name.
+# Temporary files that interrupted extractions left are removed once they are old.
 extract() {{
   mkdir -p "$1" 2>/dev/null || return 1
+  find "$1" -name 'llamafile.*.tmp' -mmin +10 -exec rm -f {{}} + 2>/dev/null
   tmp=$1/llamafile.$$.tmp
-  if (tail -c +"$start" "$self" | head -c "$size" > "$tmp") 2>/dev/null &&
-     chmod 755 "$tmp" && intact "$tmp" && mv -f "$tmp" "$1/llamafile"; then
-    return 0
+  rm -f "$tmp" 2>/dev/null
+  if (set -C; tail -c +"$start" "$self" | head -c "$size" > "$tmp") 2>/dev/null &&
+     chmod 755 "$tmp" && same "$tmp"; then
+    if sha256_of "$tmp" && [ "$h" != "$sha" ]; then
+      damaged=$h
+    elif mv -f "$tmp" "$1/llamafile"; then
+      return 0
+    fi
   fi
   rm -f "$tmp" 2>/dev/null
   return 1
 }}
-# A runtime that is there and intact is used; a tampered one is replaced.
+# A runtime that is there and intact is used; a changed or truncated one is replaced.
 use_dir() {{
-  if intact "$1/llamafile"; then return 0; fi
+  if same "$1/llamafile"; then return 0; fi
   rm -f "$1/llamafile" 2>/dev/null
   extract "$1"
 }}
 runtime=
+damaged=
 case ${{XDG_CACHE_HOME:-}} in
   /*) cache=$XDG_CACHE_HOME/llamafile-rs ;;
   *) case ${{HOME:-}} in /*) cache=$HOME/.cache/llamafile-rs ;; *) cache= ;; esac ;;
@@ -137,6 +160,10 @@ else
      use_dir "$base/$sha"; then
     runtime=$base/$sha/llamafile
   fi
+fi
+if [ -z "$runtime" ] && [ -n "$damaged" ]; then
+  echo "llamafile: this file is damaged: its $os-$arch runtime has sha256 $damaged, not $sha; download it again" >&2
+  exit 1
 fi
 if [ -z "$runtime" ]; then
   echo "llamafile: cannot extract the runtime into ${{cache:-\$HOME/.cache}} or ${{TMPDIR:-/tmp}}" >&2

@@ -81,6 +81,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C while writing: no temporary file is left behind, and the output keeps its old bytes.
+    // Without a handler (it cannot be installed) Ctrl-C still leaves the output intact.
+    let _ = ctrlc::set_handler(|| {
+        pack::remove_pending();
+        std::process::exit(130);
+    });
     let result = match cli.command {
         Command::Build {
             model,

@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -301,6 +302,22 @@ pub fn refuse_overwriting_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// Temporary files not yet renamed into place, removed by the Ctrl-C handler: an interrupted
+/// pack of a model of many GB would otherwise leave a hidden file as large beside the output.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn pending() -> MutexGuard<'static, Vec<PathBuf>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes the temporary files of writes in progress; for the Ctrl-C handler, which exits next.
+/// The output itself is never touched: it is either the old file or, renamed already, the new.
+pub fn remove_pending() {
+    for path in pending().drain(..) {
+        let _ = fs::remove_file(path);
+    }
+}
+
 /// A file being written beside its final path; removed unless committed.
 pub struct TempFile {
     pub path: PathBuf,
@@ -309,6 +326,9 @@ pub struct TempFile {
 }
 
 impl TempFile {
+    /// Creates `.NAME.PID.N.tmp` in the output's directory (the rename must not cross file
+    /// systems), with the first N no earlier file holds: a process killed before it could clean
+    /// up may have left one under this process's id.
     pub fn create(out: &Path) -> Result<TempFile> {
         let name = out
             .file_name()
@@ -317,22 +337,37 @@ impl TempFile {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let path = dir.join(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempFile {
-            path,
-            file,
-            committed: false,
-        })
+        const TRIES: u32 = 100;
+        for n in 0..TRIES {
+            let path = dir.join(format!(
+                ".{}.{}.{n}.tmp",
+                name.to_string_lossy(),
+                std::process::id()
+            ));
+            let mut pending = pending();
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    pending.push(path.clone());
+                    return Ok(TempFile {
+                        path,
+                        file,
+                        committed: false,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        bail!(
+            "{}: {TRIES} temporary files of earlier runs are in the way; remove the .{}.*.tmp files there",
+            dir.display(),
+            name.to_string_lossy()
+        )
     }
 
     /// Gives the file its permission bits and renames it into place.
@@ -340,8 +375,10 @@ impl TempFile {
         self.file
             .set_permissions(fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting permissions of {}", self.path.display()))?;
+        let mut pending = pending();
         fs::rename(&self.path, out)
             .with_context(|| format!("renaming {} to {}", self.path.display(), out.display()))?;
+        pending.retain(|p| *p != self.path);
         self.committed = true;
         Ok(())
     }
@@ -350,7 +387,9 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.committed {
+            let mut pending = pending();
             let _ = fs::remove_file(&self.path);
+            pending.retain(|p| *p != self.path);
         }
     }
 }

@@ -212,7 +212,7 @@ fn tampered_cache_is_never_run() {
     let cached = cached_runtime(&dir);
     for evil in [
         b"#!/bin/sh\necho TAMPERED\n".to_vec(),
-        // Same size as the real runtime, one byte changed: only the sha256 tells.
+        // Same size as the real runtime, one byte changed: only the bytes tell.
         {
             let mut b = fs::read("/bin/echo").unwrap();
             b[1000] ^= 1;
@@ -272,14 +272,16 @@ fn concurrent_first_launches_all_succeed() {
 
 #[test]
 fn busybox_tools_alone_without_a_sha256_tool() {
-    // A system with only busybox and no sha256sum/shasum: the launcher checks sizes instead.
+    // A system with only busybox and no sha256 tool: the cache is still checked byte for byte
+    // against the runtime in the file.
     let busybox = require("busybox");
     let dir = test_dir("busybox-only");
     let file = universal(&dir, "m.llamafile");
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).unwrap();
     for tool in [
-        "sh", "uname", "tail", "head", "wc", "tr", "mkdir", "chmod", "mv", "rm", "id", "pwd",
+        "sh", "uname", "tail", "head", "wc", "cmp", "find", "mkdir", "chmod", "mv", "rm", "id",
+        "pwd",
     ] {
         symlink(&busybox, bin.join(tool)).unwrap();
     }
@@ -292,9 +294,14 @@ fn busybox_tools_alone_without_a_sha256_tool() {
     };
     assert_ran(&go("a"), &expected(&file, &["a"]));
     let cached = cached_runtime(&dir);
-    assert_eq!(fs::read(&cached).unwrap(), fs::read("/bin/echo").unwrap());
-    // A cached file of the wrong size is replaced.
-    fs::write(&cached, b"#!/bin/sh\necho TAMPERED\n").unwrap();
-    assert_ran(&go("b"), &expected(&file, &["b"]));
-    assert_eq!(fs::read(&cached).unwrap(), fs::read("/bin/echo").unwrap());
+    let echo = fs::read("/bin/echo").unwrap();
+    assert_eq!(fs::read(&cached).unwrap(), echo);
+    // A cached file of the wrong size, or of the right size with one byte changed, is replaced.
+    let mut flipped = echo.clone();
+    flipped[1000] ^= 1;
+    for evil in [b"#!/bin/sh\necho TAMPERED\n".to_vec(), flipped] {
+        fs::write(&cached, &evil).unwrap();
+        assert_ran(&go("b"), &expected(&file, &["b"]));
+        assert_eq!(fs::read(&cached).unwrap(), echo);
+    }
 }

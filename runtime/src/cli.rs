@@ -195,7 +195,7 @@ pub struct Args {
     #[arg(long = "max-queue", default_value_t = 64)]
     pub max_queue: usize,
 
-    /// Seconds a server connection may stay idle, or take to send its request.
+    /// Seconds a server connection may stay idle, take to send its request, or leave its answer unread.
     #[arg(long = "timeout", default_value_t = 60)]
     pub timeout: u64,
 }

@@ -3,6 +3,8 @@
 //! scheduler's job channel.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
@@ -19,7 +21,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::api::{self, ApiError, Endpoint, LogprobFormatter, ResponseMeta};
@@ -87,10 +90,113 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(StallGuard::new(stream, timeout)), service);
             let _ = conn.await;
             drop(permit);
         });
+    }
+}
+
+/// A connection whose writes fail once the client has taken none of the answer for the timeout.
+/// hyper has no write timeout: a client that sends requests (pipelined, or one streaming
+/// generation) and never reads would otherwise hold its connection, and the answers buffered for
+/// it, for as long as it stays connected. Each write that makes progress restarts the clock, so
+/// a slow reader that keeps reading is served.
+struct StallGuard {
+    io: TcpStream,
+    timeout: Duration,
+    /// Armed when a write finds the socket full; cleared when one gets through.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(io: TcpStream, timeout: Duration) -> Self {
+        StallGuard {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// The outcome of a write-side poll: a blocked one arms the clock, and fails once it runs
+    /// out; only bytes written disarm it (flushing a TCP stream is always ready, and says
+    /// nothing about the client).
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+        progress: impl FnOnce(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Ready(Ok(v)) => {
+                if progress(&v) {
+                    self.stalled = None;
+                }
+                Poll::Ready(Ok(v))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client read nothing of the answer in time",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for StallGuard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallGuard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, poll, |&n| n > 0)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, poll, |&n| n > 0)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, poll, |()| false)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(cx, poll, |()| false)
     }
 }
 
@@ -212,6 +318,11 @@ fn error_response(e: &ApiError) -> Response<Body> {
         408 | 413 => {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        // Busy (every slot taken and the queue full) or still loading: worth a retry soon.
+        503 => {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
     }

@@ -6,9 +6,9 @@
 //! pass per step. The server binds before the model is needed, so that a caller can start it
 //! first: until `serve` runs, API requests get 503 and `/health` says the model is loading.
 
-mod api;
+pub(crate) mod api;
 mod http;
-mod json_schema;
+pub(crate) mod json_schema;
 mod scheduler;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -34,7 +34,7 @@ pub struct Options {
     pub parallel: usize,
     /// Requests that may wait for a slot; more get 503.
     pub max_queue: usize,
-    /// Seconds a connection may idle, or take to send a request.
+    /// Seconds a connection may idle, take to send a request, or leave its answer unread.
     pub timeout: Duration,
     /// The model's name in `/v1/models` and in responses.
     pub model_name: String,
@@ -232,6 +232,12 @@ pub fn run(
     let server = Server::bind(Options::from_args(args, model_path))?;
     let url = server.url();
     eprintln!("llamafile: server listening at {url}");
+    if !server.local_addr().ip().is_loopback() && server.opts.api_key.is_none() {
+        eprintln!(
+            "llamafile: warning: --host {} without --api-key: anyone who can reach this machine can use the server",
+            server.opts.host
+        );
+    }
     if !args.nobrowser {
         open_browser(&url);
     }
