@@ -29,7 +29,7 @@ mod x86;
 
 pub use ggml_type::{GgmlType, QK_K};
 pub use matmul::{matmul, QMatrix};
-pub use rows::{dot_rows, weighted_sum_rows};
+pub use rows::{dot_columns, weighted_sum_rows};
 
 use half::f16;
 

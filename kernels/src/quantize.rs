@@ -55,7 +55,16 @@ fn c_max(a: f32, b: f32) -> f32 {
 /// The scale of a Q8_0/Q8_1 block and its inverse: `d = amax / 127`, `id = 1 / d` (0 for an all-zero block).
 #[inline(always)]
 fn q8_scale(x: &[f32]) -> (f32, f32) {
-    let amax = x.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
+    // Eight running maxima, then their maximum: the same value for any finite input (a maximum
+    // does not depend on order) and a loop the compiler vectorizes, where one running maximum is
+    // a chain of dependent compares. (With NaNs ggml's result depends on their positions anyway.)
+    let mut lanes = [0.0f32; 8];
+    for c in x.chunks_exact(8) {
+        for i in 0..8 {
+            lanes[i] = c_max(lanes[i], c[i].abs());
+        }
+    }
+    let amax = lanes.iter().fold(0.0f32, |m, &v| c_max(m, v));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     (d, id)
@@ -68,13 +77,7 @@ fn q8_scale(x: &[f32]) -> (f32, f32) {
 fn round_away(x: f32) -> i32 {
     let t = x as i32;
     let frac = x - t as f32;
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
-    } else {
-        t
-    }
+    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
 }
 
 /// ggml's nearest_int: adding 1.5 * 2^23 leaves the rounded integer (halfway cases to even) in

@@ -1,94 +1,177 @@
-//! Attention's two products over cached rows, in f32: a query against many keys, and the
-//! softmax-weighted sum of many values.
+//! Attention's two products over the cache, in f32: a query against many keys (stored as
+//! columns), and the softmax-weighted sum of many values (rows).
 //!
 //! Both keep their running sums in fixed-size arrays, which the compiler holds in vector registers
 //! for the whole pass over the rows (a query's scores or an output chunk never round-trips through
-//! memory per row), and both are [`multiversion`](crate::multiversion)ed.
-
-/// Elements per register-held chunk: four AVX-512 registers, eight AVX2 ones.
-const CHUNK: usize = 64;
+//! memory per row), and both are [`multiversion`](crate::multiversion)ed. They multiply-add with
+//! `mul_add` (one rounding, as ggml's FMA-built loops), an instruction wherever there are vectors
+//! worth using (x86_64 with FMA, every AArch64); only a pre-AVX2 x86_64 pays a libm call.
 
 crate::multiversion::multiversion! {
-    /// `out[p] = q · row p`, where row `p` is `keys[p * stride ..][.. q.len()]`, for `p` in
-    /// `0..out.len()`.
+    /// Queries against keys stored as columns: `out[r * n + p] = Σ_i qs[r * dim + i] ·
+    /// keys[i * stride + p]`, for the `qs.len() / dim` query rows and `n = out.len() / rows`
+    /// keys. Eight rows and sixteen keys at a time: each loaded key vector serves eight rows.
     ///
     /// # Panics
-    /// If `keys` is too short for `out.len()` rows.
-    pub fn dot_rows(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) = dot_rows_body;
+    /// If the slices do not hold what the shapes say.
+    pub fn dot_columns(qs: &[f32], dim: usize, keys: &[f32], stride: usize, out: &mut [f32]) = dot_columns_body;
 }
 
 #[inline(always)]
-fn dot_rows_body(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) {
-    let n = q.len();
-    if !out.is_empty() {
-        assert!(
-            keys.len() >= (out.len() - 1) * stride + n,
-            "dot_rows: {} rows of stride {stride} do not fit in {} keys",
-            out.len(),
-            keys.len()
-        );
-    }
-    for (p, o) in out.iter_mut().enumerate() {
-        let row = &keys[p * stride..p * stride + n];
-        let mut acc = [0.0f32; 16];
-        let (qc, rc) = (q.chunks_exact(16), row.chunks_exact(16));
-        let tail: f32 = qc
-            .remainder()
-            .iter()
-            .zip(rc.remainder())
-            .map(|(a, b)| a * b)
-            .sum();
-        for (a, b) in qc.zip(rc) {
-            for i in 0..16 {
-                acc[i] += a[i] * b[i];
-            }
-        }
-        *o = acc.iter().sum::<f32>() + tail;
-    }
-}
-
-crate::multiversion::multiversion! {
-    /// `out = Σ_p weights[p] · row p`, where row `p` is `values[p * stride ..][.. out.len()]`.
-    ///
-    /// # Panics
-    /// If `values` is too short for `weights.len()` rows.
-    pub fn weighted_sum_rows(weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) = weighted_sum_body;
-}
-
-#[inline(always)]
-fn weighted_sum_body(weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
-    let n = out.len();
-    if !weights.is_empty() {
-        assert!(
-            values.len() >= (weights.len() - 1) * stride + n,
-            "weighted_sum_rows: {} rows of stride {stride} do not fit in {} values",
-            weights.len(),
-            values.len()
-        );
-    }
-    let mut c0 = 0;
-    while c0 < n {
-        let len = CHUNK.min(n - c0);
-        let mut acc = [0.0f32; CHUNK];
-        if len == CHUNK {
-            for (p, &w) in weights.iter().enumerate() {
-                let row: &[f32; CHUNK] = values[p * stride + c0..p * stride + c0 + CHUNK]
-                    .try_into()
-                    .expect("a whole chunk");
-                for i in 0..CHUNK {
-                    acc[i] += w * row[i];
-                }
-            }
+fn dot_columns_body(qs: &[f32], dim: usize, keys: &[f32], stride: usize, out: &mut [f32]) {
+    let rows = qs.len() / dim;
+    let n = out.len() / rows.max(1);
+    assert!(
+        rows * dim == qs.len() && rows * n == out.len() && n <= stride,
+        "dot_columns: {rows} rows of {dim}, {n} keys, stride {stride}"
+    );
+    assert!(
+        dim == 0 || keys.len() >= (dim - 1) * stride + n,
+        "dot_columns: {dim} rows of {n} keys (stride {stride}) do not fit in {} values",
+        keys.len()
+    );
+    let mut r0 = 0;
+    while r0 < rows {
+        if rows - r0 >= 8 {
+            columns_block::<8>(&qs[r0 * dim..], dim, keys, stride, &mut out[r0 * n..], n);
+            r0 += 8;
         } else {
-            for (p, &w) in weights.iter().enumerate() {
-                let row = &values[p * stride + c0..p * stride + c0 + len];
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += w * v;
+            columns_block::<1>(&qs[r0 * dim..], dim, keys, stride, &mut out[r0 * n..], n);
+            r0 += 1;
+        }
+    }
+}
+
+/// [`dot_columns`] for `R` rows.
+#[inline(always)]
+fn columns_block<const R: usize>(
+    qs: &[f32],
+    dim: usize,
+    keys: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    n: usize,
+) {
+    let mut p0 = 0;
+    while p0 + 16 <= n {
+        let mut acc = [[0.0f32; 16]; R];
+        for i in 0..dim {
+            let k: &[f32; 16] = keys[i * stride + p0..i * stride + p0 + 16]
+                .try_into()
+                .expect("16 keys");
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let q = qs[r * dim + i];
+                for l in 0..16 {
+                    acc[l] = q.mul_add(k[l], acc[l]);
                 }
             }
         }
-        out[c0..c0 + len].copy_from_slice(&acc[..len]);
-        c0 += len;
+        for (r, acc) in acc.iter().enumerate() {
+            out[r * n + p0..r * n + p0 + 16].copy_from_slice(acc);
+        }
+        p0 += 16;
+    }
+    for r in 0..R {
+        for p in p0..n {
+            let mut s = 0.0f32;
+            for i in 0..dim {
+                s = qs[r * dim + i].mul_add(keys[i * stride + p], s);
+            }
+            out[r * n + p] = s;
+        }
+    }
+}
+
+/// Value elements per register-held chunk.
+const CHUNK: usize = 32;
+
+crate::multiversion::multiversion! {
+    /// Weighted sums of value rows: `out[r * dim + e] = Σ_p weights[r * n + p] ·
+    /// values[p * stride + e]`, for `n` values, `dim = out.len() / rows` and
+    /// `rows = weights.len() / n`. Four rows and 32 elements at a time: each loaded value vector
+    /// serves four rows.
+    ///
+    /// # Panics
+    /// If the slices do not hold what the shapes say.
+    pub fn weighted_sum_rows(weights: &[f32], n: usize, values: &[f32], stride: usize, out: &mut [f32]) = weighted_sum_body;
+}
+
+#[inline(always)]
+fn weighted_sum_body(weights: &[f32], n: usize, values: &[f32], stride: usize, out: &mut [f32]) {
+    let rows = weights.len() / n.max(1);
+    let dim = out.len() / rows.max(1);
+    assert!(
+        rows * n == weights.len() && rows * dim == out.len() && dim <= stride,
+        "weighted_sum_rows: {rows} rows of {n} weights, {dim} elements, stride {stride}"
+    );
+    assert!(
+        n == 0 || values.len() >= (n - 1) * stride + dim,
+        "weighted_sum_rows: {n} rows of stride {stride} do not fit in {} values",
+        values.len()
+    );
+    let mut r0 = 0;
+    while r0 < rows {
+        if rows - r0 >= 4 {
+            weighted_block::<4>(
+                &weights[r0 * n..],
+                n,
+                values,
+                stride,
+                &mut out[r0 * dim..],
+                dim,
+            );
+            r0 += 4;
+        } else {
+            weighted_block::<1>(
+                &weights[r0 * n..],
+                n,
+                values,
+                stride,
+                &mut out[r0 * dim..],
+                dim,
+            );
+            r0 += 1;
+        }
+    }
+}
+
+/// [`weighted_sum_rows`] for `R` rows.
+#[inline(always)]
+fn weighted_block<const R: usize>(
+    weights: &[f32],
+    n: usize,
+    values: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    dim: usize,
+) {
+    let mut c0 = 0;
+    while c0 + CHUNK <= dim {
+        let mut acc = [[0.0f32; CHUNK]; R];
+        for p in 0..n {
+            let v: &[f32; CHUNK] = values[p * stride + c0..p * stride + c0 + CHUNK]
+                .try_into()
+                .expect("a whole chunk");
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let w = weights[r * n + p];
+                for i in 0..CHUNK {
+                    acc[i] = w.mul_add(v[i], acc[i]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            out[r * dim + c0..r * dim + c0 + CHUNK].copy_from_slice(acc);
+        }
+        c0 += CHUNK;
+    }
+    for r in 0..R {
+        for e in c0..dim {
+            let mut s = 0.0f32;
+            for p in 0..n {
+                s = weights[r * n + p].mul_add(values[p * stride + e], s);
+            }
+            out[r * dim + e] = s;
+        }
     }
 }
 
@@ -107,34 +190,48 @@ mod tests {
     }
 
     /// Every width computes what the plain loops compute, to rounding (the sums are grouped
-    /// differently from a straight loop, identically across widths).
+    /// differently from a straight loop, identically across widths), for row counts that use
+    /// the blocks and the single rows, and key/element counts with and without tails.
     #[test]
-    fn rows_match_plain_loops() {
-        for (n, stride, rows) in [(64, 128, 37), (256, 256, 5), (80, 96, 9), (7, 7, 3)] {
-            let q = data(n, 1);
-            let keys = data(rows * stride, 2);
-            let mut got = vec![0.0; rows];
-            dot_rows(&q, &keys, stride, &mut got);
-            for (p, g) in got.iter().enumerate() {
-                let want: f64 = (0..n)
-                    .map(|i| q[i] as f64 * keys[p * stride + i] as f64)
-                    .sum();
-                assert!(
-                    (*g as f64 - want).abs() < 1e-4,
-                    "dot_rows n={n} row {p}: {g} vs {want}"
-                );
+    fn columns_and_weighted_sums_match_plain_loops() {
+        for (rows, dim, n, stride) in [
+            (28, 64, 37, 48),
+            (16, 256, 5, 16),
+            (9, 80, 100, 112),
+            (3, 7, 3, 3),
+        ] {
+            let qs = data(rows * dim, 1);
+            let keys = data(dim * stride, 2);
+            let mut got = vec![0.0; rows * n];
+            dot_columns(&qs, dim, &keys, stride, &mut got);
+            for r in 0..rows {
+                for p in 0..n {
+                    let want: f64 = (0..dim)
+                        .map(|i| qs[r * dim + i] as f64 * keys[i * stride + p] as f64)
+                        .sum();
+                    let g = got[r * n + p] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-4,
+                        "dot_columns row {r} key {p}: {g} vs {want}"
+                    );
+                }
             }
-            let w = data(rows, 3);
-            let mut out = vec![0.0; n];
-            weighted_sum_rows(&w, &keys, stride, &mut out);
-            for (i, o) in out.iter().enumerate() {
-                let want: f64 = (0..rows)
-                    .map(|p| w[p] as f64 * keys[p * stride + i] as f64)
-                    .sum();
-                assert!(
-                    (*o as f64 - want).abs() < 1e-4,
-                    "weighted_sum_rows n={n} elem {i}: {o} vs {want}"
-                );
+            let w = data(rows * n, 3);
+            let values = data(n * stride.max(dim), 4);
+            let vstride = stride.max(dim);
+            let mut out = vec![0.0; rows * dim];
+            weighted_sum_rows(&w, n, &values, vstride, &mut out);
+            for r in 0..rows {
+                for e in 0..dim {
+                    let want: f64 = (0..n)
+                        .map(|p| w[r * n + p] as f64 * values[p * vstride + e] as f64)
+                        .sum();
+                    let o = out[r * dim + e] as f64;
+                    assert!(
+                        (o - want).abs() < 1e-4,
+                        "weighted_sum_rows row {r} elem {e}: {o} vs {want}"
+                    );
+                }
             }
         }
     }

@@ -623,24 +623,9 @@ impl<'a> Model<'a> {
         // differently: fewer than 64 queries go through its vector path (query rounded to f16, the
         // weighted sum of values accumulated in f16 with an online softmax); larger batches go through
         // its tiled path (f32 query, f32 accumulation). Both are followed here.
-        let half_path = n < 64;
-        // The tiled path reads every cached key and value once per query: they are converted to
-        // f32 once here instead, from the first position any query of this batch sees.
-        let first_seen = match window {
-            Some(w) => (pos0 + 1).saturating_sub(w),
-            None => 0,
-        };
-        let end = (pos0 + n) * cache.k_row;
-        let (kf, vf) = if half_path {
-            (Vec::new(), Vec::new())
-        } else {
-            let mut kf = vec![0.0f32; end - first_seen * cache.k_row];
-            kernels::f16_to_f32_row(&k_cache[first_seen * cache.k_row..end], &mut kf);
-            let vend = (pos0 + n) * cache.v_row;
-            let mut vf = vec![0.0f32; vend - first_seen * cache.v_row];
-            kernels::f16_to_f32_row(&v_cache[first_seen * cache.v_row..vend], &mut vf);
-            (kf, vf)
-        };
+        if n >= 64 {
+            return self.attention_tiled(cache, il, q, pos0, window, out);
+        }
         // One task per (token, head): each writes its own dv-long slice of `out`.
         out[..n * o_dim]
             .par_chunks_mut(dv)
@@ -663,7 +648,7 @@ impl<'a> Model<'a> {
                     let value = |p: usize| {
                         &v_cache[p * cache.v_row + hk * dv..p * cache.v_row + (hk + 1) * dv]
                     };
-                    if half_path {
+                    {
                         kernels::f32_to_f16_row(qrow, &mut sc.q16);
                         sc.acc16.iter_mut().for_each(|a| *a = f16::ZERO);
                         let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
@@ -698,30 +683,106 @@ impl<'a> Model<'a> {
                             .iter_mut()
                             .zip(&sc.acc)
                             .for_each(|(o, &a)| *o = a * inv);
-                    } else {
-                        let keys = pos + 1 - first;
-                        sc.scores.resize(keys, 0.0);
-                        let o = (first - first_seen) * cache.k_row + hk * dk;
-                        kernels::dot_rows(qrow, &kf[o..], cache.k_row, &mut sc.scores);
-                        let max = sc
-                            .scores
-                            .iter()
-                            .fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
-                        let mut sum = 0.0f32;
-                        for s in sc.scores.iter_mut() {
-                            *s = (*s * scale - max).exp();
-                            sum += *s;
-                        }
-                        let o = (first - first_seen) * cache.v_row + hk * dv;
-                        kernels::weighted_sum_rows(&sc.scores, &vf[o..], cache.v_row, &mut sc.acc);
-                        let inv = 1.0 / sum;
-                        out_h
-                            .iter_mut()
-                            .zip(&sc.acc)
-                            .for_each(|(o, &a)| *o = a * inv);
                     }
                 },
             );
+    }
+
+    /// [`Model::attention`] for 64 queries or more, as ggml's tiled path (f32 queries and sums):
+    /// the cache converted to f32 once per layer, keys transposed, and each task taking a block
+    /// of tokens with all the query heads of one KV head, so that every key and value it loads
+    /// serves many query rows.
+    fn attention_tiled(
+        &self,
+        cache: &KvCache,
+        il: usize,
+        q: &[f32],
+        pos0: usize,
+        window: Option<usize>,
+        out: &mut [f32],
+    ) {
+        const TOKENS: usize = 4;
+        let c = &self.config;
+        let (dk, dv) = (c.head_dim_k, c.head_dim_v);
+        let group = c.n_head / c.n_head_kv;
+        let (q_dim, o_dim) = (c.n_head * dk, c.n_head * dv);
+        let n = q.len() / q_dim;
+        let first_of = |pos: usize| match window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let first_seen = first_of(pos0);
+        let positions = pos0 + n - first_seen;
+        // Keys as columns: per KV head, `dk` rows of `stride` positions.
+        let stride = column_stride(positions);
+        let mut kt = vec![0.0f32; cache.k_row * stride];
+        let mut krow = vec![0.0f32; cache.k_row];
+        let k_rows = &cache.k[il][first_seen * cache.k_row..(pos0 + n) * cache.k_row];
+        for (i, row) in k_rows.chunks_exact(cache.k_row).enumerate() {
+            kernels::f16_to_f32_row(row, &mut krow);
+            for (e, &v) in krow.iter().enumerate() {
+                kt[e * stride + i] = v;
+            }
+        }
+        let mut vf = vec![0.0f32; positions * cache.v_row];
+        kernels::f16_to_f32_row(
+            &cache.v[il][first_seen * cache.v_row..(pos0 + n) * cache.v_row],
+            &mut vf,
+        );
+        out[..n * o_dim]
+            .par_chunks_mut(TOKENS * o_dim)
+            .enumerate()
+            .for_each_init(Vec::new, |buf: &mut Vec<f32>, (blk, out)| {
+                let t0 = blk * TOKENS;
+                let tokens = out.len() / o_dim;
+                let rows = tokens * group;
+                // Keys any row of the block sees: from the first token's window start to the
+                // last token's position, relative to `first_seen`.
+                let lo = first_of(pos0 + t0) - first_seen;
+                let keys = pos0 + t0 + tokens - first_seen - lo;
+                buf.resize(rows * (dk + keys + dv + 1), 0.0);
+                let (qs, rest) = buf.split_at_mut(rows * dk);
+                let (scores, rest) = rest.split_at_mut(rows * keys);
+                let (acc, inv) = rest.split_at_mut(rows * dv);
+                for hk in 0..c.n_head_kv {
+                    // Row r: token t0 + r / group, head hk * group + r % group.
+                    for (r, dst) in qs.chunks_exact_mut(dk).enumerate() {
+                        let (t, h) = (t0 + r / group, hk * group + r % group);
+                        dst.copy_from_slice(&q[t * q_dim + h * dk..t * q_dim + (h + 1) * dk]);
+                    }
+                    kernels::dot_columns(qs, dk, &kt[hk * dk * stride + lo..], stride, scores);
+                    for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+                        let pos = pos0 + t0 + r / group;
+                        // This row's keys: its own window start through its own position.
+                        let (a, b) = (first_of(pos) - first_seen - lo, pos + 1 - first_seen - lo);
+                        let max = row[a..b]
+                            .iter()
+                            .fold(f32::NEG_INFINITY, |m, &s| m.max(s * c.attn_scale));
+                        let mut sum = 0.0f32;
+                        for (p, s) in row.iter_mut().enumerate() {
+                            *s = if (a..b).contains(&p) {
+                                (*s * c.attn_scale - max).exp()
+                            } else {
+                                0.0
+                            };
+                            sum += *s;
+                        }
+                        inv[r] = 1.0 / sum;
+                    }
+                    kernels::weighted_sum_rows(
+                        scores,
+                        keys,
+                        &vf[lo * cache.v_row + hk * dv..],
+                        cache.v_row,
+                        acc,
+                    );
+                    for (r, a) in acc.chunks_exact(dv).enumerate() {
+                        let (t, h) = (r / group, hk * group + r % group);
+                        let dst = &mut out[t * o_dim + h * dv..t * o_dim + (h + 1) * dv];
+                        dst.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv[r]);
+                    }
+                }
+            });
     }
 }
 
@@ -731,7 +792,6 @@ struct AttentionScratch {
     vrow: Vec<f32>,
     acc: Vec<f32>,
     acc16: Vec<f16>,
-    scores: Vec<f32>,
 }
 
 impl AttentionScratch {
@@ -741,7 +801,6 @@ impl AttentionScratch {
             vrow: vec![0.0; dv],
             acc: vec![0.0; dv],
             acc16: vec![f16::ZERO; dv],
-            scores: Vec::new(),
         }
     }
 }
@@ -780,6 +839,12 @@ impl KvCache {
         let vd = &mut self.v[il][pos0 * self.v_row..pos0 * self.v_row + v.len()];
         kernels::f32_to_f16_row(v, vd);
     }
+}
+
+/// The row length of the transposed keys for `positions` positions: whole cache lines, and not a
+/// multiple of 4 KiB apart, where successive rows would all compete for the same few L1 sets.
+fn column_stride(positions: usize) -> usize {
+    positions.next_multiple_of(16) + 16
 }
 
 /// `n` zero f16s from the allocator's zeroed memory: for a large cache that is fresh pages from

@@ -358,9 +358,42 @@ fn tile<const SPLIT: bool, const MIN: bool>(
             }
         }
     }
-    for i in 0..RM {
-        for j in 0..RN {
-            out[i * RN + j] = _mm512_reduce_add_ps(acc[i][j]);
+    const { assert!(RM == 4) };
+    for j in 0..RN {
+        let sums = hsum4([acc[0][j], acc[1][j], acc[2][j], acc[3][j]]);
+        for (i, v) in sums.into_iter().enumerate() {
+            out[i * RN + j] = v;
         }
     }
+}
+
+/// The lane sums of four vectors, sharing the shuffles: with short rows (two groups for 896
+/// columns) a tile's reductions are a large part of its work.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn hsum4(v: [__m512; 4]) -> [f32; 4] {
+    // Within each 128-bit lane: pairs of a, b and of c, d, then one sum of each per 32-bit slot.
+    let ab = _mm512_add_ps(
+        _mm512_unpacklo_ps(v[0], v[1]),
+        _mm512_unpackhi_ps(v[0], v[1]),
+    );
+    let cd = _mm512_add_ps(
+        _mm512_unpacklo_ps(v[2], v[3]),
+        _mm512_unpackhi_ps(v[2], v[3]),
+    );
+    let abcd = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x44>(ab, cd),
+        _mm512_shuffle_ps::<0xee>(ab, cd),
+    );
+    // Then the four 128-bit lanes.
+    let half = _mm256_add_ps(
+        _mm512_castps512_ps256(abcd),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(abcd))),
+    );
+    let quarter = _mm_add_ps(
+        _mm256_castps256_ps128(half),
+        _mm256_extractf128_ps::<1>(half),
+    );
+    // SAFETY: any 16 bytes are four valid f32s.
+    unsafe { std::mem::transmute::<__m128, [f32; 4]>(quarter) }
 }
