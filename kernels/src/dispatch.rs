@@ -8,7 +8,7 @@
 //! `LLAMAFILE_ISA=scalar|avx2|avx512|neon` caps the choice (never raises it beyond what the CPU
 //! has), to compare the variants in tests and benchmarks.
 
-use crate::gemm::TileFn;
+use crate::gemm;
 use crate::ggml_type::GgmlType;
 use crate::multiversion::Width;
 use std::sync::OnceLock;
@@ -62,8 +62,8 @@ pub(crate) struct Dispatch {
     /// The highest instruction set that supplied at least one kernel.
     pub(crate) isa: &'static str,
     kernels: [VecDotFn; TYPES.len()],
-    /// The tile kernel of [`crate::gemm`], where this CPU has one.
-    pub(crate) tile: Option<TileFn>,
+    /// The kernels of [`crate::gemm`], where this CPU has them.
+    pub(crate) gemm: Option<gemm::Kernels>,
     /// What [`crate::multiversion`]'s loops may use.
     pub(crate) width: Width,
 }
@@ -77,7 +77,7 @@ impl Dispatch {
         Dispatch {
             isa: "scalar",
             kernels: TYPES.map(|ty| crate::scalar::kernel(ty) as VecDotFn),
-            tile: None,
+            gemm: None,
             width: Width::Baseline,
         }
     }
@@ -143,7 +143,10 @@ fn detect() -> Dispatch {
         }
         if cap >= Cap::Avx512 && avx512::available() {
             d.overlay("avx512vnni", avx512::kernel);
-            d.tile = Some(avx512::gemm_tile);
+            d.gemm = Some(gemm::Kernels {
+                tile: avx512::gemm_tile,
+                unpack: avx512::gemm_unpack_q0,
+            });
             d.width = Width::Avx512;
         }
     }

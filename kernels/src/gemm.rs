@@ -104,6 +104,17 @@ pub(crate) fn shape(ty: GgmlType) -> Option<Shape> {
     Some(Shape { offset, split, min })
 }
 
+/// A SIMD [`unpack_row`] for some types: false (having written nothing) for the others.
+/// `unsafe` as [`TileFn`].
+pub(crate) type UnpackFn = unsafe fn(GgmlType, &[u8], &mut [WGroup]) -> bool;
+
+/// The kernels of one instruction set.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels {
+    pub(crate) tile: TileFn,
+    pub(crate) unpack: UnpackFn,
+}
+
 /// A tile kernel: `out[i * RN + j] = Σ_g dot(w[i * groups + g], act[j * groups + g])` for the
 /// `RM × RN` tile (see [`tile_scalar`] for the arithmetic). `unsafe` because a SIMD tile may only
 /// run on a CPU with its features.
@@ -125,14 +136,16 @@ thread_local! {
 }
 
 /// [`crate::matmul`] for a weight type with a [`shape`], through tile kernel `tile`.
-pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], tile: TileFn) {
+pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa: Kernels) {
     let shape = shape(w.ty).expect("gemm::matmul is only called for types with a shape");
     let groups = groups(w.cols);
     let padded_tokens = n_tokens.next_multiple_of(RN);
+    // Buffers are reused without clearing: every group a call uses is written whole below.
     let mut act = ACT.take();
-    act.clear();
-    act.resize(padded_tokens * groups, ZERO_ACT);
-    act.par_chunks_mut(groups)
+    grow(&mut act, padded_tokens * groups, ZERO_ACT);
+    act[n_tokens * groups..padded_tokens * groups].fill(ZERO_ACT);
+    act[..n_tokens * groups]
+        .par_chunks_mut(groups)
         .zip(x.par_chunks(w.cols))
         .for_each(|(dst, src)| pack_activations(shape, src, dst));
 
@@ -143,21 +156,26 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], til
         let r0 = p * PANEL_ROWS;
         let r1 = (r0 + PANEL_ROWS).min(w.rows);
         let mut panel = PANEL.take();
-        panel.clear();
-        panel.resize((r1 - r0).next_multiple_of(RM) * groups, ZERO_W);
+        let padded_rows = (r1 - r0).next_multiple_of(RM);
+        grow(&mut panel, padded_rows * groups, ZERO_W);
+        panel[(r1 - r0) * groups..padded_rows * groups].fill(ZERO_W);
         for (r, dst) in (r0..r1).zip(panel.chunks_mut(groups)) {
-            unpack_row(w.ty, &w.data[r * w_row..(r + 1) * w_row], dst);
+            let row = &w.data[r * w_row..(r + 1) * w_row];
+            // SAFETY: the kernels were chosen for features this CPU has.
+            if !unsafe { (isa.unpack)(w.ty, row, dst) } {
+                unpack_row(w.ty, row, dst);
+            }
         }
         let mut acc = [0.0f32; RM * RN];
         for t0 in (0..padded_tokens).step_by(TOKEN_CHUNK) {
             let t1 = (t0 + TOKEN_CHUNK).min(padded_tokens);
-            for i0 in (0..panel.len() / groups).step_by(RM) {
+            for i0 in (0..padded_rows).step_by(RM) {
                 let wt = &panel[i0 * groups..(i0 + RM) * groups];
                 for j0 in (t0..t1).step_by(RN) {
                     let at = &act[j0 * groups..(j0 + RN) * groups];
                     // SAFETY: `tile` was chosen for features this CPU has, and the slices hold
                     // exactly RM and RN rows of `groups` groups.
-                    unsafe { tile(shape, wt, at, groups, &mut acc) };
+                    unsafe { (isa.tile)(shape, wt, at, groups, &mut acc) };
                     for i in 0..RM.min(r1 - r0 - i0) {
                         for j in 0..RN.min(n_tokens.saturating_sub(j0)) {
                             // SAFETY: row r0+i0+i < rows and token j0+j < n_tokens, so the index
@@ -171,6 +189,13 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], til
         PANEL.set(panel);
     });
     ACT.set(act);
+}
+
+/// Makes `v` at least `len` long; what it held stays (the caller overwrites what it uses).
+fn grow<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
+    if v.len() < len {
+        v.resize(len, fill);
+    }
 }
 
 /// `y`, shared by the panels, each writing only its own rows' elements.
@@ -195,6 +220,10 @@ pub(crate) fn pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
         0,
     );
     quantize(GgmlType::Q8_0, x, &mut q8);
+    if !x.len().is_multiple_of(GROUP) {
+        // The padding lanes of the last group must be zero; the rest is overwritten.
+        dst[x.len() / GROUP] = ZERO_ACT;
+    }
     for (b, block) in blocks::<BlockQ8_0>(&q8).iter().enumerate() {
         let (g, l) = (b / LANES, b % LANES);
         let a = &mut dst[g];
@@ -248,6 +277,11 @@ crate::multiversion::multiversion! {
 
 #[inline(always)]
 fn unpack_row_body(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) {
+    let blocks_in_row = row.len() / ty.type_size() * ty.block_size() / 32;
+    if !blocks_in_row.is_multiple_of(LANES) {
+        // The padding lanes of the last group must be zero; the rest is overwritten.
+        dst[blocks_in_row / LANES] = ZERO_W;
+    }
     let one = |d: f32, u: [u8; 32]| Unpacked {
         u,
         scale_lo: d,

@@ -73,8 +73,8 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) {
     }
 
     if n_tokens >= GEMM_MIN_TOKENS && gemm::shape(w.ty).is_some() {
-        if let Some(tile) = dispatch::get().tile {
-            return gemm::matmul(w, x, n_tokens, y, tile);
+        if let Some(isa) = dispatch::get().gemm {
+            return gemm::matmul(w, x, n_tokens, y, isa);
         }
     }
 

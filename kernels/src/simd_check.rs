@@ -432,7 +432,8 @@ fn exact_with_q8_bound(ty: GgmlType, n: usize, w: &[u8], x: &[f32]) -> (f64, f64
 /// Checks a [`crate::gemm`] tile kernel: against the scalar tile on random rows (integer sums
 /// exact, so only the f32 order differs), then the whole tiled matmul on random and model rows
 /// against the f64 product within the bound of its 8-bit activations.
-pub(super) fn check_tile(isa: &str, tile: crate::gemm::TileFn) {
+pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
+    let tile = kernels.tile;
     use crate::gemm::{self, ActGroup, WGroup, RM, RN};
     let mut rng = Rng::new(0x711e);
     for ty in [Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K] {
@@ -448,7 +449,32 @@ pub(super) fn check_tile(isa: &str, tile: crate::gemm::TileFn) {
             let ws: Vec<Vec<u8>> = (0..RM).map(|_| random_weights(&mut rng, ty, n)).collect();
             let xs: Vec<Vec<f32>> = (0..RN).map(|_| rng.activations(n)).collect();
             for (r, wr) in ws.iter().enumerate() {
-                gemm::unpack_row(ty, wr, &mut w[r * groups..(r + 1) * groups]);
+                let dst = &mut w[r * groups..(r + 1) * groups];
+                gemm::unpack_row(ty, wr, dst);
+                // The SIMD unpacking, where there is one, writes the very same groups (over
+                // garbage, which it must replace entirely).
+                let mut simd = vec![
+                    gemm::WGroup {
+                        min: [f32::NAN; 16],
+                        ..gemm::ZERO_W
+                    };
+                    groups
+                ];
+                simd.iter_mut().for_each(|g| g.u = [[0xa5; 64]; 8]);
+                // SAFETY: the caller checked the kernels' CPU features.
+                if unsafe { (kernels.unpack)(ty, wr, &mut simd) } {
+                    for (g, (a, b)) in dst.iter().zip(&simd).enumerate() {
+                        let bits = |x: &[f32; 16]| x.map(f32::to_bits);
+                        assert!(
+                            a.u == b.u
+                                && bits(&a.scale_lo) == bits(&b.scale_lo)
+                                && bits(&a.scale_hi) == bits(&b.scale_hi)
+                                && bits(&a.min) == bits(&b.min),
+                            "{isa} unpack {} n={n}: group {g} differs from the scalar unpacking",
+                            ty.name()
+                        );
+                    }
+                }
             }
             for (t, xt) in xs.iter().enumerate() {
                 gemm::pack_activations(shape, xt, &mut a[t * groups..(t + 1) * groups]);
@@ -496,7 +522,7 @@ fn check_matmul(
     rng: &mut Rng,
     what: &str,
 ) {
-    let tile = crate::dispatch::get().tile.expect("checked by the caller");
+    let isa_kernels = crate::dispatch::get().gemm.expect("checked by the caller");
     let m = crate::QMatrix {
         ty,
         data: w,
@@ -506,7 +532,7 @@ fn check_matmul(
     let tokens = 7;
     let x: Vec<f32> = (0..tokens).flat_map(|_| rng.activations(n)).collect();
     let mut y = vec![0f32; tokens * rows];
-    crate::gemm::matmul(&m, &x, tokens, &mut y, tile);
+    crate::gemm::matmul(&m, &x, tokens, &mut y, isa_kernels);
     let row = ty.row_size(n as u64).expect("whole blocks") as usize;
     for t in 0..tokens {
         for r in 0..rows {

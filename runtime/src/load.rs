@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{Mmap, MmapOptions};
 use payload::Payload;
@@ -109,7 +110,7 @@ fn search_path(argv0: &str) -> Vec<PathBuf> {
 /// The mapped bytes of a model's GGUF and where they came from.
 pub struct ModelSource {
     name: String,
-    map: Mmap,
+    map: Arc<Mmap>,
 }
 
 impl ModelSource {
@@ -127,10 +128,7 @@ impl ModelSource {
                     // outside what any mmap-based loader (llama.cpp included) can defend against.
                     let map = unsafe { Mmap::map(&file) }
                         .map_err(|e| format!("{}: cannot map: {e}", path.display()))?;
-                    Ok(ModelSource {
-                        name: path.display().to_string(),
-                        map,
-                    })
+                    Ok(ModelSource::new(path.display().to_string(), map))
                 }
             };
         }
@@ -161,10 +159,25 @@ impl ModelSource {
                 .map(&p.file)
         }
         .map_err(|e| format!("{shown}: cannot map {}: {e}", entry.name))?;
-        Ok(ModelSource {
-            name: format!("{shown}!{}", entry.name),
-            map,
-        })
+        Ok(ModelSource::new(format!("{shown}!{}", entry.name), map))
+    }
+
+    /// Starts mapping the pages in on another thread (`MADV_POPULATE_READ`, Linux 5.14+), while
+    /// this one parses the metadata and builds the tokenizer: otherwise the first forward pass
+    /// takes one page fault per 64 KiB of weights, tens of milliseconds of time to first token
+    /// for a 0.5 GB model. (llama.cpp maps with MAP_POPULATE, which does the same work up front.)
+    /// Failure only means the faults happen later, as they would anyway.
+    fn new(name: String, map: Mmap) -> ModelSource {
+        let map = Arc::new(map);
+        #[cfg(target_os = "linux")]
+        {
+            let map = Arc::clone(&map);
+            // Detached: nothing waits for it, and a process that exits first simply stops it.
+            let _ = std::thread::Builder::new()
+                .name("prefault".into())
+                .spawn(move || map.advise(memmap2::Advice::PopulateRead));
+        }
+        ModelSource { name, map }
     }
 
     pub fn name(&self) -> &str {

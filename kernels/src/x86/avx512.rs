@@ -397,3 +397,73 @@ fn hsum4(v: [__m512; 4]) -> [f32; 4] {
     // SAFETY: any 16 bytes are four valid f32s.
     unsafe { std::mem::transmute::<__m128, [f32; 4]>(quarter) }
 }
+
+/// [`crate::gemm::unpack_row`] for the 32-element formats (Q8_0, Q4_0, Q5_0), `None` for others:
+/// each block's 32 quants made in one register, the 16 blocks of a group transposed by 8 gathers
+/// (one per 4-byte step), their 16 scales converted by one F16C instruction.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL and VNNI; `dst` holds the row's groups.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_unpack_q0(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) -> bool {
+    match ty {
+        GgmlType::Q8_0 => {
+            let flip = _mm256_set1_epi8(0x80u8 as i8);
+            unpack_groups(blocks::<BlockQ8_0>(row), dst, |x| {
+                (x.d, _mm256_xor_si256(load_i8(&x.qs), flip))
+            })
+        }
+        GgmlType::Q4_0 => unpack_groups(blocks::<BlockQ4_0>(row), dst, |x| (x.d, nibbles32(&x.qs))),
+        GgmlType::Q5_0 => {
+            let sixteen = _mm256_set1_epi8(16);
+            unpack_groups(blocks::<BlockQ5_0>(row), dst, |x| {
+                let q = nibbles32(&x.qs);
+                (
+                    x.d,
+                    _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, sixteen),
+                )
+            })
+        }
+        _ => return false,
+    }
+    true
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn unpack_groups<B>(blocks: &[B], dst: &mut [WGroup], quants: impl Fn(&B) -> ([u8; 2], __m256i)) {
+    // Lane l's 32 quants at buf[8 l .. 8 l + 8] (as u32s); step s gathers u32 8 l + s.
+    let steps: [__m512i; STEPS] = std::array::from_fn(|s| {
+        _mm512_add_epi32(
+            _mm512_mullo_epi32(
+                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                _mm512_set1_epi32(8),
+            ),
+            _mm512_set1_epi32(s as i32),
+        )
+    });
+    for (group, w) in blocks.chunks(16).zip(dst.iter_mut()) {
+        let mut buf = [_mm256_setzero_si256(); 16];
+        let mut scales = [0u16; 16];
+        for (l, b) in group.iter().enumerate() {
+            let (d, u) = quants(b);
+            buf[l] = u;
+            scales[l] = u16::from_le_bytes(d);
+        }
+        for (s, step) in steps.iter().enumerate() {
+            // SAFETY: every index (8 l + s < 128) is inside buf's 128 u32s, and any 64 bytes
+            // are a valid [u8; 64].
+            w.u[s] = unsafe {
+                let t = _mm512_i32gather_epi32::<4>(*step, buf.as_ptr().cast());
+                std::mem::transmute::<__m512i, [u8; 64]>(t)
+            };
+        }
+        // SAFETY: any 32 bytes are a valid __m256i.
+        let d = _mm512_cvtph_ps(unsafe { std::mem::transmute::<[u16; 16], __m256i>(scales) });
+        // SAFETY: any 64 bytes are valid f32s.
+        let d = unsafe { std::mem::transmute::<__m512, [f32; 16]>(d) };
+        w.scale_lo = d;
+        w.scale_hi = d;
+        w.min = [0.0; 16];
+    }
+}

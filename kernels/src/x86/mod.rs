@@ -45,7 +45,13 @@ mod tests {
             eprintln!("skipping the AVX-512 tile: this CPU lacks AVX-512 F/BW/VL/VNNI");
             return;
         }
-        simd_check::check_tile("avx512", avx512::gemm_tile);
+        simd_check::check_tile(
+            "avx512",
+            crate::gemm::Kernels {
+                tile: avx512::gemm_tile,
+                unpack: avx512::gemm_unpack_q0,
+            },
+        );
     }
 
     #[test]
