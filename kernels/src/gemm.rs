@@ -115,10 +115,12 @@ pub(crate) struct Kernels {
     pub(crate) unpack: UnpackFn,
 }
 
-/// A tile kernel: `out[i * RN + j] = Σ_g dot(w[i * groups + g], act[j * groups + g])` for the
-/// `RM × RN` tile (see [`tile_scalar`] for the arithmetic). `unsafe` because a SIMD tile may only
-/// run on a CPU with its features.
-pub(crate) type TileFn = unsafe fn(Shape, &[WGroup], &[ActGroup], usize, &mut [f32; RM * RN]);
+/// A tile kernel: `out[i * RN + j] += Σ_{g < count} dot(w[i * stride + g], act[j * stride + g])`
+/// for the `RM × RN` tile (see [`tile_scalar`] for the arithmetic). With `half`, lanes 8..16 of
+/// the last group are padding, which a tile may skip. `unsafe` because a SIMD tile may only run
+/// on a CPU with its features.
+pub(crate) type TileFn =
+    unsafe fn(Shape, &[WGroup], &[ActGroup], usize, usize, bool, &mut [f32; RM * RN]);
 
 /// Weight rows per tile.
 pub(crate) const RM: usize = 4;
@@ -126,8 +128,11 @@ pub(crate) const RM: usize = 4;
 pub(crate) const RN: usize = 3;
 /// Weight rows one task unpacks and keeps (in L2) while all tokens pass.
 const PANEL_ROWS: usize = 32;
-/// Tokens per pass over a panel: their activations stay in L1/L2 while the panel's tiles use them.
+/// Tokens per pass over a panel: their activations stay in L2 while the panel's tiles use them.
 const TOKEN_CHUNK: usize = 24;
+/// Groups per pass: a row tile's (4 × 4 × 640 bytes) stays in L1 across the chunk's tokens.
+const GROUP_CHUNK: usize = 4;
+const _: () = assert!(PANEL_ROWS.is_multiple_of(RM) && TOKEN_CHUNK.is_multiple_of(RN));
 
 thread_local! {
     static ACT: Cell<Vec<ActGroup>> = const { Cell::new(Vec::new()) };
@@ -139,6 +144,8 @@ thread_local! {
 pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa: Kernels) {
     let shape = shape(w.ty).expect("gemm::matmul is only called for types with a shape");
     let groups = groups(w.cols);
+    // Whether the last group's upper 8 lanes are all padding.
+    let half_tail = matches!((w.cols / 32) % LANES, 1..=8);
     let padded_tokens = n_tokens.next_multiple_of(RN);
     // Buffers are reused without clearing: every group a call uses is written whole below.
     let mut act = ACT.take();
@@ -166,21 +173,34 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
                 unpack_row(w.ty, row, dst);
             }
         }
-        let mut acc = [0.0f32; RM * RN];
+        // Token chunk by group chunk: a row tile's groups of one chunk stay in L1 while every
+        // token tile of the chunk passes, and those tokens' groups stay in L2.
+        let mut sums = [[0.0f32; RM * RN]; PANEL_ROWS / RM * TOKEN_CHUNK / RN];
         for t0 in (0..padded_tokens).step_by(TOKEN_CHUNK) {
             let t1 = (t0 + TOKEN_CHUNK).min(padded_tokens);
-            for i0 in (0..padded_rows).step_by(RM) {
-                let wt = &panel[i0 * groups..(i0 + RM) * groups];
-                for j0 in (t0..t1).step_by(RN) {
-                    let at = &act[j0 * groups..(j0 + RN) * groups];
-                    // SAFETY: `tile` was chosen for features this CPU has, and the slices hold
-                    // exactly RM and RN rows of `groups` groups.
-                    unsafe { (isa.tile)(shape, wt, at, groups, &mut acc) };
+            sums.iter_mut().for_each(|s| *s = [0.0; RM * RN]);
+            for g0 in (0..groups).step_by(GROUP_CHUNK) {
+                let count = GROUP_CHUNK.min(groups - g0);
+                let half = half_tail && g0 + count == groups;
+                for i0 in (0..padded_rows).step_by(RM) {
+                    let wt = &panel[i0 * groups + g0..];
+                    for j0 in (t0..t1).step_by(RN) {
+                        let at = &act[j0 * groups + g0..];
+                        let sum = &mut sums[i0 / RM * (TOKEN_CHUNK / RN) + (j0 - t0) / RN];
+                        // SAFETY: the kernels were chosen for features this CPU has, and the
+                        // slices hold RM and RN rows of `groups` groups from g0 on.
+                        unsafe { (isa.tile)(shape, wt, at, groups, count, half, sum) };
+                    }
+                }
+            }
+            for i0 in (0..r1 - r0).step_by(RM) {
+                for j0 in (t0..t1.min(n_tokens)).step_by(RN) {
+                    let sum = &sums[i0 / RM * (TOKEN_CHUNK / RN) + (j0 - t0) / RN];
                     for i in 0..RM.min(r1 - r0 - i0) {
-                        for j in 0..RN.min(n_tokens.saturating_sub(j0)) {
-                            // SAFETY: row r0+i0+i < rows and token j0+j < n_tokens, so the index
-                            // is inside y; only this panel writes its rows.
-                            unsafe { out.write((j0 + j) * w.rows + r0 + i0 + i, acc[i * RN + j]) };
+                        for j in 0..RN.min(n_tokens - j0) {
+                            // SAFETY: row r0+i0+i < rows and token j0+j < n_tokens, so the
+                            // index is inside y; only this panel writes its rows.
+                            unsafe { out.write((j0 + j) * w.rows + r0 + i0 + i, sum[i * RN + j]) };
                         }
                     }
                 }
@@ -406,14 +426,17 @@ pub(crate) fn tile_scalar(
     shape: Shape,
     w: &[WGroup],
     act: &[ActGroup],
-    groups: usize,
+    stride: usize,
+    count: usize,
+    // Padding lanes are zero: the reference simply sums them.
+    _half: bool,
     out: &mut [f32; RM * RN],
 ) {
     for i in 0..RM {
         for j in 0..RN {
             let mut sum = 0.0f32;
-            for g in 0..groups {
-                let (wg, ag) = (&w[i * groups + g], &act[j * groups + g]);
+            for g in 0..count {
+                let (wg, ag) = (&w[i * stride + g], &act[j * stride + g]);
                 for l in 0..LANES {
                     let dot = |steps: std::ops::Range<usize>, bias: i32| {
                         steps.fold(bias, |acc, s| {
@@ -431,7 +454,7 @@ pub(crate) fn tile_scalar(
                     sum += block - wg.min[l] * ag.dsum[l];
                 }
             }
-            out[i * RN + j] = sum;
+            out[i * RN + j] += sum;
         }
     }
 }

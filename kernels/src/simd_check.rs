@@ -480,9 +480,10 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
                 gemm::pack_activations(shape, xt, &mut a[t * groups..(t + 1) * groups]);
             }
             let (mut want, mut got) = ([0f32; RM * RN], [0f32; RM * RN]);
-            gemm::tile_scalar(shape, &w, &a, groups, &mut want);
+            let half = matches!((n / 32) % 16, 1..=8);
+            gemm::tile_scalar(shape, &w, &a, groups, groups, half, &mut want);
             // SAFETY: the caller checked the tile's CPU features; the slices hold RM and RN rows.
-            unsafe { tile(shape, &w, &a, groups, &mut got) };
+            unsafe { tile(shape, &w, &a, groups, groups, half, &mut got) };
             for i in 0..RM {
                 let wd = dequant(ty, n, &ws[i]);
                 for j in 0..RN {
@@ -503,12 +504,14 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
             }
         }
         // The whole matmul (padding, panels, threads) on random rows.
-        let n = if ty.block_size() == 256 { 768 } else { 896 };
-        let rows = 37;
-        let w: Vec<u8> = (0..rows)
-            .flat_map(|_| random_weights(&mut rng, ty, n))
-            .collect();
-        check_matmul(isa, ty, &w, rows, n, &mut rng, "random rows");
+        // 80 blocks: five groups, more than one group chunk; 88: a half last group.
+        for n in [2560, 2816] {
+            let rows = 37;
+            let w: Vec<u8> = (0..rows)
+                .flat_map(|_| random_weights(&mut rng, ty, n))
+                .collect();
+            check_matmul(isa, ty, &w, rows, n, &mut rng, "random rows");
+        }
     }
 }
 

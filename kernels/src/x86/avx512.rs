@@ -267,24 +267,27 @@ pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     _mm512_reduce_add_ps(acc)
 }
 
-/// The [`crate::gemm`] tile: `RM × RN` sums of interleaved groups, 16 blocks per `vpdpbusd`.
+/// The [`crate::gemm`] tile: adds `RM × RN` sums of `count` interleaved groups to `out`, 16
+/// blocks per `vpdpbusd` (8 in the last group when `half`).
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL and VNNI; `w` holds `RM` rows and `act` `RN` tokens of
-/// `groups` groups each.
+/// `count` groups each, `stride` groups apart.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn gemm_tile(
     shape: Shape,
     w: &[WGroup],
     act: &[ActGroup],
-    groups: usize,
+    stride: usize,
+    count: usize,
+    half: bool,
     out: &mut [f32; RM * RN],
 ) {
     match (shape.split, shape.min) {
-        (false, false) => tile::<false, false>(w, act, groups, out),
-        (false, true) => tile::<false, true>(w, act, groups, out),
-        (true, false) => tile::<true, false>(w, act, groups, out),
-        (true, true) => tile::<true, true>(w, act, groups, out),
+        (false, false) => tile::<false, false>(w, act, stride, count, half, out),
+        (false, true) => tile::<false, true>(w, act, stride, count, half, out),
+        (true, false) => tile::<true, false>(w, act, stride, count, half, out),
+        (true, true) => tile::<true, true>(w, act, stride, count, half, out),
     }
 }
 
@@ -309,61 +312,194 @@ fn vec_f(v: &[f32; 16]) -> __m512 {
 fn tile<const SPLIT: bool, const MIN: bool>(
     w: &[WGroup],
     act: &[ActGroup],
-    groups: usize,
+    stride: usize,
+    count: usize,
+    half: bool,
     out: &mut [f32; RM * RN],
 ) {
-    let (w, act) = (&w[..RM * groups], &act[..RN * groups]);
+    let (w, act) = (
+        &w[..(RM - 1) * stride + count],
+        &act[..(RN - 1) * stride + count],
+    );
     let mut acc = [[_mm512_setzero_ps(); RN]; RM];
-    for g in 0..groups {
-        let wg: [&WGroup; RM] = std::array::from_fn(|i| &w[i * groups + g]);
-        let ag: [&ActGroup; RN] = std::array::from_fn(|j| &act[j * groups + g]);
-        // The exact integer sums of `steps`, started from the activations' folded-in offset, then
-        // scaled by weight scale × activation scale into the f32 accumulators. (A macro, not a
-        // closure: the tile must stay one function for its accumulators to live in registers.)
-        macro_rules! part {
-            ($steps:expr, $bias:ident, $scale:ident) => {{
-                let mut dot: [[__m512i; RN]; RM] =
-                    std::array::from_fn(|_| std::array::from_fn(|j| vec_i(&ag[j].$bias)));
-                for s in $steps {
-                    let u: [__m512i; RM] = std::array::from_fn(|i| vec_i(&wg[i].u[s]));
-                    for j in 0..RN {
-                        let q = vec_i(&ag[j].qs[s]);
-                        for i in 0..RM {
-                            dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], u[i], q);
-                        }
-                    }
-                }
-                for i in 0..RM {
-                    let sw = vec_f(&wg[i].$scale);
-                    for j in 0..RN {
-                        let scale = _mm512_mul_ps(sw, vec_f(&ag[j].d));
-                        acc[i][j] =
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]), scale, acc[i][j]);
-                    }
-                }
-            }};
-        }
-        if SPLIT {
-            part!(0..STEPS / 2, bias_lo, scale_lo);
-            part!(STEPS / 2..STEPS, bias_hi, scale_hi);
+    for g in 0..count {
+        let wg: [&WGroup; RM] = std::array::from_fn(|i| &w[i * stride + g]);
+        let ag: [&ActGroup; RN] = std::array::from_fn(|j| &act[j * stride + g]);
+        // A group whose upper 8 lanes are padding (the last group of a row whose block count
+        // leaves at most 8 over) is done on 256-bit halves: half the work for those rows.
+        if half && g + 1 == count {
+            group_part::<SPLIT, MIN, true>(&wg, &ag, &mut acc);
         } else {
-            part!(0..STEPS, bias_lo, scale_lo);
-        }
-        if MIN {
-            for i in 0..RM {
-                let min = vec_f(&wg[i].min);
-                for j in 0..RN {
-                    acc[i][j] = _mm512_fnmadd_ps(min, vec_f(&ag[j].dsum), acc[i][j]);
-                }
-            }
+            group_part::<SPLIT, MIN, false>(&wg, &ag, &mut acc);
         }
     }
     const { assert!(RM == 4) };
     for j in 0..RN {
         let sums = hsum4([acc[0][j], acc[1][j], acc[2][j], acc[3][j]]);
         for (i, v) in sums.into_iter().enumerate() {
-            out[i * RN + j] = v;
+            out[i * RN + j] += v;
         }
+    }
+}
+
+/// One group of a tile: the exact integer sums of its steps, started from the activations'
+/// folded-in offset, scaled by weight scale × activation scale into the f32 accumulators; with
+/// `HALF`, only the lower 8 lanes, in 256-bit registers.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn group_part<const SPLIT: bool, const MIN: bool, const HALF: bool>(
+    wg: &[&WGroup; RM],
+    ag: &[&ActGroup; RN],
+    acc: &mut [[__m512; RN]; RM],
+) {
+    // (A macro, not a closure: the tile must stay one function for its accumulators to live in
+    // registers.) `$w` names the width's operations: see `Wide` and `Narrow`.
+    macro_rules! part {
+        ($w:ident, $steps:expr, $bias:ident, $scale:ident) => {{
+            let mut dot: [[<$w as Width>::I; RN]; RM] =
+                std::array::from_fn(|_| std::array::from_fn(|j| $w::load_i(&ag[j].$bias)));
+            for s in $steps {
+                let u: [<$w as Width>::I; RM] = std::array::from_fn(|i| $w::load_i(&wg[i].u[s]));
+                for j in 0..RN {
+                    let q = $w::load_i(&ag[j].qs[s]);
+                    for i in 0..RM {
+                        dot[i][j] = $w::dpbusd(dot[i][j], u[i], q);
+                    }
+                }
+            }
+            for i in 0..RM {
+                let sw = $w::load_f(&wg[i].$scale);
+                for j in 0..RN {
+                    let scale = $w::mul(sw, $w::load_f(&ag[j].d));
+                    acc[i][j] = $w::fma_into(acc[i][j], $w::cvt(dot[i][j]), scale);
+                }
+            }
+            if MIN {
+                for i in 0..RM {
+                    let min = $w::load_f(&wg[i].min);
+                    for j in 0..RN {
+                        // acc -= min · d Σq
+                        let m = $w::mul(min, $w::load_f(&ag[j].dsum));
+                        acc[i][j] = $w::fma_into(acc[i][j], m, $w::minus_one());
+                    }
+                }
+            }
+        }};
+    }
+    macro_rules! parts {
+        ($w:ident) => {{
+            if SPLIT {
+                part!($w, 0..STEPS / 2, bias_lo, scale_lo);
+                part!($w, STEPS / 2..STEPS, bias_hi, scale_hi);
+            } else {
+                part!($w, 0..STEPS, bias_lo, scale_lo);
+            }
+        }};
+    }
+    if HALF {
+        parts!(Narrow);
+    } else {
+        parts!(Wide);
+    }
+}
+
+/// The vector operations [`group_part`] uses, at one register width; the f32 results always
+/// land in 512-bit accumulators.
+trait Width {
+    type I: Copy;
+    type F: Copy;
+}
+
+/// All 16 lanes.
+struct Wide;
+/// The lower 8 lanes.
+struct Narrow;
+
+impl Width for Wide {
+    type I = __m512i;
+    type F = __m512;
+}
+
+impl Width for Narrow {
+    type I = __m256i;
+    type F = __m256;
+}
+
+impl Wide {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn load_i<T>(v: &T) -> __m512i {
+        vec_i(v)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn load_f(v: &[f32; 16]) -> __m512 {
+        vec_f(v)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn dpbusd(acc: __m512i, u: __m512i, q: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, u, q)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn cvt(v: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(v)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn mul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn minus_one() -> __m512 {
+        _mm512_set1_ps(-1.0)
+    }
+    /// `acc + a · b`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn fma_into(acc: __m512, a: __m512, b: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, acc)
+    }
+}
+
+impl Narrow {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn load_i<T>(v: &T) -> __m256i {
+        _mm512_castsi512_si256(vec_i(v))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn load_f(v: &[f32; 16]) -> __m256 {
+        _mm512_castps512_ps256(vec_f(v))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn dpbusd(acc: __m256i, u: __m256i, q: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, q)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn cvt(v: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(v)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn mul(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn minus_one() -> __m256 {
+        _mm256_set1_ps(-1.0)
+    }
+    /// `acc + a · b` in the lower 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn fma_into(acc: __m512, a: __m256, b: __m256) -> __m512 {
+        _mm512_add_ps(acc, _mm512_zextps256_ps512(_mm256_mul_ps(a, b)))
     }
 }
 
