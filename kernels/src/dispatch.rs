@@ -64,7 +64,8 @@ pub(crate) struct Dispatch {
     kernels: [VecDotFn; TYPES.len()],
     /// The kernels of [`crate::gemm`], where this CPU has them.
     pub(crate) gemm: Option<gemm::Kernels>,
-    /// What [`crate::multiversion`]'s loops may use.
+    /// What [`crate::multiversion`]'s loops may use (x86_64 only: AArch64's baseline has NEON).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) width: Width,
 }
 

@@ -432,6 +432,8 @@ fn exact_with_q8_bound(ty: GgmlType, n: usize, w: &[u8], x: &[f32]) -> (f64, f64
 /// Checks a [`crate::gemm`] tile kernel: against the scalar tile on random rows (integer sums
 /// exact, so only the f32 order differs), then the whole tiled matmul on random and model rows
 /// against the f64 product within the bound of its 8-bit activations.
+// Only x86_64 has a tile so far.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
     let tile = kernels.tile;
     use crate::gemm::{self, ActGroup, WGroup, RM, RN};
@@ -552,6 +554,7 @@ fn check_matmul(
 }
 
 /// [`check_matmul`] on the first rows of every gemm-typed matrix of the synth and real models.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn check_tile_on_models(isa: &str) {
     let mut rng = Rng::new(0x90de1);
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -446,3 +446,38 @@ fn a_bare_launch_without_a_terminal_serves_the_chat_page() {
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("<html"), "{page}");
 }
+
+#[test]
+fn bench_reports_llama_bench_fields_for_each_test() {
+    let m = synth("Q4_0");
+    let v = json_stdout(&llamafile(&[
+        "-m", &m, "--bench", "-p", "32", "-n", "8", "-r", "2", "-t", "2", "--json",
+    ]));
+    let runs = v.as_array().expect("an array of tests");
+    let tests: Vec<&str> = runs.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp32", "tg8"]);
+    for r in runs {
+        let samples = r["samples_ts"].as_array().expect("samples_ts");
+        assert_eq!(samples.len(), 2, "one sample per repetition: {r}");
+        let avg = r["avg_ts"].as_f64().expect("avg_ts");
+        let mean = samples.iter().map(|s| s.as_f64().unwrap()).sum::<f64>() / 2.0;
+        assert!(avg > 0.0 && (avg - mean).abs() < 1e-6 * avg, "{r}");
+        assert_eq!(r["n_threads"], 2);
+        let tokens = r["n_prompt"].as_u64().unwrap() + r["n_gen"].as_u64().unwrap();
+        let ns = r["avg_ns"].as_f64().unwrap();
+        // tokens/s and nanoseconds describe the same runs (the mean of rates is at least the
+        // rate of the mean time).
+        assert!(avg >= tokens as f64 / (ns / 1e9) * 0.999, "{r}");
+    }
+    // -p 0 skips prompt processing, as in llama-bench; the table form names the test.
+    let table = llamafile(&["-m", &m, "--bench", "-p", "0", "-n", "4", "-r", "1"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("| tg4 |") && !text.contains("pp"), "{text}");
+    // A prompt that is not a count is refused, naming the flag.
+    let out = Command::new(bin("llamafile"))
+        .args(["-m", &m, "--bench", "-p", "hello"])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-p is the prompt length"));
+}
