@@ -28,7 +28,7 @@ pub mod scalar;
 mod x86;
 
 pub use ggml_type::{GgmlType, QK_K};
-pub use matmul::{matmul, QMatrix};
+pub use matmul::{is_tiled as matmul_is_tiled, matmul, QMatrix};
 pub use rows::{dot_columns, weighted_sum_rows};
 
 use half::f16;

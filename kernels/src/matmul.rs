@@ -72,7 +72,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) {
         return;
     }
 
-    if n_tokens >= GEMM_MIN_TOKENS && gemm::shape(w.ty).is_some() {
+    if is_tiled(w.ty, n_tokens) {
         if let Some(isa) = dispatch::get().gemm {
             return gemm::matmul(w, x, n_tokens, y, isa);
         }
@@ -91,7 +91,12 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) {
     }
 
     let kernel = dispatch::get().kernel(w.ty);
-    let rows_per_tile = (ROW_TILE_BYTES / w_row).clamp(1, 64);
+    // At least four tiles per thread, so that a small matrix (a 128-row K projection) does not
+    // leave a thread idle while another does two of three tiles.
+    let rows_per_tile = (ROW_TILE_BYTES / w_row)
+        .clamp(1, 64)
+        .min(w.rows.div_ceil(4 * rayon::current_num_threads()))
+        .max(1);
     let tokens_per_tile = (TOKEN_TILE_BYTES / a_row).max(1);
     let out = Out(y.as_mut_ptr());
     let tiles = w.rows.div_ceil(rows_per_tile);
@@ -142,6 +147,13 @@ impl Job<'_> {
             }
         }
     }
+}
+
+/// Whether [`matmul`] takes the register-tiled path for `n_tokens` tokens of `ty` weights on this
+/// CPU. Its results then differ from per-row [`crate::vec_dot`] in the order of f32 additions and,
+/// for the k-quants, in how the activations are quantized (per 32 values, not per 256).
+pub fn is_tiled(ty: GgmlType, n_tokens: usize) -> bool {
+    n_tokens >= GEMM_MIN_TOKENS && gemm::shape(ty).is_some() && dispatch::get().gemm.is_some()
 }
 
 /// `y`, shared by the tiles: each writes only the elements of its own rows, which are not
