@@ -441,7 +441,11 @@ fn read_tensor_info<'a>(
     let type_at = r.pos();
     let type_id = r.u32("tensor type").map_err(fail(&field))?;
     let Some(ty) = GgmlType::from_id(type_id) else {
-        return Err(at(type_at, format!("unknown tensor type {type_id}")));
+        let msg = match ggml_type_name(type_id) {
+            Some(name) => format!("tensor type {type_id} ({name}) is not supported"),
+            None => format!("unknown tensor type {type_id}"),
+        };
+        return Err(at(type_at, msg));
     };
     let cols = dims.first().copied().unwrap_or(1);
     let rows: u64 = dims.iter().skip(1).product(); // cannot overflow, checked above
@@ -471,6 +475,34 @@ fn read_tensor_info<'a>(
         offset,
         size,
         offset_at: offset_at as u64,
+    })
+}
+
+/// The name ggml gives a tensor type id that this reader does not support, so that a model in an
+/// unsupported quantization is told apart from a corrupt file (ids from ggml.h).
+fn ggml_type_name(id: u32) -> Option<&'static str> {
+    Some(match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        40 => "NVFP4",
+        41 => "Q1_0",
+        42 => "Q2_0",
+        _ => return None,
     })
 }
 

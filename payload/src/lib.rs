@@ -38,3 +38,31 @@ pub const METHOD_STORED: u16 = 0;
 /// Small entries (`.args`, the manifest) are read into memory; this bounds that allocation so
 /// a corrupt size field cannot make the runtime allocate gigabytes.
 pub const MAX_SMALL_ENTRY: u64 = 1 << 20;
+
+/// What the fuzz targets run (see `fuzz/` and `runtime::fuzzing`). Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::PayloadError;
+
+    /// Reads a payload from bytes in memory the way the runtime reads one from its file: the
+    /// entries, the GGUF entry's rules, `.args`, the manifest. Every entry it returns must lie
+    /// inside the bytes.
+    pub fn read_all(bytes: &[u8]) -> Result<(), PayloadError> {
+        let Some(p) = crate::zip::read_from(bytes)? else {
+            return Ok(());
+        };
+        for e in &p.entries {
+            let end = e.data_offset.checked_add(e.size);
+            assert!(
+                end.is_some_and(|end| end <= p.central_directory && e.header_offset >= p.start),
+                "entry {e:?} outside the archive"
+            );
+        }
+        if let Some(e) = p.gguf()? {
+            assert_eq!(e.data_offset % crate::GGUF_ALIGNMENT, 0);
+        }
+        p.args_from(bytes)?;
+        p.manifest_from(bytes)?;
+        Ok(())
+    }
+}

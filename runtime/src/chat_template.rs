@@ -123,6 +123,22 @@ const MISTRAL: &str = r#"{{ bos_token }}{% for message in messages %}{% if (mess
 /// The name the template is stored under; it shows up in error locations.
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Instructions one rendering may execute. The template comes from the model file, which may be
+/// hostile: a loop that never ends must end in an error. Real templates use tens of instructions
+/// per message; this leaves room for conversations of thousands of messages, and bounds how deep
+/// a loop can nest a value (a few instructions per level).
+const FUEL: u64 = 1_000_000;
+
+/// Stack of the rendering thread (address space; only what is used is committed): enough for
+/// minijinja to display, compare and drop a value nested as deep as [`FUEL`] allows.
+const RENDER_STACK: usize = 512 << 20;
+
+/// `tojson`'s indentation, in characters, and nesting: json.dumps has no such limits, but an
+/// indentation of a billion spaces, or a value nested a million deep (built by a loop), must be
+/// an error rather than memory or stack exhausted.
+const MAX_JSON_INDENT: usize = 64;
+const MAX_JSON_DEPTH: usize = 128;
+
 /// A compiled chat template plus the special-token texts it is rendered with.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -174,6 +190,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
@@ -201,7 +218,29 @@ impl ChatTemplate {
 
     /// Renders the conversation. With `add_generation_prompt` the template appends the opening of
     /// an assistant turn, so that the model's continuation is the reply.
+    ///
+    /// It runs on a thread of its own with a large stack: a template can nest a value as deep as
+    /// its fuel lets a loop go (`{% set ns.x = [ns.x] %}`), and minijinja displays, compares and
+    /// drops such values recursively.
     pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(RENDER_STACK)
+                .spawn_scoped(scope, || self.render_here(messages, add_generation_prompt))
+                .map_err(|e| {
+                    ChatTemplateError::Render(format!("cannot start the rendering thread: {e}"))
+                })?
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn render_here(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
@@ -296,10 +335,18 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<String, Error> {
                 let n = v
                     .as_i64()
                     .ok_or_else(|| bad_arg("tojson: indent must be an integer or a string"))?;
-                " ".repeat(usize::try_from(n).unwrap_or(0))
+                " ".repeat(usize::try_from(n).unwrap_or(0).min(MAX_JSON_INDENT + 1))
             }
         }),
     };
+    if indent
+        .as_ref()
+        .is_some_and(|i| i.chars().count() > MAX_JSON_INDENT)
+    {
+        return Err(bad_arg(&format!(
+            "tojson: indent is limited to {MAX_JSON_INDENT} characters"
+        )));
+    }
     let (item_sep, key_sep) = match kwargs.get::<Option<Value>>("separators")? {
         Some(v) if !v.is_none() => {
             let parts: Vec<String> = v
@@ -341,6 +388,11 @@ fn write_json(
     depth: usize,
 ) -> Result<(), Error> {
     use minijinja::value::ValueKind;
+    if depth > MAX_JSON_DEPTH {
+        return Err(bad_arg(&format!(
+            "tojson: the value is nested more than {MAX_JSON_DEPTH} deep"
+        )));
+    }
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -827,5 +879,30 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn hostile_templates_end_in_errors() {
+        let msgs = one_user("hi");
+        // A loop without end (nested ranges: 10^10 iterations) runs out of fuel.
+        let e = render(
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+            &msgs,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("fuel"), "{e}");
+        // A billion-space indentation, a value nested deeper than json.dumps would go.
+        let e = render("{{ messages | tojson(indent=1000000000) }}", &msgs).unwrap_err();
+        assert!(e.to_string().contains("indent"), "{e}");
+        let deep =
+            "{% set ns = namespace(x=[]) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}\
+                    {% endfor %}{{ ns.x | tojson }}";
+        let e = render(deep, &msgs).unwrap_err();
+        assert!(e.to_string().contains("nested"), "{e}");
+        // Within the limits, both still work.
+        assert_eq!(
+            render("{{ [[1]] | tojson(indent=2) }}", &msgs).unwrap(),
+            "[\n  [\n    1\n  ]\n]"
+        );
     }
 }

@@ -4,6 +4,8 @@ pub mod bench;
 pub mod chat_template;
 pub mod cli;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod load;
 pub mod model;
 pub mod sampling;

@@ -78,6 +78,16 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
     // The model first: an unsupported architecture is the more useful message.
     let model = Model::load(&g).map_err(|e| format!("{}: {e}", source.name()))?;
     let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", source.name()))?;
+    // Token ids index the embedding matrix: a vocabulary larger than it would read past it.
+    // llama.cpp requires the two to agree exactly, and so does this runtime.
+    if tokenizer.n_vocab() != model.config.n_vocab {
+        return Err(format!(
+            "{}: the vocabulary has {} tokens (tokenizer.ggml.tokens) but token_embd.weight has {} rows",
+            source.name(),
+            tokenizer.n_vocab(),
+            model.config.n_vocab
+        ));
+    }
     let n_ctx_train = model.config.n_ctx_train;
     let bench_plan = args.bench.then(|| bench_plan(&args)).transpose()?;
     let n_ctx = if let Some(plan) = &bench_plan {

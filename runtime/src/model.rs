@@ -120,31 +120,56 @@ impl Config {
             Some(v) => v as usize,
             None => n_head,
         };
-        if n_layer == 0 || n_embd == 0 || n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        if n_layer == 0
+            || n_embd == 0
+            || n_ff == 0
+            || n_head == 0
+            || n_head_kv == 0
+            || n_head % n_head_kv != 0
+        {
             return err(format!(
-                "inconsistent hyperparameters: {} = {n_layer}, {} = {n_embd}, {} = {n_head}, {} = {n_head_kv}",
+                "inconsistent hyperparameters: {} = {n_layer}, {} = {n_embd}, {} = {n_ff}, {} = {n_head}, {} = {n_head_kv}",
                 key("block_count"),
                 key("embedding_length"),
+                key("feed_forward_length"),
                 key("attention.head_count"),
                 key("attention.head_count_kv")
             ));
         }
-        let head_dim_k = match g.get_u32(&key("attention.key_length"))? {
-            Some(v) => v as usize,
-            None => n_embd / n_head,
+        // Every layer has its own tensors: a count the file cannot back would only size
+        // allocations (the per-layer tables below) before the first missing tensor is noticed.
+        if n_layer > g.tensors.len() {
+            return err(format!(
+                "{} = {n_layer}, but the file holds only {} tensors",
+                key("block_count"),
+                g.tensors.len()
+            ));
+        }
+        // Head sizes default to the embedding split evenly across the heads.
+        let head_dim = |k: &str| -> Result<usize, ModelError> {
+            match g.get_u32(&key(k))? {
+                Some(0) => err(format!("{} = 0", key(k))),
+                Some(v) => Ok(v as usize),
+                None if n_embd % n_head == 0 => Ok(n_embd / n_head),
+                None => err(format!(
+                    "{} is missing and {} = {n_embd} is not a multiple of {} = {n_head}",
+                    key(k),
+                    key("embedding_length"),
+                    key("attention.head_count")
+                )),
+            }
         };
-        let head_dim_v = match g.get_u32(&key("attention.value_length"))? {
-            Some(v) => v as usize,
-            None => n_embd / n_head,
-        };
+        let head_dim_k = head_dim("attention.key_length")?;
+        let head_dim_v = head_dim("attention.value_length")?;
         let n_rot = match g.get_u32(&key("rope.dimension_count"))? {
             Some(v) => v as usize,
             None => head_dim_k,
         };
-        if head_dim_k == 0 || n_rot > head_dim_k || n_rot % 2 != 0 {
+        if n_rot > head_dim_k || n_rot % 2 != 0 {
             return err(format!(
-                "inconsistent {} = {n_rot} for key length {head_dim_k}",
-                key("rope.dimension_count")
+                "{} = {n_rot} must be even and at most the key length {head_dim_k} ({})",
+                key("rope.dimension_count"),
+                key("attention.key_length")
             ));
         }
         let rms_eps = match g.get_f32(&key("attention.layer_norm_rms_epsilon"))? {
@@ -164,6 +189,9 @@ impl Config {
         let n_ctx_train = g
             .get_u32(&key("context_length"))?
             .map_or(4096, |v| v as usize);
+        if n_ctx_train == 0 {
+            return err(format!("{} = 0", key("context_length")));
+        }
         let sliding_window = g
             .get_u32(&key("attention.sliding_window"))?
             .map(|v| v as usize)

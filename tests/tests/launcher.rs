@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use e2e::files::{sha256, sparse_gguf};
 use e2e::{bin, shared_reference};
 
 /// A test's own directory, `CARGO_TARGET_TMPDIR/launcher-e2e/<pid>/<name>`, removed when the
@@ -63,15 +64,6 @@ fn universal(dir: &Path) -> PathBuf {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("sha256sum output")
-        .to_string()
 }
 
 /// Runs the universal file (through the kernel, so /bin/sh) with its cache and temporary
@@ -367,37 +359,13 @@ fn failed_builds_leave_the_output_and_the_inputs_as_they_were() {
     assert_eq!((sha256(&model), sha256(&runtime)), (model_sha, runtime_sha));
 }
 
-/// A GGUF of `gib` GiB that is almost all hole: one F32 tensor, its data never written.
-fn sparse_gguf(path: &Path, gib: u64) {
-    let string = |out: &mut Vec<u8>, s: &str| {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    };
-    let mut h = Vec::new();
-    h.extend_from_slice(b"GGUF");
-    h.extend_from_slice(&3u32.to_le_bytes());
-    h.extend_from_slice(&1u64.to_le_bytes()); // tensors
-    h.extend_from_slice(&1u64.to_le_bytes()); // metadata
-    string(&mut h, "general.architecture");
-    h.extend_from_slice(&8u32.to_le_bytes()); // string
-    string(&mut h, "llama");
-    string(&mut h, "big.weight");
-    h.extend_from_slice(&1u32.to_le_bytes()); // dimensions
-    h.extend_from_slice(&(gib << 28).to_le_bytes()); // f32 elements
-    h.extend_from_slice(&0u32.to_le_bytes()); // F32
-    h.extend_from_slice(&0u64.to_le_bytes()); // offset
-    h.resize(h.len().div_ceil(32) * 32, 0);
-    let f = File::create(path).unwrap();
-    f.write_all_at(&h, 0).unwrap();
-    f.set_len(h.len() as u64 + (gib << 30)).unwrap();
-}
-
 #[test]
 fn an_interrupted_build_leaves_no_temporary_file_and_the_old_output() {
     let scratch = Scratch::new("interrupt");
     let dir = scratch.0.as_path();
     let model = dir.join("big.gguf");
-    sparse_gguf(&model, 8);
+    // 8 GiB, almost all hole: one F32 tensor whose data is never written.
+    sparse_gguf(&model, &[("big.weight", &[8 << 28])]);
     let out = dir.join("out.llamafile");
     fs::write(&out, b"the previous build").unwrap();
     let mut child = Command::new(bin("llamafile-pack"))

@@ -14,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use e2e::files::{sha256, sparse_gguf};
 use e2e::{bin, json_stdout, llamafile, models_dir};
 use serde_json::Value;
 
@@ -282,15 +283,6 @@ fn inspect(file: &Path) -> Value {
     serde_json::from_slice(&out.stdout).expect("inspect --json prints JSON")
 }
 
-fn sha256(file: &Path) -> String {
-    let out = ok(Command::new("sha256sum").arg(file));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("sha256sum output")
-        .to_string()
-}
-
 fn same_bytes(a: &Path, b: &Path) -> bool {
     let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
     if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
@@ -540,38 +532,16 @@ fn universal_aarch64_runtime_under_qemu_gives_the_same_tokens() {
 /// tensors, the second starting past 4 GiB, so the reader's bounds checks need the whole range
 /// mapped. Returns its size.
 fn write_big_gguf(path: &Path) -> u64 {
-    const F32: u32 = 0;
     // 2^30 + 2^20 f32 each: 4 GiB + 4 MiB.
-    let dims: [[u64; 2]; 2] = [[1 << 20, 1 << 10], [1 << 20, 1]];
-    let string = |out: &mut Vec<u8>, s: &str| {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    };
-    let mut h = Vec::new();
-    h.extend_from_slice(b"GGUF");
-    h.extend_from_slice(&3u32.to_le_bytes());
-    h.extend_from_slice(&2u64.to_le_bytes()); // tensors
-    h.extend_from_slice(&1u64.to_le_bytes()); // metadata
-    string(&mut h, "general.architecture");
-    h.extend_from_slice(&8u32.to_le_bytes());
-    string(&mut h, "llama");
-    let mut offset = 0u64;
-    for (i, d) in dims.iter().enumerate() {
-        string(&mut h, &format!("big.{i}.weight"));
-        h.extend_from_slice(&2u32.to_le_bytes());
-        for x in d {
-            h.extend_from_slice(&x.to_le_bytes());
-        }
-        h.extend_from_slice(&F32.to_le_bytes());
-        h.extend_from_slice(&offset.to_le_bytes());
-        offset += d[0] * d[1] * 4;
-    }
-    h.resize(h.len().div_ceil(32) * 32, 0);
-    let total = h.len() as u64 + offset;
-    let f = File::create(path).unwrap();
-    f.write_all_at(&h, 0).unwrap();
-    f.set_len(total).unwrap();
+    let total = sparse_gguf(
+        path,
+        &[
+            ("big.0.weight", &[1 << 20, 1 << 10]),
+            ("big.1.weight", &[1 << 20, 1]),
+        ],
+    );
     // A real last page, so the end of the file is data rather than a hole.
+    let f = File::options().write(true).open(path).unwrap();
     f.write_all_at(&[0x40; 4096], total - 4096).unwrap();
     total
 }

@@ -3,197 +3,22 @@
 //! answers against the CLI's, parallel clients, limits and hostile clients, and the chat page in
 //! headless Chromium. Generations are a few tokens long: the model runs on the CPU.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use e2e::server::{
+    assert_idle_connections_close, dribble, parse_reply, request, serial, Reply, Server,
+};
 use e2e::{bin, models_dir, workspace};
 use serde_json::{json, Value};
 
-/// Each server uses every core: one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A `llamafile --server` process on a free loopback port, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(bin("llamafile"))
-            .arg("-m")
-            .arg(models_dir().join("qwen.gguf"))
-            .args(["--server", "--port", "0", "--nobrowser"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn llamafile --server");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("listening at ").nth(1) {
-                    let _ = tx.send(url.trim().to_string());
-                }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&(line + "\n"));
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "the server did not start:\n{}",
-                    log.lock().unwrap_or_else(|e| e.into_inner())
-                );
-            }
-        };
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .expect("server address");
-        // It listens first and answers 503 until the model side is up.
-        wait_for("the model to load", Duration::from_secs(120), || {
-            let r = request(addr, "GET", "/health", &[], b"");
-            assert!(matches!(r.status, 200 | 503), "{} {}", r.status, r.body);
-            r.status == 200
-        });
-        Server { child, addr, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A response read to the end of the connection.
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-fn parse_reply(raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head}"));
-    Reply {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    }
-}
-
-/// Reads one response: its head, then a Content-Length body, a chunked body, or all until EOF.
-fn read_reply(s: &mut impl Read) -> Reply {
-    let mut r = BufReader::new(s);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).expect("read head") == 0 || line == "\r\n" {
-            break;
-        }
-        head.push_str(&line);
-    }
-    let mut reply = parse_reply(format!("{head}\r\n").as_bytes());
-    let mut body = Vec::new();
-    if let Some(n) = reply
-        .header("content-length")
-        .and_then(|n| n.parse::<usize>().ok())
-    {
-        body.resize(n, 0);
-        r.read_exact(&mut body).expect("read body");
-    } else if reply
-        .header("transfer-encoding")
-        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
-    {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size).expect("read chunk size");
-            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk).expect("read chunk");
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    } else {
-        r.read_to_end(&mut body).expect("read body");
-    }
-    reply.body = String::from_utf8_lossy(&body).into_owned();
-    reply
-}
-
-/// One request on its own connection (`Connection: close`).
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(300)))
-        .expect("timeout");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        head.push_str(&format!("Host: {addr}\r\n"));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).expect("send head");
-    s.write_all(body).expect("send body");
-    read_reply(&mut s)
+/// The Qwen model, on the given extra flags.
+fn qwen_server(args: &[&str]) -> Server {
+    Server::start(&models_dir().join("qwen.gguf"), args)
 }
 
 fn post(addr: SocketAddr, path: &str, key: Option<&str>, v: &Value) -> Reply {
@@ -276,7 +101,7 @@ fn python_with_openai() -> PathBuf {
 fn openai_python_client() {
     let _serial = serial();
     let python = python_with_openai();
-    let server = Server::start(&["--api-key", "test-key", "-c", "512"]);
+    let server = qwen_server(&["--api-key", "test-key", "-c", "512"]);
     let out = Command::new(python)
         .arg(workspace().join("tests/python/test_openai.py"))
         .env("LLAMAFILE_BASE_URL", format!("http://{}/v1", server.addr))
@@ -307,7 +132,7 @@ fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
     let _serial = serial();
     // Three clients at once: their prompts are read and their tokens generated in shared batches.
     let together: Vec<Value> = {
-        let server = Server::start(&["--parallel", "3", "-c", "384"]);
+        let server = qwen_server(&["--parallel", "3", "-c", "384"]);
         let answers = std::thread::scope(|s| {
             let handles: Vec<_> = QUESTIONS
                 .iter()
@@ -322,7 +147,7 @@ fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
         answers
     };
     // The same questions one at a time, on a fresh server with one slot.
-    let server = Server::start(&["--parallel", "1", "-c", "384"]);
+    let server = qwen_server(&["--parallel", "1", "-c", "384"]);
     let mut rendered = None;
     for (q, a) in QUESTIONS.iter().zip(&together) {
         let alone = chat(server.addr, q, ANSWER_TOKENS);
@@ -392,7 +217,7 @@ fn limits_errors_and_hostile_clients() {
     let key = "k3y";
     let bearer = format!("Bearer {key}");
     let auth = [("Authorization", bearer.as_str())];
-    let server = Server::start(&[
+    let server = qwen_server(&[
         "--api-key",
         key,
         "--parallel",
@@ -610,18 +435,9 @@ fn limits_errors_and_hostile_clients() {
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let started = Instant::now();
-    let dribble = std::thread::spawn(move || {
-        for b in b"GET /health HTTP/1.1\r\nHost: x\r\n".iter() {
-            if slow.write_all(&[*b]).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_secs(1));
-            if started.elapsed() > Duration::from_secs(8) {
-                break;
-            }
-        }
-        let mut rest = Vec::new();
-        let _ = slow.read_to_end(&mut rest);
+    let dribbler = std::thread::spawn(move || {
+        let head = b"GET /health HTTP/1.1\r\nHost: x\r\n";
+        dribble(&mut slow, head, started, Duration::from_secs(8));
         started.elapsed()
     });
     for _ in 0..3 {
@@ -634,40 +450,14 @@ fn limits_errors_and_hostile_clients() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let cut_after = dribble.join().unwrap();
+    let cut_after = dribbler.join().unwrap();
     assert!(
         cut_after < Duration::from_secs(8),
         "the slow client was not cut off ({cut_after:?})"
     );
 
     // Idle connections are closed, fresh or kept alive after a request.
-    let mut idle = TcpStream::connect(addr).unwrap();
-    idle.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let t = Instant::now();
-    assert_eq!(idle.read(&mut [0u8; 64]).unwrap_or(0), 0);
-    assert!(
-        t.elapsed() < Duration::from_secs(6),
-        "idle connection kept {:?}",
-        t.elapsed()
-    );
-    let mut kept = TcpStream::connect(addr).unwrap();
-    kept.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(kept, "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    assert_eq!(read_reply(&mut kept).status, 200);
-    // The connection stays open for another request, until the idle timeout.
-    let t = Instant::now();
-    assert_eq!(kept.read(&mut [0u8; 64]).unwrap_or(0), 0);
-    assert!(
-        t.elapsed() > Duration::from_millis(1500),
-        "kept-alive connection closed at once"
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(6),
-        "kept-alive connection held {:?}",
-        t.elapsed()
-    );
+    assert_idle_connections_close(addr, Duration::from_secs(6));
 
     assert_eq!(
         health(addr)["status"],
@@ -809,7 +599,7 @@ impl Drop for Chromium {
 #[test]
 fn chat_page_streams_a_reply_in_headless_chromium() {
     let _serial = serial();
-    let server = Server::start(&["-c", "512"]);
+    let server = qwen_server(&["-c", "512"]);
     let browser = Chromium::start();
     let mut page = browser.page();
     page.call(

@@ -3,178 +3,21 @@
 //! tiny llama-synth one (random weights, a real SPM tokenizer and chat template): these tests are
 //! about the server, so its generations only need to be fast.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use e2e::{bin, shared_reference};
+use e2e::server::{
+    assert_idle_connections_close, connect, dribble, get, raw, serial, Reply, Server,
+};
+use e2e::shared_reference;
 use serde_json::{json, Value};
 
-/// The timing assertions want the cores to themselves: one server test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A `llamafile --server` on llama-synth, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    /// Starts on a free port; without `--host` among `args`, on the default address.
-    fn start(args: &[&str]) -> Server {
-        let model = shared_reference().join("llama-synth/models/llama-synth-Q8_0.gguf");
-        let mut child = Command::new(bin("llamafile"))
-            .arg("-m")
-            .arg(model)
-            .args(["--server", "--port", "0", "--nobrowser", "-t", "1"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn llamafile --server");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("listening at ").nth(1) {
-                    let _ = tx.send(url.trim().to_string());
-                }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&(line + "\n"));
-            }
-        });
-        let Ok(url) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            panic!("the server did not start:\n{}", log.lock().unwrap());
-        };
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .expect("server address");
-        let server = Server { child, addr, log };
-        let start = Instant::now();
-        while get(addr, "/health").status != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the model did not load:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// VmRSS from /proc/PID/status, in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the server is running");
-        let kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .expect("VmRSS in /proc/PID/status");
-        kb * 1024
-    }
-
-    /// Fails the test unless the server still answers and its process is alive.
-    fn assert_up(&mut self) {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "the server exited:\n{}",
-            self.log()
-        );
-        let h = get(self.addr, "/health");
-        assert_eq!(h.status, 200, "{}\n{}", h.body, self.log());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    fn message(&self) -> String {
-        self.json()["error"]["message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error message: {}", self.body))
-            .to_string()
-    }
-}
-
-/// Reads a whole `Connection: close` response (to EOF; the server ends it).
-fn read_reply(s: &mut TcpStream) -> Reply {
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the response");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head}"));
-    Reply {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    }
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s
-}
-
-/// Sends `head` (the request line and headers, without the blank line) and `body`.
-fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> Reply {
-    let mut s = connect(addr);
-    write!(s, "{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    // The server may answer (413) and close before taking all of a body it refuses.
-    let _ = s.write_all(body);
-    read_reply(&mut s)
-}
-
-fn get(addr: SocketAddr, path: &str) -> Reply {
-    raw(addr, &format!("GET {path} HTTP/1.1"), b"")
+/// A server on llama-synth, on one thread and the given extra flags.
+fn synth_server(args: &[&str]) -> Server {
+    let model = shared_reference().join("llama-synth/models/llama-synth-Q8_0.gguf");
+    Server::start(&model, &[&["-t", "1"], args].concat())
 }
 
 fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Reply {
@@ -215,7 +58,7 @@ fn crowd(addr: SocketAddr, n: usize, max_tokens: usize) -> Vec<Reply> {
 #[test]
 fn sixty_four_clients_at_once_are_all_answered_and_memory_stays_flat() {
     let _serial = serial();
-    let mut server = Server::start(&["--parallel", "4", "-c", "1024"]);
+    let mut server = synth_server(&["--parallel", "4", "-c", "1024"]);
     const CLIENTS: usize = 64;
     const ROUNDS: usize = 5;
     let mut rss = Vec::new();
@@ -262,7 +105,7 @@ fn sixty_four_clients_at_once_are_all_answered_and_memory_stays_flat() {
 #[test]
 fn a_full_queue_answers_503_and_the_server_stays_up() {
     let _serial = serial();
-    let mut server = Server::start(&["--parallel", "1", "--max-queue", "2", "-c", "512"]);
+    let mut server = synth_server(&["--parallel", "1", "--max-queue", "2", "-c", "512"]);
     // Long generations: the first three requests hold the slot and the queue while the others
     // arrive.
     let replies = crowd(server.addr, 64, 128);
@@ -306,7 +149,7 @@ fn listeners(table: &str, port: u16) -> Vec<String> {
 #[test]
 fn only_the_embedded_page_is_served_and_only_on_loopback_by_default() {
     let _serial = serial();
-    let mut server = Server::start(&[]);
+    let mut server = synth_server(&[]);
     let addr = server.addr;
 
     // No --host: loopback, and nothing else listens on the port.
@@ -360,7 +203,7 @@ fn only_the_embedded_page_is_served_and_only_on_loopback_by_default() {
 #[test]
 fn a_wildcard_bind_without_a_key_is_warned_about() {
     let _serial = serial();
-    let server = Server::start(&["--host", "0.0.0.0"]);
+    let server = synth_server(&["--host", "0.0.0.0"]);
     // The warning follows the address, which the log thread may still be copying.
     let start = Instant::now();
     while !server.log().contains("--host 0.0.0.0 without --api-key") {
@@ -371,14 +214,14 @@ fn a_wildcard_bind_without_a_key_is_warned_about() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let keyed = Server::start(&["--host", "0.0.0.0", "--api-key", "k"]);
+    let keyed = synth_server(&["--host", "0.0.0.0", "--api-key", "k"]);
     assert!(!keyed.log().contains("warning"), "{}", keyed.log());
 }
 
 #[test]
 fn oversized_malformed_and_too_long_requests_are_refused_with_reasons() {
     let _serial = serial();
-    let mut server = Server::start(&["--parallel", "1", "-c", "64"]);
+    let mut server = synth_server(&["--parallel", "1", "-c", "64"]);
     let addr = server.addr;
 
     // Over the 8 MiB limit: declared, declared with "Expect: 100-continue" (refused unread),
@@ -489,7 +332,7 @@ fn oversized_malformed_and_too_long_requests_are_refused_with_reasons() {
 #[test]
 fn slow_stalled_and_idle_clients_do_not_hold_the_server() {
     let _serial = serial();
-    let mut server = Server::start(&["--parallel", "2", "-c", "512", "--timeout", "2"]);
+    let mut server = synth_server(&["--parallel", "2", "-c", "512", "--timeout", "2"]);
     let addr = server.addr;
     let started = Instant::now();
 
@@ -507,18 +350,8 @@ fn slow_stalled_and_idle_clients_do_not_hold_the_server() {
                     (String::new(), format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n"))
                 };
                 s.write_all(head.as_bytes()).unwrap();
-                for b in body.bytes() {
-                    if s.write_all(&[b]).is_err() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                    if started.elapsed() > Duration::from_secs(10) {
-                        break;
-                    }
-                }
-                let mut rest = Vec::new();
-                let _ = s.read_to_end(&mut rest);
-                (started.elapsed(), String::from_utf8_lossy(&rest).into_owned())
+                let answer = dribble(&mut s, body.as_bytes(), started, Duration::from_secs(10));
+                (started.elapsed(), answer)
             })
         })
         .collect();
@@ -576,25 +409,7 @@ fn slow_stalled_and_idle_clients_do_not_hold_the_server() {
     );
 
     // Idle connections close after the timeout, fresh or kept alive after a request.
-    let mut idle = connect(addr);
-    let t = Instant::now();
-    assert_eq!(idle.read(&mut [0u8; 16]).unwrap_or(0), 0);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "idle for {:?}",
-        t.elapsed()
-    );
-    let mut kept = connect(addr);
-    write!(kept, "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let t = Instant::now();
-    let mut all = Vec::new();
-    let _ = kept.read_to_end(&mut all);
-    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
-    assert!(
-        (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&t.elapsed()),
-        "a kept-alive connection was closed after {:?}",
-        t.elapsed()
-    );
+    assert_idle_connections_close(addr, Duration::from_secs(5));
 
     server.assert_up();
 }

@@ -23,7 +23,8 @@ const LLAMA_CPP_PYTHON: &str = "0.3.36";
 const USAGE: &str = "usage: cargo xtask bench [--json] [--quick] [-r N] [--threads 1,2] [--models qwen,gemma,Q4_0,Q8_0,Q4_K,Q6_K]";
 
 /// A prompt of 16 Qwen tokens (17 for Gemma, with its BOS), for time to first token.
-const TTFT_PROMPT: &str = "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun";
+const TTFT_PROMPT: &str =
+    "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun";
 
 struct Options {
     json: bool,

