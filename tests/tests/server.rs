@@ -495,18 +495,32 @@ impl Cdp {
     }
 
     fn eval(&mut self, js: &str) -> Value {
-        let r = self.call(
-            "Runtime.evaluate",
-            json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
-        );
+        let r = self.try_eval(js);
         assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
         r["result"]["value"].clone()
     }
 
+    /// Evaluates `js`: the whole result, an exception included.
+    fn try_eval(&mut self, js: &str) -> Value {
+        self.call(
+            "Runtime.evaluate",
+            json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
+        )
+    }
+
+    /// Polls `js` until it is true. An exception counts as "not yet" (the page may not have
+    /// stored what the expression reads, on a slow machine); the last result is shown on timeout.
     fn wait(&mut self, what: &str, timeout: Duration, js: &str) {
         let start = Instant::now();
-        while self.eval(js) != json!(true) {
-            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        loop {
+            let r = self.try_eval(js);
+            if r.get("exceptionDetails").is_none() && r["result"]["value"] == json!(true) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}: {js} last gave {r}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
