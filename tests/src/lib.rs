@@ -302,21 +302,5 @@ impl GgufFile {
     }
 }
 
-/// CRC-32 (IEEE), bit by bit: only the tests' small zip entries need it.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 pub mod files;
 pub mod server;

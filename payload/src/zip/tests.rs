@@ -5,22 +5,6 @@ use crate::{alignment_pad, ZipWriter};
 
 const PREFIX: &[u8] = b"#!/bin/sh\necho launcher\nexit 1\n";
 
-/// Bitwise CRC-32 (IEEE), only so the archives built here carry correct values.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// Builds prefix + zip with `.args`, an aligned GGUF and a manifest-like entry.
 fn build(force_zip64: bool, gguf: &[u8]) -> Vec<u8> {
     let mut out = Cursor::new(PREFIX.to_vec());
@@ -40,13 +24,19 @@ fn build(force_zip64: bool, gguf: &[u8]) -> Vec<u8> {
             alignment_pad(after_args + 4, name, gguf.len() as u64, 65536).unwrap(),
         ),
     };
-    w.add_bytes(".args", 0o644, args_pad, args, crc32(args))
+    w.add_bytes(".args", 0o644, args_pad, args, crc32fast::hash(args))
         .unwrap();
-    w.add_bytes(name, 0o644, gguf_pad, gguf, crc32(gguf))
+    w.add_bytes(name, 0o644, gguf_pad, gguf, crc32fast::hash(gguf))
         .unwrap();
     let runtime = b"\x7fELF not really";
-    w.add_bytes("runtime/linux-x86_64", 0o755, 0, runtime, crc32(runtime))
-        .unwrap();
+    w.add_bytes(
+        "runtime/linux-x86_64",
+        0o755,
+        0,
+        runtime,
+        crc32fast::hash(runtime),
+    )
+    .unwrap();
     w.finish().unwrap().into_inner()
 }
 
@@ -68,7 +58,7 @@ fn round_trips_with_absolute_offsets() {
         assert_eq!(g.data_offset % 65536, 0);
         let at = g.data_offset as usize;
         assert_eq!(&bytes[at..at + g.size as usize], &gguf_bytes()[..]);
-        assert_eq!(g.crc32, crc32(&gguf_bytes()));
+        assert_eq!(g.crc32, crc32fast::hash(&gguf_bytes()));
         assert_eq!(
             p.args_from(&bytes[..]).unwrap().unwrap(),
             ["-c", "2048", "--temp", "0.5", "..."]
@@ -101,9 +91,16 @@ fn every_small_alignment_shortfall_is_padded() {
                 (4, alignment_pad(after + 4, "m.gguf", 10, 65536).unwrap())
             }
         };
-        w.add_bytes(".args", 0o644, ap, args, crc32(args)).unwrap();
-        w.add_bytes("m.gguf", 0o644, gp, b"GGUFxxxxxx", crc32(b"GGUFxxxxxx"))
+        w.add_bytes(".args", 0o644, ap, args, crc32fast::hash(args))
             .unwrap();
+        w.add_bytes(
+            "m.gguf",
+            0o644,
+            gp,
+            b"GGUFxxxxxx",
+            crc32fast::hash(b"GGUFxxxxxx"),
+        )
+        .unwrap();
         let bytes = w.finish().unwrap().into_inner();
         let p = read_from(&bytes[..]).unwrap().unwrap();
         assert_eq!(p.gguf().unwrap().unwrap().data_offset % 65536, 0);
@@ -127,9 +124,9 @@ fn no_zip_is_none() {
 fn gguf_rules_are_enforced() {
     // Two GGUF entries.
     let mut w = ZipWriter::new(Cursor::new(Vec::new()), 0);
-    w.add_bytes("a.gguf", 0o644, 0, b"GGUF", crc32(b"GGUF"))
+    w.add_bytes("a.gguf", 0o644, 0, b"GGUF", crc32fast::hash(b"GGUF"))
         .unwrap();
-    w.add_bytes("b.GGUF", 0o644, 0, b"GGUF", crc32(b"GGUF"))
+    w.add_bytes("b.GGUF", 0o644, 0, b"GGUF", crc32fast::hash(b"GGUF"))
         .unwrap();
     let bytes = w.finish().unwrap().into_inner();
     let err = read_from(&bytes[..]).unwrap().unwrap().gguf().unwrap_err();
@@ -138,7 +135,7 @@ fn gguf_rules_are_enforced() {
 
     // Misaligned.
     let mut w = ZipWriter::new(Cursor::new(Vec::new()), 0);
-    w.add_bytes("a.gguf", 0o644, 0, b"GGUF", crc32(b"GGUF"))
+    w.add_bytes("a.gguf", 0o644, 0, b"GGUF", crc32fast::hash(b"GGUF"))
         .unwrap();
     let bytes = w.finish().unwrap().into_inner();
     let err = read_from(&bytes[..]).unwrap().unwrap().gguf().unwrap_err();
@@ -175,7 +172,7 @@ fn directory_outside_the_file_is_an_error() {
 fn relative_offsets_are_reported() {
     // A zip written as if at offset 0, then given a prefix: offsets are now wrong.
     let mut w = ZipWriter::new(Cursor::new(Vec::new()), 0);
-    w.add_bytes("a.txt", 0o644, 0, b"hello", crc32(b"hello"))
+    w.add_bytes("a.txt", 0o644, 0, b"hello", crc32fast::hash(b"hello"))
         .unwrap();
     let zip = w.finish().unwrap().into_inner();
     let mut bytes = vec![b'x'; 1000];
