@@ -147,6 +147,7 @@ fn detect() -> Dispatch {
             d.gemm = Some(gemm::Kernels {
                 tile: avx512::gemm_tile,
                 unpack: avx512::gemm_unpack_q0,
+                pack: avx512::gemm_pack_activations,
             });
             d.width = Width::Avx512;
         }

@@ -23,7 +23,6 @@ use crate::formats::{
     blocks, f16_le, k4_scales_mins, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0,
 };
 use crate::ggml_type::GgmlType;
-use crate::quantize::quantize;
 use crate::QMatrix;
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -108,11 +107,15 @@ pub(crate) fn shape(ty: GgmlType) -> Option<Shape> {
 /// `unsafe` as [`TileFn`].
 pub(crate) type UnpackFn = unsafe fn(GgmlType, &[u8], &mut [WGroup]) -> bool;
 
+/// A SIMD [`pack_activations`], writing the very same groups. `unsafe` as [`TileFn`].
+pub(crate) type PackFn = unsafe fn(Shape, &[f32], &mut [ActGroup]);
+
 /// The kernels of one instruction set.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     pub(crate) tile: TileFn,
     pub(crate) unpack: UnpackFn,
+    pub(crate) pack: PackFn,
 }
 
 /// A tile kernel: `out[i * RN + j] += Σ_{g < count} dot(w[i * stride + g], act[j * stride + g])`
@@ -137,7 +140,6 @@ const _: () = assert!(PANEL_ROWS.is_multiple_of(RM) && TOKEN_CHUNK.is_multiple_o
 thread_local! {
     static ACT: Cell<Vec<ActGroup>> = const { Cell::new(Vec::new()) };
     static PANEL: Cell<Vec<WGroup>> = const { Cell::new(Vec::new()) };
-    static Q8_ROW: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// [`crate::matmul`] for a weight type with a [`shape`], through tile kernel `tile`.
@@ -154,7 +156,8 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
     act[..n_tokens * groups]
         .par_chunks_mut(groups)
         .zip(x.par_chunks(w.cols))
-        .for_each(|(dst, src)| pack_activations(shape, src, dst));
+        // SAFETY: the kernels were chosen for features this CPU has.
+        .for_each(|(dst, src)| unsafe { (isa.pack)(shape, src, dst) });
 
     let w_row = crate::row_bytes(w.ty, w.cols, "matmul weights");
     let out = Out(y.as_mut_ptr());
@@ -178,6 +181,13 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
         let mut sums = [[0.0f32; RM * RN]; PANEL_ROWS / RM * TOKEN_CHUNK / RN];
         for t0 in (0..padded_tokens).step_by(TOKEN_CHUNK) {
             let t1 = (t0 + TOKEN_CHUNK).min(padded_tokens);
+            // The next chunk's outputs are about to be written: ask for their cache lines now,
+            // while this chunk computes, instead of stalling on them at the stores.
+            for j in t1..(t1 + TOKEN_CHUNK).min(n_tokens) {
+                for i in (0..r1 - r0).step_by(16) {
+                    out.prefetch(j * w.rows + r0 + i);
+                }
+            }
             sums.iter_mut().for_each(|s| *s = [0.0; RM * RN]);
             for g0 in (0..groups).step_by(GROUP_CHUNK) {
                 let count = GROUP_CHUNK.min(groups - g0);
@@ -193,17 +203,17 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
                     }
                 }
             }
-            for i0 in (0..r1 - r0).step_by(RM) {
-                for j0 in (t0..t1.min(n_tokens)).step_by(RN) {
-                    let sum = &sums[i0 / RM * (TOKEN_CHUNK / RN) + (j0 - t0) / RN];
-                    for i in 0..RM.min(r1 - r0 - i0) {
-                        for j in 0..RN.min(n_tokens - j0) {
-                            // SAFETY: row r0+i0+i < rows and token j0+j < n_tokens, so the
-                            // index is inside y; only this panel writes its rows.
-                            unsafe { out.write((j0 + j) * w.rows + r0 + i0 + i, sum[i * RN + j]) };
-                        }
-                    }
-                }
+            for j in t0..t1.min(n_tokens) {
+                let (tile, jj) = ((j - t0) / RN, (j - t0) % RN);
+                // Gathered first, then stored as one run: y's rows are far apart (a power of
+                // two, often), so each run is a cache miss, and wide stores keep many in flight
+                // where one store per element would stall on them.
+                let run: [f32; PANEL_ROWS] = std::array::from_fn(|i| {
+                    sums[i / RM * (TOKEN_CHUNK / RN) + tile][i % RM * RN + jj]
+                });
+                // SAFETY: token j < n_tokens and rows r0..r1 are inside y; only this panel
+                // writes them.
+                unsafe { out.run(j * w.rows + r0, r1 - r0) }.copy_from_slice(&run[..r1 - r0]);
             }
         }
         PANEL.set(panel);
@@ -225,21 +235,34 @@ struct Out(*mut f32);
 unsafe impl Sync for Out {}
 
 impl Out {
+    /// The `len` elements from `start` on.
+    ///
     /// # Safety
-    /// `i` is inside the output and no other thread writes it.
-    unsafe fn write(&self, i: usize, v: f32) {
-        unsafe { self.0.add(i).write(v) };
+    /// They are inside the output, and nothing else reads or writes them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run(&self, start: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+
+    /// Hints that element `i` (inside the output) will be written soon.
+    fn prefetch(&self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults, and `i` is inside the output anyway.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+            _mm_prefetch::<_MM_HINT_ET0>(self.0.add(i).cast::<i8>());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
     }
 }
 
-/// Quantizes one token's activations (ggml's Q8_0 rounding) into interleaved groups.
+/// Quantizes one token's activations (ggml's Q8_0 rounding) into interleaved groups: the
+/// reference for the SIMD [`PackFn`]s.
+#[cfg(test)]
 pub(crate) fn pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
-    let mut q8 = Q8_ROW.take();
-    q8.resize(
-        crate::row_bytes(GgmlType::Q8_0, x.len(), "gemm activations"),
-        0,
-    );
-    quantize(GgmlType::Q8_0, x, &mut q8);
+    let mut q8 = vec![0; crate::row_bytes(GgmlType::Q8_0, x.len(), "gemm activations")];
+    crate::quantize::quantize(GgmlType::Q8_0, x, &mut q8);
     if !x.len().is_multiple_of(GROUP) {
         // The padding lanes of the last group must be zero; the rest is overwritten.
         dst[x.len() / GROUP] = ZERO_ACT;
@@ -263,7 +286,6 @@ pub(crate) fn pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
             a.bias_hi[l] = 0;
         }
     }
-    Q8_ROW.set(q8);
 }
 
 /// One 32-element weight block, unpacked: its unsigned quants, scales and min.

@@ -15,6 +15,8 @@ compile_error!("ggml data is little-endian and this crate views f16 slices as it
 mod aarch64;
 mod dequant;
 mod dispatch;
+pub mod elementwise;
+
 mod formats;
 mod gemm;
 mod ggml_type;

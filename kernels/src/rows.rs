@@ -52,30 +52,36 @@ fn columns_block<const R: usize>(
     out: &mut [f32],
     n: usize,
 ) {
+    // Rows cut to exactly `dim`, so that indexing them by `i < dim` needs no checks in the loop.
+    let q: [&[f32]; R] = std::array::from_fn(|r| &qs[r * dim..][..dim]);
     let mut p0 = 0;
-    while p0 + 16 <= n {
+    while p0 < n {
+        let width = (n - p0).min(16);
+        // A short last block still loads 16 keys where the slice has room for them past `n`
+        // (attention's key columns are padded so); only its first `width` sums are kept.
+        if width < 16 && keys.len() < (dim - 1) * stride + p0 + 16 {
+            break;
+        }
         let mut acc = [[0.0f32; 16]; R];
         for i in 0..dim {
-            let k: &[f32; 16] = keys[i * stride + p0..i * stride + p0 + 16]
-                .try_into()
-                .expect("16 keys");
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let q = qs[r * dim + i];
+            let k: &[f32; 16] = keys[i * stride + p0..][..16].try_into().expect("16 keys");
+            for (acc, q) in acc.iter_mut().zip(&q) {
+                let q = q[i];
                 for l in 0..16 {
                     acc[l] = q.mul_add(k[l], acc[l]);
                 }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            out[r * n + p0..r * n + p0 + 16].copy_from_slice(acc);
+            out[r * n + p0..][..width].copy_from_slice(&acc[..width]);
         }
         p0 += 16;
     }
-    for r in 0..R {
+    for (r, q) in q.iter().enumerate() {
         for p in p0..n {
             let mut s = 0.0f32;
-            for i in 0..dim {
-                s = qs[r * dim + i].mul_add(keys[i * stride + p], s);
+            for (i, &q) in q.iter().enumerate() {
+                s = q.mul_add(keys[i * stride + p], s);
             }
             out[r * n + p] = s;
         }
@@ -145,30 +151,32 @@ fn weighted_block<const R: usize>(
     out: &mut [f32],
     dim: usize,
 ) {
+    // Rows cut to exactly `n`, so that indexing them by `p < n` needs no checks in the loop.
+    let w: [&[f32]; R] = std::array::from_fn(|r| &weights[r * n..][..n]);
     let mut c0 = 0;
     while c0 + CHUNK <= dim {
         let mut acc = [[0.0f32; CHUNK]; R];
         for p in 0..n {
-            let v: &[f32; CHUNK] = values[p * stride + c0..p * stride + c0 + CHUNK]
+            let v: &[f32; CHUNK] = values[p * stride + c0..][..CHUNK]
                 .try_into()
                 .expect("a whole chunk");
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let w = weights[r * n + p];
+            for (acc, w) in acc.iter_mut().zip(&w) {
+                let w = w[p];
                 for i in 0..CHUNK {
                     acc[i] = w.mul_add(v[i], acc[i]);
                 }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            out[r * dim + c0..r * dim + c0 + CHUNK].copy_from_slice(acc);
+            out[r * dim + c0..][..CHUNK].copy_from_slice(acc);
         }
         c0 += CHUNK;
     }
-    for r in 0..R {
+    for (r, w) in w.iter().enumerate() {
         for e in c0..dim {
             let mut s = 0.0f32;
-            for p in 0..n {
-                s = weights[r * n + p].mul_add(values[p * stride + e], s);
+            for (p, &w) in w.iter().enumerate() {
+                s = w.mul_add(values[p * stride + e], s);
             }
             out[r * dim + e] = s;
         }

@@ -478,8 +478,46 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
                     }
                 }
             }
-            for (t, xt) in xs.iter().enumerate() {
-                gemm::pack_activations(shape, xt, &mut a[t * groups..(t + 1) * groups]);
+            // Besides the random tokens, one of exact halfway quants (127 sets d = 1) and an
+            // all-zero block.
+            let halfway: Vec<f32> = (0..n)
+                .map(|i| match (i / 32) % 3 {
+                    0 if i % 32 == 0 => 127.0,
+                    0 => (i % 32) as f32 * 0.5 - 8.0,
+                    1 => 0.0,
+                    _ => (i % 7) as f32 - 3.0,
+                })
+                .collect();
+            for (t, xt) in xs.iter().chain([&halfway]).enumerate() {
+                let mut scalar = vec![gemm::ZERO_ACT; groups];
+                gemm::pack_activations(shape, xt, &mut scalar);
+                // The SIMD packing writes the very same groups, over garbage.
+                let mut simd = vec![
+                    ActGroup {
+                        d: [f32::NAN; 16],
+                        bias_hi: [7; 16],
+                        ..gemm::ZERO_ACT
+                    };
+                    groups
+                ];
+                simd.iter_mut().for_each(|g| g.qs = [[0x5a; 64]; 8]);
+                // SAFETY: the caller checked the kernels' CPU features.
+                unsafe { (kernels.pack)(shape, xt, &mut simd) };
+                for (g, (a, b)) in scalar.iter().zip(&simd).enumerate() {
+                    let bits = |x: &[f32; 16]| x.map(f32::to_bits);
+                    assert!(
+                        a.qs == b.qs
+                            && bits(&a.d) == bits(&b.d)
+                            && bits(&a.dsum) == bits(&b.dsum)
+                            && a.bias_lo == b.bias_lo
+                            && a.bias_hi == b.bias_hi,
+                        "{isa} pack {} n={n} token {t}: group {g} differs from the scalar packing",
+                        ty.name()
+                    );
+                }
+                if t < RN {
+                    a[t * groups..(t + 1) * groups].copy_from_slice(&scalar);
+                }
             }
             let (mut want, mut got) = ([0f32; RM * RN], [0f32; RM * RN]);
             let half = matches!((n / 32) % 16, 1..=8);

@@ -584,20 +584,24 @@ impl<'a> Model<'a> {
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(&mut proj, d, w, c.rms_eps);
             }
-            add_in_place(&mut x, &proj);
+            add_rows(&mut x, &proj, d);
 
             rms_norm_rows(&x, &mut xn, d, &layer.ffn_norm, c.rms_eps);
             layer.w_gate.apply(&xn, n, &mut gate);
             layer.w_up.apply(&xn, n, &mut up);
             match c.arch {
-                Arch::Gemma3 => gelu_gate(&mut gate, &up),
-                Arch::Llama | Arch::Qwen2 => silu_gate(&mut gate, &up),
+                Arch::Gemma3 => each_row(&mut gate, c.n_ff, |i, g| {
+                    gelu_gate(g, &up[i * c.n_ff..(i + 1) * c.n_ff])
+                }),
+                Arch::Llama | Arch::Qwen2 => each_row(&mut gate, c.n_ff, |i, g| {
+                    kernels::elementwise::silu_mul(g, &up[i * c.n_ff..(i + 1) * c.n_ff])
+                }),
             }
             layer.w_down.apply(&gate, n, &mut proj);
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm_in_place(&mut proj, d, w, c.rms_eps);
             }
-            add_in_place(&mut x, &proj);
+            add_rows(&mut x, &proj, d);
         }
 
         // The final norm and the (large) output projection only for the rows whose logits are wanted.
@@ -783,18 +787,15 @@ impl<'a> Model<'a> {
                         let pos = pos0 + t0 + r / group;
                         // This row's keys: its own window start through its own position.
                         let (a, b) = (first_of(pos) - first_seen - lo, pos + 1 - first_seen - lo);
-                        let max = row[a..b]
-                            .iter()
-                            .fold(f32::NEG_INFINITY, |m, &s| m.max(s * c.attn_scale));
-                        let mut sum = 0.0f32;
-                        for (p, s) in row.iter_mut().enumerate() {
-                            *s = if (a..b).contains(&p) {
-                                (*s * c.attn_scale - max).exp()
-                            } else {
-                                0.0
-                            };
-                            sum += *s;
-                        }
+                        // The scale is positive: the largest score scales to the largest product.
+                        let max = kernels::elementwise::max(&row[a..b]) * c.attn_scale;
+                        row[..a].fill(0.0);
+                        row[b..].fill(0.0);
+                        let sum = kernels::elementwise::softmax_numerators(
+                            &mut row[a..b],
+                            c.attn_scale,
+                            max,
+                        );
                         inv[r] = 1.0 / sum;
                     }
                     kernels::weighted_sum_rows(
@@ -887,6 +888,24 @@ fn zeroed_f16(n: usize) -> Vec<f16> {
 }
 
 /// ggml's rms_norm (sum of squares in f64, then a f32 scale) followed by the elementwise weight.
+/// Calls `f(i, row)` for each `width`-long row `i` of `x`: spread over rayon's pool when there
+/// are enough rows to be worth it (a prompt), in order on this thread otherwise (a generated
+/// token, where waking the pool would cost more than the work).
+fn each_row(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    const PARALLEL_ROWS: usize = 8;
+    if x.len() / width >= PARALLEL_ROWS && rayon::current_num_threads() > 1 {
+        x.par_chunks_exact_mut(width)
+            .enumerate()
+            .with_min_len(PARALLEL_ROWS / 2)
+            .for_each(|(i, row)| f(i, row));
+    } else {
+        x.chunks_exact_mut(width)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    }
+}
+
+/// `out = x / rms(x) · w`, the mean of squares summed in f64 as ggml does.
 fn rms_norm_row(x: &[f32], out: &mut [f32], w: &[f32], eps: f32) {
     let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
     let mean = (sum / x.len() as f64) as f32;
@@ -897,24 +916,27 @@ fn rms_norm_row(x: &[f32], out: &mut [f32], w: &[f32], eps: f32) {
 }
 
 fn rms_norm_rows(x: &[f32], out: &mut [f32], d: usize, w: &[f32], eps: f32) {
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        rms_norm_row(xr, or, w, eps);
-    }
+    each_row(out, d, |i, row| {
+        rms_norm_row(&x[i * d..(i + 1) * d], row, w, eps)
+    });
 }
 
 fn rms_norm_in_place(x: &mut [f32], d: usize, w: &[f32], eps: f32) {
-    let mut tmp = vec![0.0f32; d];
-    for row in x.chunks_exact_mut(d) {
-        rms_norm_row(row, &mut tmp, w, eps);
-        row.copy_from_slice(&tmp);
-    }
+    each_row(x, d, |_, row| {
+        let mut tmp = [0.0f32; 256];
+        let tmp = if d <= tmp.len() {
+            &mut tmp[..d]
+        } else {
+            &mut vec![0.0; d][..]
+        };
+        rms_norm_row(row, tmp, w, eps);
+        row.copy_from_slice(tmp);
+    });
 }
 
 fn add_bias_rows(x: &mut [f32], bias: Option<&[f32]>) {
     if let Some(b) = bias {
-        for row in x.chunks_exact_mut(b.len()) {
-            add_in_place(row, b);
-        }
+        each_row(x, b.len(), |_, row| add_in_place(row, b));
     }
 }
 
@@ -922,6 +944,11 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
     }
+}
+
+/// `x += y`, row-parallel for a batch of `d`-wide rows.
+fn add_rows(x: &mut [f32], y: &[f32], d: usize) {
+    each_row(x, d, |i, row| add_in_place(row, &y[i * d..(i + 1) * d]));
 }
 
 /// Rotary position embedding of every head in `x`: `n_heads` heads of `head_dim` per token row, row t at
@@ -939,14 +966,15 @@ fn rope(
     style: RopeStyle,
 ) {
     let theta_scale = base.powf(-2.0 / n_rot as f32);
-    let mut cos_sin = vec![(0.0f32, 0.0f32); n_rot / 2];
-    for (row, &pos) in x.chunks_exact_mut(n_heads * head_dim).zip(positions) {
-        let mut theta = pos as f32;
-        for cs in cos_sin.iter_mut() {
-            let th = theta * freq_scale;
-            *cs = (th.cos(), th.sin());
-            theta *= theta_scale;
-        }
+    each_row(x, n_heads * head_dim, |t, row| {
+        let mut theta = positions[t] as f32;
+        let cos_sin: Vec<(f32, f32)> = (0..n_rot / 2)
+            .map(|_| {
+                let th = theta * freq_scale;
+                theta *= theta_scale;
+                (th.cos(), th.sin())
+            })
+            .collect();
         for head in row.chunks_exact_mut(head_dim) {
             for (i, &(cos, sin)) in cos_sin.iter().enumerate() {
                 let (a, b) = match style {
@@ -958,13 +986,7 @@ fn rope(
                 head[b] = x0 * sin + x1 * cos;
             }
         }
-    }
-}
-
-fn silu_gate(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    });
 }
 
 /// GELU (tanh approximation) gated by `up`, the way ggml's CPU backend computes it: through a table

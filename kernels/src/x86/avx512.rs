@@ -568,16 +568,6 @@ pub(crate) unsafe fn gemm_unpack_q0(ty: GgmlType, row: &[u8], dst: &mut [WGroup]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn unpack_groups<B>(blocks: &[B], dst: &mut [WGroup], quants: impl Fn(&B) -> ([u8; 2], __m256i)) {
-    // Lane l's 32 quants at buf[8 l .. 8 l + 8] (as u32s); step s gathers u32 8 l + s.
-    let steps: [__m512i; STEPS] = std::array::from_fn(|s| {
-        _mm512_add_epi32(
-            _mm512_mullo_epi32(
-                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                _mm512_set1_epi32(8),
-            ),
-            _mm512_set1_epi32(s as i32),
-        )
-    });
     for (group, w) in blocks.chunks(16).zip(dst.iter_mut()) {
         let mut buf = [_mm256_setzero_si256(); 16];
         let mut scales = [0u16; 16];
@@ -586,14 +576,7 @@ fn unpack_groups<B>(blocks: &[B], dst: &mut [WGroup], quants: impl Fn(&B) -> ([u
             buf[l] = u;
             scales[l] = u16::from_le_bytes(d);
         }
-        for (s, step) in steps.iter().enumerate() {
-            // SAFETY: every index (8 l + s < 128) is inside buf's 128 u32s, and any 64 bytes
-            // are a valid [u8; 64].
-            w.u[s] = unsafe {
-                let t = _mm512_i32gather_epi32::<4>(*step, buf.as_ptr().cast());
-                std::mem::transmute::<__m512i, [u8; 64]>(t)
-            };
-        }
+        w.u = interleave(&buf);
         // SAFETY: any 32 bytes are a valid __m256i.
         let d = _mm512_cvtph_ps(unsafe { std::mem::transmute::<[u16; 16], __m256i>(scales) });
         // SAFETY: any 64 bytes are valid f32s.
@@ -602,4 +585,121 @@ fn unpack_groups<B>(blocks: &[B], dst: &mut [WGroup], quants: impl Fn(&B) -> ([u
         w.scale_hi = d;
         w.min = [0.0; 16];
     }
+}
+
+/// 16 blocks of 32 bytes (one per lane) into a group's 8 steps: step `s` holds bytes
+/// `4 s .. 4 s + 4` of every block, gathered as one u32 per lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn interleave(blocks: &[__m256i; 16]) -> [[u8; 64]; STEPS] {
+    // Lane l's 32 bytes are u32s 8 l .. 8 l + 8 of `blocks`; step s gathers u32 8 l + s.
+    let lanes = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(8),
+    );
+    std::array::from_fn(|s| {
+        let index = _mm512_add_epi32(lanes, _mm512_set1_epi32(s as i32));
+        // SAFETY: every index (8 l + s < 128) is inside the 128 u32s of `blocks`, and any 64
+        // bytes are a valid [u8; 64].
+        unsafe {
+            let t = _mm512_i32gather_epi32::<4>(index, blocks.as_ptr().cast());
+            std::mem::transmute::<__m512i, [u8; 64]>(t)
+        }
+    })
+}
+
+/// [`crate::gemm::pack_activations`] in AVX-512, with the same bits: per block `d = amax / 127`
+/// and quants `x / d` rounded half away from zero (ggml's `quantize_row_q8_0_ref`), the block
+/// sums by vector reductions, 16 blocks' scales at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL and VNNI, and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
+    let one = _mm512_set1_epi32(1);
+    let offset = _mm512_set1_epi32(-shape.offset);
+    for (xg, a) in x.chunks(32 * 16).zip(dst.iter_mut()) {
+        let blocks = xg.len() / 32;
+        let load = |b: usize| {
+            let xb: &[f32; 32] = xg[32 * b..32 * b + 32].try_into().expect("a whole block");
+            // SAFETY: xb holds 32 f32s.
+            unsafe {
+                (
+                    _mm512_loadu_ps(xb.as_ptr()),
+                    _mm512_loadu_ps(xb.as_ptr().add(16)),
+                )
+            }
+        };
+        let mut amax = [0.0f32; 16];
+        for (b, m) in amax.iter_mut().enumerate().take(blocks) {
+            let (v0, v1) = load(b);
+            *m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        }
+        // SAFETY: any 64 bytes are valid f32s, and the other way round.
+        let d = _mm512_div_ps(
+            unsafe { std::mem::transmute::<[f32; 16], __m512>(amax) },
+            _mm512_set1_ps(127.0),
+        );
+        let nonzero = _mm512_cmpneq_ps_mask(d, _mm512_setzero_ps());
+        let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
+        // SAFETY: as above.
+        let id = unsafe { std::mem::transmute::<__m512, [f32; 16]>(id) };
+        let mut quants = [_mm256_setzero_si256(); 16];
+        let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
+        for b in 0..blocks {
+            let (v0, v1) = load(b);
+            let scale = _mm512_set1_ps(id[b]);
+            let (q0, q1) = (
+                round_away(_mm512_mul_ps(v0, scale), one),
+                round_away(_mm512_mul_ps(v1, scale), one),
+            );
+            quants[b] = _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm512_cvtsepi32_epi8(q0)),
+                _mm512_cvtsepi32_epi8(q1),
+            );
+            (lo[b], hi[b]) = (_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1));
+        }
+        // SAFETY: any bytes are valid i8s.
+        a.qs = unsafe {
+            std::mem::transmute::<[[u8; 64]; STEPS], [[i8; 64]; STEPS]>(interleave(&quants))
+        };
+        // The scales as stored in f16 (as Q8_0 keeps them), back in f32.
+        let d = _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d));
+        // SAFETY: any 64 bytes are valid i32s.
+        let (lo, hi) = unsafe {
+            (
+                std::mem::transmute::<[i32; 16], __m512i>(lo),
+                std::mem::transmute::<[i32; 16], __m512i>(hi),
+            )
+        };
+        let sum = _mm512_add_epi32(lo, hi);
+        let (bias_lo, bias_hi) = if shape.split {
+            (
+                _mm512_mullo_epi32(offset, lo),
+                _mm512_mullo_epi32(offset, hi),
+            )
+        } else {
+            (_mm512_mullo_epi32(offset, sum), _mm512_setzero_si512())
+        };
+        // SAFETY: any 64 bytes are valid [f32; 16] / [i32; 16].
+        unsafe {
+            a.d = std::mem::transmute::<__m512, [f32; 16]>(d);
+            a.dsum =
+                std::mem::transmute::<__m512, [f32; 16]>(_mm512_mul_ps(d, _mm512_cvtepi32_ps(sum)));
+            a.bias_lo = std::mem::transmute::<__m512i, [i32; 16]>(bias_lo);
+            a.bias_hi = std::mem::transmute::<__m512i, [i32; 16]>(bias_hi);
+        }
+    }
+}
+
+/// C's roundf (halfway cases away from zero) of quants, as the scalar `round_away`: truncate,
+/// then step away from zero where the dropped fraction is at least one half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn round_away(x: __m512, one: __m512i) -> __m512i {
+    let t = _mm512_cvttps_epi32(x);
+    let frac = _mm512_sub_ps(x, _mm512_cvtepi32_ps(t));
+    let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+    let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(frac, _mm512_set1_ps(-0.5));
+    _mm512_mask_sub_epi32(_mm512_mask_add_epi32(t, up, t, one), down, t, one)
 }

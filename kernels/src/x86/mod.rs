@@ -50,6 +50,7 @@ mod tests {
             crate::gemm::Kernels {
                 tile: avx512::gemm_tile,
                 unpack: avx512::gemm_unpack_q0,
+                pack: avx512::gemm_pack_activations,
             },
         );
     }
