@@ -887,7 +887,6 @@ fn zeroed_f16(n: usize) -> Vec<f16> {
     unsafe { Vec::from_raw_parts(ptr.cast::<f16>(), len, cap) }
 }
 
-/// ggml's rms_norm (sum of squares in f64, then a f32 scale) followed by the elementwise weight.
 /// Calls `f(i, row)` for each `width`-long row `i` of `x`: spread over rayon's pool when there
 /// are enough rows to be worth it (a prompt), in order on this thread otherwise (a generated
 /// token, where waking the pool would cost more than the work).
@@ -905,32 +904,31 @@ fn each_row(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + 
     }
 }
 
-/// `out = x / rms(x) · w`, the mean of squares summed in f64 as ggml does.
-fn rms_norm_row(x: &[f32], out: &mut [f32], w: &[f32], eps: f32) {
+/// ggml's rms_norm scale of a row: `1 / sqrt(mean(x²) + eps)`, the squares summed in f64.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
     let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
     let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
-    for ((o, &v), &wv) in out.iter_mut().zip(x).zip(w) {
-        *o = (v * scale) * wv;
-    }
+    1.0 / (mean + eps).sqrt()
 }
 
+/// ggml's rms_norm followed by the elementwise weight, row by row: `out = x · rms_scale(x) · w`.
 fn rms_norm_rows(x: &[f32], out: &mut [f32], d: usize, w: &[f32], eps: f32) {
     each_row(out, d, |i, row| {
-        rms_norm_row(&x[i * d..(i + 1) * d], row, w, eps)
+        let x = &x[i * d..(i + 1) * d];
+        let scale = rms_scale(x, eps);
+        for ((o, &v), &wv) in row.iter_mut().zip(x).zip(w) {
+            *o = (v * scale) * wv;
+        }
     });
 }
 
+/// [`rms_norm_rows`] with the output in place of the input.
 fn rms_norm_in_place(x: &mut [f32], d: usize, w: &[f32], eps: f32) {
     each_row(x, d, |_, row| {
-        let mut tmp = [0.0f32; 256];
-        let tmp = if d <= tmp.len() {
-            &mut tmp[..d]
-        } else {
-            &mut vec![0.0; d][..]
-        };
-        rms_norm_row(row, tmp, w, eps);
-        row.copy_from_slice(tmp);
+        let scale = rms_scale(row, eps);
+        for (v, &wv) in row.iter_mut().zip(w) {
+            *v = (*v * scale) * wv;
+        }
     });
 }
 
