@@ -146,7 +146,7 @@ fn detect() -> Dispatch {
             d.overlay("avx512vnni", avx512::kernel);
             d.gemm = Some(gemm::Kernels {
                 tile: avx512::gemm_tile,
-                unpack: avx512::gemm_unpack_q0,
+                unpack: avx512::gemm_unpack,
                 pack: avx512::gemm_pack_activations,
             });
             d.width = Width::Avx512;

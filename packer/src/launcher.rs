@@ -80,10 +80,15 @@ if [ ! -r "$self" ]; then
   echo "llamafile: cannot find this file (\$0 is '$0'); run it by its path" >&2
   exit 1
 fi
-# One process for both names: every fork counts in the time to the first token.
-uname=$(uname -sm 2>/dev/null)
-os=${{uname% *}}
-arch=${{uname##* }}
+# Every program started here counts in the time to the first token (milliseconds each): Linux's
+# names are read from /proc by the shell itself, others take one uname for both.
+if {{ read -r os < /proc/sys/kernel/ostype && read -r arch < /proc/sys/kernel/arch; }} 2>/dev/null
+then :
+else
+  uname=$(uname -sm 2>/dev/null)
+  os=${{uname% *}}
+  arch=${{uname##* }}
+fi
 case $os in Linux) os=linux ;; Darwin) os=darwin ;; esac
 case $arch in x86_64|amd64) arch=x86_64 ;; aarch64|arm64) arch=aarch64 ;; esac
 {rosetta}case $os-$arch in

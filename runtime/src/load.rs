@@ -162,21 +162,26 @@ impl ModelSource {
         Ok(ModelSource::new(format!("{shown}!{}", entry.name), map))
     }
 
-    /// Starts mapping the pages in on another thread (`MADV_POPULATE_READ`, Linux 5.14+), while
-    /// this one parses the metadata and builds the tokenizer: otherwise the first forward pass
-    /// takes one page fault per 64 KiB of weights, tens of milliseconds of time to first token
-    /// for a 0.5 GB model. (llama.cpp maps with MAP_POPULATE, which does the same work up front.)
-    /// Failure only means the faults happen later, as they would anyway.
+    /// Starts mapping the pages in on another thread, while this one parses the metadata and
+    /// builds the tokenizer: otherwise the first forward pass takes the page faults itself, tens
+    /// of milliseconds of time to first token for a 0.5 GB model. (llama.cpp maps with
+    /// MAP_POPULATE, which does the same work before anything else.)
+    ///
+    /// By reading one byte per 64 KiB, each a page fault that maps that much (Linux's default
+    /// fault-around): faults take only the mapping's own lock. `MADV_POPULATE_READ` holds the
+    /// whole address space's lock while it runs, which stalls every allocation this thread makes
+    /// meanwhile (their mmap calls wait for it), and the tokenizer makes many.
     fn new(name: String, map: Mmap) -> ModelSource {
         let map = Arc::new(map);
-        #[cfg(target_os = "linux")]
-        {
-            let map = Arc::clone(&map);
-            // Detached: nothing waits for it, and a process that exits first simply stops it.
-            let _ = std::thread::Builder::new()
-                .name("prefault".into())
-                .spawn(move || map.advise(memmap2::Advice::PopulateRead));
-        }
+        let pages = Arc::clone(&map);
+        // Detached: nothing waits for it, and a process that exits first simply stops it. Not
+        // starting only means the faults happen later, as they would anyway.
+        let _ = std::thread::Builder::new()
+            .name("prefault".into())
+            .spawn(move || {
+                let touched = pages.iter().step_by(64 << 10).fold(0u8, |a, &b| a ^ b);
+                std::hint::black_box(touched);
+            });
         ModelSource { name, map }
     }
 

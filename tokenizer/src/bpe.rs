@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 
 use crate::pretokenize::PreTokenizer;
 use crate::table::StrTable;
-use crate::unicode::{decode_lenient, encode_cpt, utf8_len, Flags};
+use crate::unicode::{code_points_lenient, decode_lenient, encode_cpt, utf8_len, Flags};
 use crate::vocab::Vocab;
 
 /// Whether GPT-2's `bytes_to_unicode` maps byte `b` to the code point of the same number.
@@ -63,11 +63,8 @@ fn byte_of(cp: u32) -> Option<u8> {
 
 /// The bytes a byte-level token stands for: llama.cpp's `llama_decode_text`, including its
 /// `[UNK_BYTE_0x..<text>]` for a code point that stands for no byte.
-pub(crate) fn decode_byte_level(text: &[u8]) -> Vec<u8> {
-    let mut cpts = Vec::with_capacity(text.len());
-    decode_lenient(text, &mut cpts);
-    let mut out = Vec::with_capacity(cpts.len());
-    for cp in cpts {
+pub(crate) fn decode_byte_level(text: &[u8], out: &mut Vec<u8>) {
+    for cp in code_points_lenient(text) {
         match byte_of(cp) {
             Some(b) => out.push(b),
             None => {
@@ -82,7 +79,6 @@ pub(crate) fn decode_byte_level(text: &[u8]) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 /// A BPE vocabulary's merge ranks and pre-tokenizer.
@@ -126,10 +122,8 @@ impl Bpe {
         // llama.cpp splits a line at its first space after the first byte and asserts that the pieces
         // it looks up hold no space, so only a line with exactly that one space can ever match; keyed
         // by the whole line, a lookup of "left right" finds exactly those.
-        let mut ranks = StrTable::with_capacity(merges.len());
-        for (rank, line) in merges.iter().enumerate() {
-            ranks.insert(line, rank as u32);
-        }
+        // A repeated line keeps its first rank.
+        let (ranks, _) = StrTable::build(merges);
         Bpe {
             pre,
             ignore_merges,
@@ -263,10 +257,15 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(byte_of(u32::from(BYTE_CODE_POINTS[b as usize])), Some(b));
         }
-        assert_eq!(decode_byte_level("ĠhelloĊ".as_bytes()), b" hello\n");
+        let decoded = |text: &str| {
+            let mut out = b"x".to_vec();
+            decode_byte_level(text.as_bytes(), &mut out);
+            out
+        };
+        assert_eq!(decoded("ĠhelloĊ"), b"x hello\n");
         assert_eq!(
-            decode_byte_level("a€".as_bytes()),
-            b"a[UNK_BYTE_0xe282aca\xE2\x82\xAC]".to_vec()
+            decoded("a€"),
+            b"xa[UNK_BYTE_0xe282aca\xE2\x82\xAC]".to_vec()
         );
     }
 }

@@ -365,10 +365,6 @@ const EOG_TEXTS: &[&str] = &[
 const ALWAYS_RENDERED_TEXTS: &[&str] =
     &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
 
-fn is_one_of(text: &[u8], list: &[&str]) -> bool {
-    list.iter().any(|t| t.as_bytes() == text)
-}
-
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -466,23 +462,32 @@ impl Tokenizer {
             Some(types) => types.into_iter().map(attr::from_token_type).collect(),
             None => vec![attr::NORMAL; n],
         };
-        let mut texts = StrTable::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
-            // llama.cpp renames empty tokens so that each text stays unique
-            let renamed;
-            let text = if t.is_empty() {
-                renamed = format!("[EMPTY_{i}]");
-                renamed.as_bytes()
-            } else {
-                t
-            };
-            if let Some(first) = texts.insert(text, i as u32) {
-                return Err(TokenizerError::DuplicateToken {
-                    id: i as u32,
-                    first,
-                    text: String::from_utf8_lossy(text).into_owned(),
-                });
-            }
+        // llama.cpp renames empty tokens so that each text stays unique
+        let renamed: Vec<String> = (0..n)
+            .filter(|&i| tokens[i].is_empty())
+            .map(|i| format!("[EMPTY_{i}]"))
+            .collect();
+        let with_names: Vec<&[u8]>;
+        let token_texts: &[&[u8]] = if renamed.is_empty() {
+            &tokens
+        } else {
+            let mut names = renamed.iter();
+            with_names = tokens
+                .iter()
+                .map(|&t| match t {
+                    b"" => names.next().expect("one name per empty token").as_bytes(),
+                    t => t,
+                })
+                .collect();
+            &with_names
+        };
+        let (texts, repeat) = StrTable::build(token_texts);
+        if let Some((id, first)) = repeat {
+            return Err(TokenizerError::DuplicateToken {
+                id,
+                first,
+                text: String::from_utf8_lossy(token_texts[id as usize]).into_owned(),
+            });
         }
 
         let mut ids = SpecialIds::default();
@@ -558,30 +563,29 @@ impl Tokenizer {
             pieces: Vec::new(),
             piece_ends: Vec::with_capacity(n),
         };
+        let mut pieces = Vec::with_capacity(token_texts.iter().map(|t| t.len()).sum());
         for id in 0..n as u32 {
-            let piece = tok.render(id);
-            tok.pieces.extend_from_slice(&piece);
-            tok.piece_ends.push(tok.pieces.len());
+            tok.render(id, &mut pieces);
+            tok.piece_ends.push(pieces.len());
         }
+        tok.pieces = pieces;
         set_strip_attributes(g, &mut tok)?;
         Ok(tok)
     }
 
-    /// llama.cpp's `token_to_piece` with `special = true`, from the attributes.
-    fn render(&self, id: u32) -> Vec<u8> {
+    /// llama.cpp's `token_to_piece` with `special = true`, from the attributes, appended to `out`.
+    fn render(&self, id: u32, out: &mut Vec<u8>) {
         let a = self.vocab.attr(id);
         let text = self.vocab.text(id);
         if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
-            text.to_vec()
+            out.extend_from_slice(text);
         } else if a & attr::NORMAL != 0 {
             match self.model {
-                Model::Spm { .. } => unescape_spaces(text),
-                Model::Bpe(_) => bpe::decode_byte_level(text),
+                Model::Spm { .. } => unescape_spaces(text, out),
+                Model::Bpe(_) => bpe::decode_byte_level(text, out),
             }
         } else if a & attr::BYTE != 0 {
-            vec![byte_token_value(text)]
-        } else {
-            Vec::new()
+            out.push(byte_token_value(text));
         }
     }
 
@@ -698,9 +702,8 @@ impl Tokenizer {
 }
 
 /// SentencePiece writes spaces as U+2581.
-fn unescape_spaces(text: &[u8]) -> Vec<u8> {
+fn unescape_spaces(text: &[u8], out: &mut Vec<u8>) {
     const MARK: &[u8] = "▁".as_bytes();
-    let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
     while i < text.len() {
         if text[i..].starts_with(MARK) {
@@ -711,7 +714,6 @@ fn unescape_spaces(text: &[u8]) -> Vec<u8> {
             i += 1;
         }
     }
-    out
 }
 
 /// The byte of a `<0xNN>` token: llama.cpp reads the two characters after `<0x` as hex (`strtol`,
@@ -731,24 +733,28 @@ fn byte_token_value(text: &[u8]) -> u8 {
 /// llama.cpp's fix-ups after reading the special ids: EOT/EOM/FIM tokens found by text (and made
 /// control tokens), the end-of-generation set, and its exceptions. Returns the sorted EOG ids.
 fn fix_up_special_tokens(vocab: &Vocab, attrs: &mut [u16], ids: &mut SpecialIds) -> Vec<u32> {
-    let n = attrs.len() as u32;
     // llama.cpp walks a hash map here, so with several candidate texts in one vocabulary the one it
     // picks is arbitrary; this takes the lowest id.
-    for id in 0..n {
-        let text = vocab.text(id);
-        let found: [(&mut Option<u32>, &[&str]); 8] = [
-            (&mut ids.eot, EOT_TEXTS),
-            (&mut ids.eom, &["<|eom_id|>"]),
-            (&mut ids.fim_pre, FIM_PRE_TEXTS),
-            (&mut ids.fim_suf, FIM_SUF_TEXTS),
-            (&mut ids.fim_mid, FIM_MID_TEXTS),
-            (&mut ids.fim_pad, FIM_PAD_TEXTS),
-            (&mut ids.fim_rep, FIM_REP_TEXTS),
-            (&mut ids.fim_sep, FIM_SEP_TEXTS),
-        ];
-        for (slot, texts) in found {
-            if slot.is_none() && is_one_of(text, texts) {
-                *slot = Some(id);
+    let found: [(&mut Option<u32>, &[&str]); 8] = [
+        (&mut ids.eot, EOT_TEXTS),
+        (&mut ids.eom, &["<|eom_id|>"]),
+        (&mut ids.fim_pre, FIM_PRE_TEXTS),
+        (&mut ids.fim_suf, FIM_SUF_TEXTS),
+        (&mut ids.fim_mid, FIM_MID_TEXTS),
+        (&mut ids.fim_pad, FIM_PAD_TEXTS),
+        (&mut ids.fim_rep, FIM_REP_TEXTS),
+        (&mut ids.fim_sep, FIM_SEP_TEXTS),
+    ];
+    let ids_of = |texts: &[&str]| -> Vec<u32> {
+        texts
+            .iter()
+            .filter_map(|t| vocab.id(t.as_bytes()))
+            .collect()
+    };
+    for (slot, texts) in found {
+        if slot.is_none() {
+            *slot = ids_of(texts).into_iter().min();
+            if let Some(id) = *slot {
                 attrs[id as usize] |= attr::CONTROL;
             }
         }
@@ -758,16 +764,12 @@ fn fix_up_special_tokens(vocab: &Vocab, attrs: &mut [u16], ids: &mut SpecialIds)
         .into_iter()
         .flatten()
         .collect();
-    for id in 0..n {
-        if is_one_of(vocab.text(id), EOG_TEXTS) {
-            eog.insert(id);
-            attrs[id as usize] |= attr::CONTROL;
-        }
+    for id in ids_of(EOG_TEXTS) {
+        eog.insert(id);
+        attrs[id as usize] |= attr::CONTROL;
     }
-    for id in 0..n {
-        if is_one_of(vocab.text(id), ALWAYS_RENDERED_TEXTS) {
-            attrs[id as usize] = attr::USER_DEFINED;
-        }
+    for id in ids_of(ALWAYS_RENDERED_TEXTS) {
+        attrs[id as usize] = attr::USER_DEFINED;
     }
     eog.extend([ids.eos, ids.eot, ids.eom].into_iter().flatten());
 

@@ -139,9 +139,17 @@ pub(crate) fn utf8_len(lead: u8) -> usize {
 /// continuation bits are checked but overlong forms and surrogates pass; a byte that starts no
 /// valid sequence becomes U+FFFD and decoding resumes at the next byte.
 pub(crate) fn decode_lenient(bytes: &[u8], out: &mut Vec<u32>) {
+    out.extend(code_points_lenient(bytes));
+}
+
+/// [`decode_lenient`] one code point at a time.
+pub(crate) fn code_points_lenient(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
     let cont = |i: usize| bytes.get(i).is_some_and(|&b| b & 0xC0 == 0x80);
     let mut i = 0;
-    while i < bytes.len() {
+    std::iter::from_fn(move || {
+        if i >= bytes.len() {
+            return None;
+        }
         let b0 = bytes[i] as u32;
         let (cp, n) = if b0 & 0x80 == 0 {
             (b0, 1)
@@ -175,9 +183,9 @@ pub(crate) fn decode_lenient(bytes: &[u8], out: &mut Vec<u32>) {
         } else {
             (0xFFFD, 0)
         };
-        out.push(cp);
         i += n.max(1);
-    }
+        Some(cp)
+    })
 }
 
 /// UTF-8 of a code point as llama.cpp's `unicode_cpt_to_utf8` writes it (surrogates included).

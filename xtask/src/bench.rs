@@ -5,9 +5,9 @@
 //! the llama-cpp-python sdist on PyPI into the user's cache, outside the repository. Then, for
 //! every model and thread count, `llamafile --bench` and `llama-bench` run one after the other with
 //! the same `-p -n -r -t`, alternating which goes first, so that both see the same machine. Peak
-//! resident memory of each run comes from `wait4`. Time to first token is the wall time of a packed
-//! llamafile (native and universal) from launch to exit after one generated token, against
-//! `llama-completion` doing the same.
+//! resident memory of each run comes from `wait4`. Time to first token is the wall time from
+//! launching a packed llamafile (native and universal, with the runtime as `cargo xtask dist`
+//! builds it) to its first generated token on stdout, against `llama-completion` doing the same.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -145,7 +145,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    let ttft = time_to_first_token(&release, &llama, &models)?;
+    let ttft = time_to_first_token(&root, &release, &llama, &models)?;
     let report = json!({"throughput": rows, "time_to_first_token": ttft});
     if o.json {
         println!("{report:#}");
@@ -318,9 +318,11 @@ fn llama_cpp() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-/// Launch to exit after one generated token, median of 5 runs, for a native and a universal
-/// llamafile of the first real model, and for llama-completion on its GGUF.
+/// Launch to the first generated token on stdout, median of 5 runs, for a native and a
+/// universal llamafile of the first real model (packed with the runtime as `dist` builds it),
+/// and for llama-completion on its GGUF.
 fn time_to_first_token(
+    root: &Path,
     release: &Path,
     llama: &Path,
     models: &[(String, PathBuf)],
@@ -328,31 +330,33 @@ fn time_to_first_token(
     let Some((label, gguf)) = models.iter().find(|(l, _)| l == "qwen" || l == "gemma") else {
         return Ok(Value::Null);
     };
+    let runtime = dist::host_runtime(root)?;
     let dir = release.join("bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut files = Vec::new();
-    for native in [true, false] {
-        let out = dir.join(format!(
-            "{label}-{}.llamafile",
-            if native { "native" } else { "universal" }
-        ));
+    for kind in ["native", "universal"] {
+        let out = dir.join(format!("{label}-{kind}.llamafile"));
         let mut pack = Command::new(release.join("llamafile-pack"));
-        pack.arg("build").arg(gguf).arg("-o").arg(&out);
-        if native {
+        pack.arg("build")
+            .arg(gguf)
+            .arg("-o")
+            .arg(&out)
+            .arg("--runtime")
+            .arg(&runtime);
+        if kind == "native" {
             pack.arg("--native");
         }
         run_status(pack.stdout(Stdio::null()), "llamafile-pack build")?;
-        files.push((if native { "native" } else { "universal" }, out));
+        files.push((kind, out));
     }
     let args = ["-n", "1", "--temp", "0", "-t", "2", "-p", TTFT_PROMPT];
     let median = |mut cmd: Command, what: &str| -> Result<f64, String> {
         let mut times = Vec::new();
         // One untimed run first: the page cache then holds the weights for both programs alike.
         for i in 0..6 {
-            let start = Instant::now();
-            run_capturing(&mut cmd, what)?;
+            let ms = first_token_ms(&mut cmd, what)?;
             if i > 0 {
-                times.push(start.elapsed().as_secs_f64() * 1000.0);
+                times.push(ms);
             }
         }
         times.sort_by(f64::total_cmp);
@@ -377,6 +381,50 @@ fn time_to_first_token(
     Ok(Value::Object(out))
 }
 
+/// Milliseconds from starting `cmd` (which echoes [`TTFT_PROMPT`], as both programs do) to the
+/// first byte after the echoed prompt on its stdout; the program must then exit successfully.
+fn first_token_ms(cmd: &mut Command, what: &str) -> Result<f64, String> {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {what}: {e}"))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
+    let mut first = None;
+    loop {
+        let n = stdout
+            .read(&mut buf)
+            .map_err(|e| format!("reading {what}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let after_prompt = |p: usize| out.len() > p + TTFT_PROMPT.len();
+        if first.is_none() && find(&out, TTFT_PROMPT.as_bytes()).is_some_and(after_prompt) {
+            first = Some(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {what}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{what} failed ({status})"));
+    }
+    first.ok_or_else(|| {
+        format!(
+            "{what} printed no token after the prompt: {:?}",
+            String::from_utf8_lossy(&out)
+        )
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 fn print_table(report: &Value) {
     println!("| model | threads | test | llamafile-rs t/s | llama.cpp t/s | ratio | peak RSS MiB (ours / llama.cpp) |");
     println!("| --- | ---: | --- | ---: | ---: | ---: | ---: |");
@@ -398,7 +446,7 @@ fn print_table(report: &Value) {
     let t = &report["time_to_first_token"];
     if !t.is_null() {
         println!(
-            "\ntime to first token ({}, 16-token prompt, launch to exit after 1 token, median of 5): \
+            "\ntime to first token ({}, 16-token prompt, launch to the first generated token on stdout, median of 5): \
              native llamafile {:.0} ms, universal llamafile {:.0} ms, llama.cpp (llama-completion) {:.0} ms",
             t["model"].as_str().unwrap_or("?"),
             t["ours_native_ms"].as_f64().unwrap_or(0.0),

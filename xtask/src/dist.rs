@@ -106,16 +106,10 @@ pub fn target_dir(root: &Path) -> PathBuf {
 
 /// The targets this machine can build, the host's first.
 fn plan(require_aarch64: bool) -> Result<Vec<Build>, String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let native = |triple, linux| Build {
-        triple,
-        cargo: cargo.clone(),
-        env: Vec::new(),
-        linux,
-    };
-    match (std::env::consts::OS, std::env::consts::ARCH) {
-        ("linux", "x86_64") => {
-            let mut builds = vec![native(X86_64_LINUX, true)];
+    let host = native(host_triple()?);
+    match host.triple {
+        X86_64_LINUX => {
+            let mut builds = vec![host];
             match debian_cross_aarch64() {
                 Ok(b) => builds.push(b),
                 Err(why) if require_aarch64 => {
@@ -129,29 +123,55 @@ fn plan(require_aarch64: bool) -> Result<Vec<Build>, String> {
             }
             Ok(builds)
         }
-        ("linux", "aarch64") => {
+        AARCH64_LINUX => {
             if !require_aarch64 {
                 println!("dist: on aarch64 Linux only {AARCH64_LINUX} is built; the x86_64 runtime comes from an x86_64 machine");
             }
-            Ok(vec![native(AARCH64_LINUX, true)])
+            Ok(vec![host])
         }
-        ("macos", arch) => {
+        _ => {
             if require_aarch64 {
                 return Err(format!(
                     "--require-aarch64 asks for {AARCH64_LINUX}, which is built on Linux"
                 ));
             }
             // The host's own target first: its packer is the one that runs here.
-            let mut triples = APPLE;
-            if arch == "x86_64" {
-                triples.reverse();
-            }
-            Ok(triples.into_iter().map(|t| native(t, false)).collect())
+            let other = APPLE.into_iter().find(|&t| t != host.triple);
+            Ok([host].into_iter().chain(other.map(native)).collect())
         }
+    }
+}
+
+/// The target triple of this machine's runtime.
+fn host_triple() -> Result<&'static str, String> {
+    match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("linux", "x86_64") => Ok(X86_64_LINUX),
+        ("linux", "aarch64") => Ok(AARCH64_LINUX),
+        ("macos", "aarch64") => Ok(APPLE[0]),
+        ("macos", "x86_64") => Ok(APPLE[1]),
         (os, arch) => Err(format!(
             "runtimes are built on Linux or macOS, x86_64 or aarch64, not {os}/{arch}"
         )),
     }
+}
+
+/// A target this machine builds with its own cargo.
+fn native(triple: &'static str) -> Build {
+    Build {
+        triple,
+        cargo: std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
+        env: Vec::new(),
+        linux: triple.contains("-linux-"),
+    }
+}
+
+/// This machine's runtime built as `dist` builds it (static on Linux, without debug info), in
+/// dist's build directory: what a packed llamafile carries, for measuring how fast it starts.
+pub fn host_runtime(root: &Path) -> Result<PathBuf, String> {
+    let b = native(host_triple()?);
+    let build_dir = target_dir(root).join("dist-build").join(b.triple);
+    build(root, &b, &build_dir, &["-p", "runtime"])?;
+    Ok(build_dir.join(b.triple).join("release").join("llamafile"))
 }
 
 /// Debian's packaged Rust (`rustc-web`, which installs as /usr/bin/rustc) with the arm64 standard

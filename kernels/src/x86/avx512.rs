@@ -534,14 +534,14 @@ fn hsum4(v: [__m512; 4]) -> [f32; 4] {
     unsafe { std::mem::transmute::<__m128, [f32; 4]>(quarter) }
 }
 
-/// [`crate::gemm::unpack_row`] for the 32-element formats (Q8_0, Q4_0, Q5_0), `None` for others:
-/// each block's 32 quants made in one register, the 16 blocks of a group transposed by 8 gathers
-/// (one per 4-byte step), their 16 scales converted by one F16C instruction.
+/// [`crate::gemm::unpack_row`] with the same bits, for every type with a gemm shape: each
+/// 32-element (sub-)block's quants made in one register, a group's 16 transposed in registers
+/// ([`interleave`]). Returns false (having written nothing) for any other type.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL and VNNI; `dst` holds the row's groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemm_unpack_q0(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) -> bool {
+pub(crate) unsafe fn gemm_unpack(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) -> bool {
     match ty {
         GgmlType::Q8_0 => {
             let flip = _mm256_set1_epi8(0x80u8 as i8);
@@ -559,6 +559,15 @@ pub(crate) unsafe fn gemm_unpack_q0(ty: GgmlType, row: &[u8], dst: &mut [WGroup]
                     _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, sixteen),
                 )
             })
+        }
+        GgmlType::Q4_K => unpack_superblocks(blocks::<BlockQ4K>(row), dst, |x, sub| {
+            unpack_k4(x.d, x.dmin, &x.scales, &x.qs, None, sub)
+        }),
+        GgmlType::Q5_K => unpack_superblocks(blocks::<BlockQ5K>(row), dst, |x, sub| {
+            unpack_k4(x.d, x.dmin, &x.scales, &x.qs, Some(&x.qh), sub)
+        }),
+        GgmlType::Q6_K => {
+            unpack_superblocks(blocks::<BlockQ6K>(row), dst, |x, sub| unpack_q6k(x, sub))
         }
         _ => return false,
     }
@@ -587,24 +596,163 @@ fn unpack_groups<B>(blocks: &[B], dst: &mut [WGroup], quants: impl Fn(&B) -> ([u
     }
 }
 
+/// One 256-element superblock's eight sub-blocks: quants, and per sub-block `scale_lo`,
+/// `scale_hi` and `min` as in [`WGroup`].
+struct Sub {
+    u: [__m256i; 8],
+    scale_lo: [f32; 8],
+    scale_hi: [f32; 8],
+    min: [f32; 8],
+}
+
+/// Two superblocks per group; the second half of a row's last group stays zero without one.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn unpack_superblocks<B>(blocks: &[B], dst: &mut [WGroup], unpack: impl Fn(&B, &mut Sub)) {
+    let mut sub = Sub {
+        u: [_mm256_setzero_si256(); 8],
+        scale_lo: [0.0; 8],
+        scale_hi: [0.0; 8],
+        min: [0.0; 8],
+    };
+    for (pair, w) in blocks.chunks(2).zip(dst.iter_mut()) {
+        let mut buf = [_mm256_setzero_si256(); 16];
+        *w = crate::gemm::ZERO_W;
+        for (half, x) in pair.iter().enumerate() {
+            unpack(x, &mut sub);
+            let lanes = 8 * half..8 * half + 8;
+            buf[lanes.clone()].copy_from_slice(&sub.u);
+            w.scale_lo[lanes.clone()].copy_from_slice(&sub.scale_lo);
+            w.scale_hi[lanes.clone()].copy_from_slice(&sub.scale_hi);
+            w.min[lanes].copy_from_slice(&sub.min);
+        }
+        w.u = interleave(&buf);
+    }
+}
+
+/// A Q4_K superblock, or a Q5_K one with its fifth bits `qh`: sub-block `sb` is the low (even
+/// `sb`) or high nibbles of bytes `32 (sb / 2) ..`, plus bit `sb` of each `qh` byte.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn unpack_k4(
+    d: [u8; 2],
+    dmin: [u8; 2],
+    scales: &[u8; 12],
+    qs: &[u8; 128],
+    qh: Option<&[u8; 32]>,
+    sub: &mut Sub,
+) {
+    let low = _mm256_set1_epi8(15);
+    let sixteen = _mm256_set1_epi8(16);
+    let (sc, mn) = crate::formats::k4_scales_mins(scales);
+    let (d, dmin) = (f16_le(d), f16_le(dmin));
+    let high_bits = qh.map(|h| load(h));
+    for j in 0..4 {
+        let bytes = load(&qs[32 * j..]);
+        let nibbles = [
+            _mm256_and_si256(bytes, low),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low),
+        ];
+        for (half, mut u) in nibbles.into_iter().enumerate() {
+            let sb = 2 * j + half;
+            if let Some(h) = high_bits {
+                let bit = _mm256_test_epi8_mask(h, _mm256_set1_epi8(1 << sb));
+                u = _mm256_mask_add_epi8(u, bit, u, sixteen);
+            }
+            sub.u[sb] = u;
+            sub.scale_lo[sb] = d * sc[sb] as f32;
+            sub.min[sb] = dmin * mn[sb] as f32;
+        }
+    }
+    sub.scale_hi = sub.scale_lo;
+}
+
+/// A Q6_K superblock: per half of 128, sub-blocks from the low nibbles of `ql[0..32]`, of
+/// `ql[32..64]`, then their high nibbles, with bits 0-1, 2-3, 4-5, 6-7 of `qh[0..32]` on top.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn unpack_q6k(x: &BlockQ6K, sub: &mut Sub) {
+    let low = _mm256_set1_epi8(15);
+    let top = _mm256_set1_epi8(0x30);
+    let d = f16_le(x.d);
+    for half in 0..2 {
+        let a = load(&x.ql[64 * half..]);
+        let b = load(&x.ql[64 * half + 32..]);
+        let h = load(&x.qh[32 * half..]);
+        let u = [
+            (_mm256_and_si256(a, low), _mm256_slli_epi16::<4>(h)),
+            (_mm256_and_si256(b, low), _mm256_slli_epi16::<2>(h)),
+            (_mm256_and_si256(_mm256_srli_epi16::<4>(a), low), h),
+            (
+                _mm256_and_si256(_mm256_srli_epi16::<4>(b), low),
+                _mm256_srli_epi16::<2>(h),
+            ),
+        ];
+        for (i, (q, h)) in u.into_iter().enumerate() {
+            // Each byte's two high bits now sit at bits 4-5 of that same byte.
+            sub.u[4 * half + i] = _mm256_or_si256(q, _mm256_and_si256(h, top));
+        }
+    }
+    for sb in 0..8 {
+        sub.scale_lo[sb] = d * x.scales[2 * sb] as f32;
+        sub.scale_hi[sb] = d * x.scales[2 * sb + 1] as f32;
+    }
+    sub.min = [0.0; 8];
+}
+
 /// 16 blocks of 32 bytes (one per lane) into a group's 8 steps: step `s` holds bytes
-/// `4 s .. 4 s + 4` of every block, gathered as one u32 per lane.
+/// `4 s .. 4 s + 4` of every block, as one u32 per lane.
+///
+/// A 16 × 8 transposition of u32s, in registers: gathers from the blocks just stored would wait
+/// for those stores to reach the cache, and did for most of the unpacking's time. Element
+/// `(b, c)` is u32 `c` of block `b`; each stage below merges two registers into two.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn interleave(blocks: &[__m256i; 16]) -> [[u8; 64]; STEPS] {
-    // Lane l's 32 bytes are u32s 8 l .. 8 l + 8 of `blocks`; step s gathers u32 8 l + s.
-    let lanes = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(8),
-    );
+    // Blocks 2k and 2k + 1, one after the other: u32 i is (2k + i / 8, i % 8).
+    let pairs: [__m512i; 8] = std::array::from_fn(|k| {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(blocks[2 * k]), blocks[2 * k + 1])
+    });
+    // Blocks 4p .. 4p + 4, u32s 4h .. 4h + 4 (128-bit lanes, one block each): i is
+    // (4p + i / 4, 4h + i % 4).
+    let quads: [[__m512i; 2]; 4] = std::array::from_fn(|p| {
+        let (a, b) = (pairs[2 * p], pairs[2 * p + 1]);
+        [
+            _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+        ]
+    });
+    // Blocks 8q .. 8q + 8, u32s 4h + 2m and 4h + 2m + 1: i is (8q + i % 8, 4h + 2m + i / 8).
+    let to_eights: [__m512i; 2] = std::array::from_fn(|m| {
+        let idx: [i32; 16] = std::array::from_fn(|i| {
+            let (row, col) = (i % 8, 2 * m + i / 8);
+            if row < 4 {
+                (row * 4 + col) as i32
+            } else {
+                (16 + (row - 4) * 4 + col) as i32
+            }
+        });
+        // SAFETY: any 64 bytes are a valid __m512i.
+        unsafe { std::mem::transmute::<[i32; 16], __m512i>(idx) }
+    });
+    let eights: [[__m512i; 4]; 2] = std::array::from_fn(|q| {
+        std::array::from_fn(|hm| {
+            let (h, m) = (hm / 2, hm % 2);
+            _mm512_permutex2var_epi32(quads[2 * q][h], to_eights[m], quads[2 * q + 1][h])
+        })
+    });
+    // All 16 blocks, u32 4h + 2m + t: i is (i, 4h + 2m + t).
+    let to_steps: [__m512i; 2] = std::array::from_fn(|t| {
+        let idx: [i32; 16] =
+            std::array::from_fn(|l| (if l < 8 { t * 8 + l } else { 16 + t * 8 + l - 8 }) as i32);
+        // SAFETY: any 64 bytes are a valid __m512i.
+        unsafe { std::mem::transmute::<[i32; 16], __m512i>(idx) }
+    });
     std::array::from_fn(|s| {
-        let index = _mm512_add_epi32(lanes, _mm512_set1_epi32(s as i32));
-        // SAFETY: every index (8 l + s < 128) is inside the 128 u32s of `blocks`, and any 64
-        // bytes are a valid [u8; 64].
-        unsafe {
-            let t = _mm512_i32gather_epi32::<4>(index, blocks.as_ptr().cast());
-            std::mem::transmute::<__m512i, [u8; 64]>(t)
-        }
+        let (hm, t) = (s / 2, s % 2);
+        let step = _mm512_permutex2var_epi32(eights[0][hm], to_steps[t], eights[1][hm]);
+        // SAFETY: any 64 bytes are a valid [u8; 64].
+        unsafe { std::mem::transmute::<__m512i, [u8; 64]>(step) }
     })
 }
 

@@ -49,7 +49,7 @@ mod tests {
             "avx512",
             crate::gemm::Kernels {
                 tile: avx512::gemm_tile,
-                unpack: avx512::gemm_unpack_q0,
+                unpack: avx512::gemm_unpack,
                 pack: avx512::gemm_pack_activations,
             },
         );
