@@ -1,7 +1,7 @@
-//! Element-by-element functions of activations that need `exp`: the softmax of attention scores
-//! and SiLU. libm's `expf` is one call per element, which no compiler vectorizes; [`exp`] is a
-//! polynomial in plain arithmetic, so the loops around it are [`multiversion`]ed into 16-wide
-//! AVX-512 (ggml does the same with its `ggml_v_expf`).
+//! Element-by-element functions of activations: the softmax of attention scores, SiLU and GELU.
+//! libm's `expf` is one call per element, which no compiler vectorizes; [`exp`] is a polynomial in
+//! plain arithmetic, so the loops around it are [`multiversion`]ed into 16-wide AVX-512 (ggml does
+//! the same with its `ggml_v_expf`). GELU is ggml's table lookup, its index computed the same way.
 //!
 //! [`multiversion`]: crate::multiversion
 
@@ -105,6 +105,80 @@ fn silu_mul_body(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+crate::multiversion::multiversion! {
+    /// GELU-gated linear unit, the way ggml's CPU backend computes GELU (tanh approximation):
+    /// `gate[i] = gelu(gate[i]) · up[i]`, with `gelu` looked up in a table of its f16 results by
+    /// the input rounded to f16 (inputs past ±10 give 0 or themselves).
+    ///
+    /// # Panics
+    /// If the slices differ in length.
+    pub fn gelu_mul(gate: &mut [f32], up: &[f32]) = gelu_mul_body;
+}
+
+#[inline(always)]
+fn gelu_mul_body(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "gelu_mul: gate and up differ in length"
+    );
+    let table = gelu_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        // Looked up for every x, and then chosen without a branch: the loop vectorizes.
+        let t = table[f16_bits(x) as usize];
+        let y = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x
+        } else {
+            t
+        };
+        *g = y * u;
+    }
+}
+
+/// GELU of every f16 value, rounded to f16 (kept as f32), by f16 bits: built once, on first use.
+fn gelu_table() -> &'static [f32; 1 << 16] {
+    static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const GELU_COEF_A: f32 = 0.044715;
+        let mut table = Box::new([0.0f32; 1 << 16]);
+        for (bits, t) in table.iter_mut().enumerate() {
+            let x = half::f16::from_bits(bits as u16).to_f32();
+            let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
+            *t = half::f16::from_f32(y).to_f32();
+        }
+        table
+    })
+}
+
+/// The f16 nearest `x` (ties to even), as bits: what F16C's `vcvtps2ph` gives, in integer
+/// arithmetic that vectorizes (Fabian Giesen's branch-free method; NaN becomes a quiet NaN).
+#[inline(always)]
+fn f16_bits(x: f32) -> u16 {
+    const F16_TOO_BIG: u32 = (127 + 16) << 23;
+    const F16_SMALLEST_NORMAL: u32 = 113 << 23;
+    // 0.5: adding it puts a subnormal f16's 10 bits at the bottom, rounded to nearest even.
+    const SUBNORMAL_MAGIC: u32 = 126 << 23;
+    let bits = x.to_bits();
+    let sign = (bits >> 16) & 0x8000;
+    let a = bits & 0x7fff_ffff;
+    let huge = if a > 0x7f80_0000 { 0x7e00 } else { 0x7c00 };
+    let tiny = (f32::from_bits(a) + f32::from_bits(SUBNORMAL_MAGIC)).to_bits() - SUBNORMAL_MAGIC;
+    // Rebias the exponent and round: 0xfff plus the lowest kept bit makes ties go to even.
+    let normal = (a.wrapping_sub((127 - 15) << 23) + 0xfff + ((a >> 13) & 1)) >> 13;
+    let h = if a >= F16_TOO_BIG {
+        huge
+    } else if a < F16_SMALLEST_NORMAL {
+        tiny
+    } else {
+        normal
+    };
+    (h | sign) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +257,58 @@ mod tests {
             }
         }
         assert_eq!(max(&[f32::NAN, 1.0]), 1.0);
+    }
+
+    #[test]
+    fn f16_bits_rounds_as_f16c() {
+        // Every 7th f32 bit pattern (all exponents, both signs, ties among them), plus the edges.
+        let edges = [
+            0.0,
+            -0.0,
+            65504.0,
+            65520.0,
+            65519.99,
+            f32::INFINITY,
+            f32::NAN,
+            5.96e-8,
+        ];
+        for x in (0..u32::MAX).step_by(7).map(f32::from_bits).chain(edges) {
+            let want = half::f16::from_f32(x).to_bits();
+            let got = f16_bits(x);
+            if x.is_nan() {
+                assert!(half::f16::from_bits(got).is_nan(), "{x}: {got:#x}");
+            } else {
+                assert_eq!(got, want, "{x:e} ({:#x})", x.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_mul_is_the_table_lookup() {
+        let xs: Vec<f32> = (-1300..1300)
+            .map(|i| i as f32 / 97.0)
+            .chain([f32::NAN])
+            .collect();
+        let up: Vec<f32> = xs.iter().map(|x| 1.5 - x / 7.0).collect();
+        let mut gate = xs.clone();
+        gelu_mul(&mut gate, &up);
+        for ((&g, &x), &u) in gate.iter().zip(&xs).zip(&up) {
+            let y = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x
+            } else {
+                gelu_table()[half::f16::from_f32(x).to_bits() as usize]
+            };
+            assert!(
+                g.to_bits() == (y * u).to_bits() || (g.is_nan() && x.is_nan()),
+                "{x}: {g}"
+            );
+            let exact = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044715 * x * x)).tanh());
+            assert!(
+                x.is_nan() || (y - exact).abs() <= 1e-3 * exact.abs().max(1.0),
+                "{x}"
+            );
+        }
     }
 }

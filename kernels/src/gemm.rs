@@ -118,7 +118,7 @@ pub(crate) struct Kernels {
     pub(crate) pack: PackFn,
 }
 
-/// A tile kernel: `out[i * RN + j] += Σ_{g < count} dot(w[i * stride + g], act[j * stride + g])`
+/// A tile kernel: `out[j * RM + i] += Σ_{g < count} dot(w[i * stride + g], act[j * stride + g])`
 /// for the `RM × RN` tile (see [`tile_scalar`] for the arithmetic). With `half`, lanes 8..16 of
 /// the last group are padding, which a tile may skip. `unsafe` because a SIMD tile may only run
 /// on a CPU with its features.
@@ -205,15 +205,21 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
             }
             for j in t0..t1.min(n_tokens) {
                 let (tile, jj) = ((j - t0) / RN, (j - t0) % RN);
-                // Gathered first, then stored as one run: y's rows are far apart (a power of
-                // two, often), so each run is a cache miss, and wide stores keep many in flight
-                // where one store per element would stall on them.
+                // Gathered first (a row tile's 4 sums of a token lie together), then stored as
+                // one run: y's rows are far apart (a power of two, often), so each run is a
+                // cache miss, and wide stores keep many in flight where one store per element
+                // would stall on them.
                 let run: [f32; PANEL_ROWS] = std::array::from_fn(|i| {
-                    sums[i / RM * (TOKEN_CHUNK / RN) + tile][i % RM * RN + jj]
+                    sums[i / RM * (TOKEN_CHUNK / RN) + tile][jj * RM + i % RM]
                 });
                 // SAFETY: token j < n_tokens and rows r0..r1 are inside y; only this panel
                 // writes them.
-                unsafe { out.run(j * w.rows + r0, r1 - r0) }.copy_from_slice(&run[..r1 - r0]);
+                let dst = unsafe { out.run(j * w.rows + r0, r1 - r0) };
+                match <&mut [f32; PANEL_ROWS]>::try_from(&mut *dst) {
+                    // A whole panel (all but a matrix's last): a fixed-size copy, inlined.
+                    Ok(whole) => *whole = run,
+                    Err(_) => dst.copy_from_slice(&run[..dst.len()]),
+                }
             }
         }
         PANEL.set(panel);
@@ -476,7 +482,7 @@ pub(crate) fn tile_scalar(
                     sum += block - wg.min[l] * ag.dsum[l];
                 }
             }
-            out[i * RN + j] += sum;
+            out[j * RM + i] += sum;
         }
     }
 }

@@ -534,7 +534,7 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
                         .sum();
                     // Two scales and a min per block, 16 lanes: a few f32 terms per 32 elements.
                     let tol = tolerance(3 * n / 32, 1.01 * magnitude);
-                    let (g, s) = (got[i * RN + j] as f64, want[i * RN + j] as f64);
+                    let (g, s) = (got[j * RM + i] as f64, want[j * RM + i] as f64);
                     assert!(
                         (g - s).abs() <= tol,
                         "{isa} tile {} n={n} ({i},{j}): {g:e}, scalar {s:e}, tolerance {tol:e}",

@@ -591,7 +591,7 @@ impl<'a> Model<'a> {
             layer.w_up.apply(&xn, n, &mut up);
             match c.arch {
                 Arch::Gemma3 => each_row(&mut gate, c.n_ff, |i, g| {
-                    gelu_gate(g, &up[i * c.n_ff..(i + 1) * c.n_ff])
+                    kernels::elementwise::gelu_mul(g, &up[i * c.n_ff..(i + 1) * c.n_ff])
                 }),
                 Arch::Llama | Arch::Qwen2 => each_row(&mut gate, c.n_ff, |i, g| {
                     kernels::elementwise::silu_mul(g, &up[i * c.n_ff..(i + 1) * c.n_ff])
@@ -985,36 +985,4 @@ fn rope(
             }
         }
     });
-}
-
-/// GELU (tanh approximation) gated by `up`, the way ggml's CPU backend computes it: through a table
-/// indexed by the input rounded to f16, holding f16 results.
-fn gelu_gate(gate: &mut [f32], up: &[f32]) {
-    let table = gelu_table();
-    for (g, &u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        *g = if x <= -10.0 {
-            0.0
-        } else if x >= 10.0 {
-            x * u
-        } else {
-            table[f16::from_f32(x).to_bits() as usize] * u
-        };
-    }
-}
-
-/// GELU of every f16 value, rounded to f16 (kept as f32): built once, on first use.
-fn gelu_table() -> &'static [f32] {
-    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-        const GELU_COEF_A: f32 = 0.044715;
-        (0..=u16::MAX)
-            .map(|bits| {
-                let x = f16::from_bits(bits).to_f32();
-                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
-                f16::from_f32(y).to_f32()
-            })
-            .collect()
-    })
 }

@@ -334,10 +334,10 @@ fn tile<const SPLIT: bool, const MIN: bool>(
         }
     }
     const { assert!(RM == 4) };
-    for j in 0..RN {
+    for (j, out) in out.chunks_exact_mut(RM).enumerate() {
         let sums = hsum4([acc[0][j], acc[1][j], acc[2][j], acc[3][j]]);
-        for (i, v) in sums.into_iter().enumerate() {
-            out[i * RN + j] += v;
+        for (o, v) in out.iter_mut().zip(sums) {
+            *o += v;
         }
     }
 }
