@@ -20,11 +20,21 @@ pub(crate) struct StrTable {
 impl StrTable {
     fn with_capacity(n: usize) -> StrTable {
         let n_slots = (n.max(8) * 2).next_power_of_two();
+        // Written, not `vec![0; ..]`: that memory would come from calloc, not yet backed, and
+        // [`StrTable::build`]'s reads would map the shared zero page, which each first write
+        // then replaces at the cost of a TLB shootdown across every thread of the process
+        // (one interrupt per page, an exit to the hypervisor in a VM).
+        #[allow(clippy::slow_vector_initialization)]
+        let slots = {
+            let mut slots = Vec::with_capacity(n_slots);
+            slots.resize(n_slots, 0);
+            slots
+        };
         StrTable {
             buf: Vec::new(),
             ends: Vec::with_capacity(n),
             values: Vec::with_capacity(n),
-            slots: vec![0; n_slots],
+            slots,
             // Slots hold indices + 1 up to n.
             tag_mask: u32::MAX
                 .checked_shl(usize::BITS - n.leading_zeros())
