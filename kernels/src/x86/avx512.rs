@@ -78,33 +78,63 @@ fn halves_epi16(a: i16, b: i16) -> __m512i {
     _mm512_mask_blend_epi16(0xffff_0000, _mm512_set1_epi16(a), _mm512_set1_epi16(b))
 }
 
-/// One 32-element block prepared for [`sum_blocks`]: its f32 factor, its weights as unsigned
-/// bytes, its activations.
-type Prepared = (f32, __m256i, __m256i);
+/// One 32-element block prepared for [`sum_blocks`]: the weights' and the activations' scales
+/// (f16 bits), its weights as unsigned bytes, its activations.
+type Prepared = ([u8; 2], [u8; 2], __m256i, __m256i);
 
-/// Σ over blocks of `factor · Σ (u - offset) · y`, with two accumulators so that consecutive
-/// blocks' FMAs do not wait on each other.
+/// Σ over blocks of `d_w · d_a · Σ (u - OFFSET) · y`, with two accumulators so that consecutive
+/// blocks' FMAs do not wait on each other. The scale products are made eight blocks at a time,
+/// by one conversion and one multiply (per block that was eight scalar instructions, most of a
+/// block's cost), then taken lane by lane: the same products, so the same result.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn sum_blocks<X, Y>(x: &[X], y: &[Y], offset: u8, prepare: impl Fn(&X, &Y) -> Prepared) -> f32 {
-    let off = _mm256_set1_epi8(offset as i8);
-    let block = |(d, u, q8): Prepared, acc: __m256| {
-        let zero = _mm256_setzero_si256();
-        let sumi = _mm256_sub_epi32(
-            _mm256_dpbusd_epi32(zero, u, q8),
-            _mm256_dpbusd_epi32(zero, off, q8),
-        );
-        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc)
-    };
+fn sum_blocks<X, Y, const OFFSET: u8>(
+    x: &[X],
+    y: &[Y],
+    prepare: impl Fn(&X, &Y) -> Prepared,
+) -> f32 {
+    let off = _mm256_set1_epi8(OFFSET as i8);
+    let zero = _mm256_setzero_si256();
     let mut acc = [_mm256_setzero_ps(); 2];
-    let (xs, ys) = (x.chunks_exact(2), y.chunks_exact(2));
+    // (A macro, not a closure: called from two places, a closure is not inlined, and then its
+    // intrinsics are calls compiled without this function's features.)
+    macro_rules! block {
+        ($u:expr, $q8:expr, $d:expr, $acc:expr) => {{
+            let mut sumi = _mm256_dpbusd_epi32(zero, $u, $q8);
+            if OFFSET != 0 {
+                sumi = _mm256_sub_epi32(sumi, _mm256_dpbusd_epi32(zero, off, $q8));
+            }
+            $acc = _mm256_fmadd_ps($d, _mm256_cvtepi32_ps(sumi), $acc);
+        }};
+    }
+    let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
     let tail = xs.remainder().iter().zip(ys.remainder());
     for (x, y) in xs.zip(ys) {
-        acc[0] = block(prepare(&x[0], &y[0]), acc[0]);
-        acc[1] = block(prepare(&x[1], &y[1]), acc[1]);
+        let p: [Prepared; 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
+        // Eight scales' f16 bits in one register, inserted from integer registers: built on
+        // the stack instead (as `_mm_set_epi16` compiles), the vector load would wait for the
+        // narrow stores before it to retire.
+        let halves = |pick: fn(&Prepared) -> [u8; 2]| {
+            let h = |k: usize| i32::from(u16::from_le_bytes(pick(&p[k])));
+            let v = _mm_cvtsi32_si128(h(0));
+            let v = _mm_insert_epi16::<1>(v, h(1));
+            let v = _mm_insert_epi16::<2>(v, h(2));
+            let v = _mm_insert_epi16::<3>(v, h(3));
+            let v = _mm_insert_epi16::<4>(v, h(4));
+            let v = _mm_insert_epi16::<5>(v, h(5));
+            let v = _mm_insert_epi16::<6>(v, h(6));
+            _mm256_cvtph_ps(_mm_insert_epi16::<7>(v, h(7)))
+        };
+        let scales = _mm256_mul_ps(halves(|b| b.0), halves(|b| b.1));
+        for (k, &(_, _, u, q8)) in p.iter().enumerate() {
+            let d = _mm256_permutexvar_ps(_mm256_set1_epi32(k as i32), scales);
+            block!(u, q8, d, acc[k % 2]);
+        }
     }
-    for (x, y) in tail {
-        acc[0] = block(prepare(x, y), acc[0]);
+    // The last few blocks one by one; the first of them has an even index, as above.
+    for (k, (x, y)) in tail.enumerate() {
+        let (dw, da, u, q8) = prepare(x, y);
+        block!(u, q8, _mm256_set1_ps(scale_product(dw, da)), acc[k % 2]);
     }
     hsum(_mm256_add_ps(acc[0], acc[1]))
 }
@@ -114,28 +144,22 @@ fn sum_blocks<X, Y>(x: &[X], y: &[Y], offset: u8, prepare: impl Fn(&X, &Y) -> Pr
 /// whole rows of `n` elements.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn vec_dot_q8_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let flip = _mm256_set1_epi8(0x80u8 as i8);
-    sum_blocks(
-        blocks::<BlockQ8_0>(w),
-        blocks::<BlockQ8_0>(act),
-        128,
-        |x, y| {
-            let u = _mm256_xor_si256(load_i8(&x.qs), flip);
-            (scale_product(x.d, y.d), u, load_i8(&y.qs))
-        },
-    )
+    // Signed by signed: |w| times q with w's sign, which vpdpbusd takes as unsigned by signed
+    // (|w| ≤ 128 fits a byte; q is at most 127 in size, so negating it cannot overflow).
+    sum_blocks::<_, _, 0>(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        let w = load_i8(&x.qs);
+        let q = _mm256_sign_epi8(load_i8(&y.qs), w);
+        (x.d, y.d, _mm256_abs_epi8(w), q)
+    })
 }
 
 /// # Safety
 /// As for [`vec_dot_q8_0`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks(
-        blocks::<BlockQ4_0>(w),
-        blocks::<BlockQ8_0>(act),
-        8,
-        |x, y| (scale_product(x.d, y.d), nibbles32(&x.qs), load_i8(&y.qs)),
-    )
+    sum_blocks::<_, _, 8>(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        (x.d, y.d, nibbles32(&x.qs), load_i8(&y.qs))
+    })
 }
 
 /// # Safety
@@ -143,17 +167,12 @@ pub(crate) unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let sixteen = _mm256_set1_epi8(16);
-    sum_blocks(
-        blocks::<BlockQ5_0>(w),
-        blocks::<BlockQ8_0>(act),
-        16,
-        |x, y| {
-            // Bit j of qh adds 16 to element j.
-            let q = nibbles32(&x.qs);
-            let u = _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, sixteen);
-            (scale_product(x.d, y.d), u, load_i8(&y.qs))
-        },
-    )
+    sum_blocks::<_, _, 16>(blocks::<BlockQ5_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
+        // Bit j of qh adds 16 to element j.
+        let q = nibbles32(&x.qs);
+        let u = _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, sixteen);
+        (x.d, y.d, u, load_i8(&y.qs))
+    })
 }
 
 /// The Q4_K/Q5_K dot product (layout as in AVX2's): per 64 quants one `vpmaddubsw` and one
