@@ -1,7 +1,7 @@
 //! Element-by-element functions of activations: the softmax of attention scores, SiLU and GELU.
 //! libm's `expf` is one call per element, which no compiler vectorizes; [`exp`] is a polynomial in
 //! plain arithmetic, so the loops around it are [`multiversion`]ed into 16-wide AVX-512 (ggml does
-//! the same with its `ggml_v_expf`). GELU is ggml's table lookup, its index computed the same way.
+//! the same with its `ggml_v_expf`). GELU is ggml's table lookup, its index the input's f16 bits.
 //!
 //! [`multiversion`]: crate::multiversion
 
@@ -126,7 +126,7 @@ fn gelu_mul_body(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
         // Looked up for every x, and then chosen without a branch: the loop vectorizes.
-        let t = table[f16_bits(x) as usize];
+        let t = table[f32_to_f16_bits(x) as usize];
         let y = if x <= -10.0 {
             0.0
         } else if x >= 10.0 {
@@ -154,30 +154,7 @@ fn gelu_table() -> &'static [f32; 1 << 16] {
     })
 }
 
-/// The f16 nearest `x` (ties to even), as bits: what F16C's `vcvtps2ph` gives, in integer
-/// arithmetic that vectorizes (Fabian Giesen's branch-free method; NaN becomes a quiet NaN).
-#[inline(always)]
-fn f16_bits(x: f32) -> u16 {
-    const F16_TOO_BIG: u32 = (127 + 16) << 23;
-    const F16_SMALLEST_NORMAL: u32 = 113 << 23;
-    // 0.5: adding it puts a subnormal f16's 10 bits at the bottom, rounded to nearest even.
-    const SUBNORMAL_MAGIC: u32 = 126 << 23;
-    let bits = x.to_bits();
-    let sign = (bits >> 16) & 0x8000;
-    let a = bits & 0x7fff_ffff;
-    let huge = if a > 0x7f80_0000 { 0x7e00 } else { 0x7c00 };
-    let tiny = (f32::from_bits(a) + f32::from_bits(SUBNORMAL_MAGIC)).to_bits() - SUBNORMAL_MAGIC;
-    // Rebias the exponent and round: 0xfff plus the lowest kept bit makes ties go to even.
-    let normal = (a.wrapping_sub((127 - 15) << 23) + 0xfff + ((a >> 13) & 1)) >> 13;
-    let h = if a >= F16_TOO_BIG {
-        huge
-    } else if a < F16_SMALLEST_NORMAL {
-        tiny
-    } else {
-        normal
-    };
-    (h | sign) as u16
-}
+use crate::formats::f32_to_f16_bits;
 
 #[cfg(test)]
 mod tests {
@@ -257,30 +234,6 @@ mod tests {
             }
         }
         assert_eq!(max(&[f32::NAN, 1.0]), 1.0);
-    }
-
-    #[test]
-    fn f16_bits_rounds_as_f16c() {
-        // Every 7th f32 bit pattern (all exponents, both signs, ties among them), plus the edges.
-        let edges = [
-            0.0,
-            -0.0,
-            65504.0,
-            65520.0,
-            65519.99,
-            f32::INFINITY,
-            f32::NAN,
-            5.96e-8,
-        ];
-        for x in (0..u32::MAX).step_by(7).map(f32::from_bits).chain(edges) {
-            let want = half::f16::from_f32(x).to_bits();
-            let got = f16_bits(x);
-            if x.is_nan() {
-                assert!(half::f16::from_bits(got).is_nan(), "{x}: {got:#x}");
-            } else {
-                assert_eq!(got, want, "{x:e} ({:#x})", x.to_bits());
-            }
-        }
     }
 
     #[test]

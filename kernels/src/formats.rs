@@ -74,6 +74,31 @@ pub(crate) fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(sign | bits)
 }
 
+/// The f16 nearest `x` (ties to even), as bits: what F16C's `vcvtps2ph` gives, in integer
+/// arithmetic that vectorizes (Fabian Giesen's branch-free method; NaN becomes a quiet NaN).
+#[inline]
+pub(crate) fn f32_to_f16_bits(x: f32) -> u16 {
+    const F16_TOO_BIG: u32 = (127 + 16) << 23;
+    const F16_SMALLEST_NORMAL: u32 = 113 << 23;
+    // 0.5: adding it puts a subnormal f16's 10 bits at the bottom, rounded to nearest even.
+    const SUBNORMAL_MAGIC: u32 = 126 << 23;
+    let bits = x.to_bits();
+    let sign = (bits >> 16) & 0x8000;
+    let a = bits & 0x7fff_ffff;
+    let huge = if a > 0x7f80_0000 { 0x7e00 } else { 0x7c00 };
+    let tiny = (f32::from_bits(a) + f32::from_bits(SUBNORMAL_MAGIC)).to_bits() - SUBNORMAL_MAGIC;
+    // Rebias the exponent and round: 0xfff plus the lowest kept bit makes ties go to even.
+    let normal = (a.wrapping_sub((127 - 15) << 23) + 0xfff + ((a >> 13) & 1)) >> 13;
+    let h = if a >= F16_TOO_BIG {
+        huge
+    } else if a < F16_SMALLEST_NORMAL {
+        tiny
+    } else {
+        normal
+    };
+    (h | sign) as u16
+}
+
 /// f32 to ggml_half bytes, rounding to nearest even like GGML_FP32_TO_FP16.
 #[inline]
 pub(crate) fn f16_to_le(x: f32) -> [u8; 2] {
@@ -242,6 +267,31 @@ mod tests {
             let (sc, mn) = k4_scales_mins(&q);
             assert_eq!(sc.to_vec(), bytes[..8].to_vec());
             assert_eq!(mn.to_vec(), bytes[8..].to_vec());
+        }
+    }
+
+    #[test]
+    fn f32_to_f16_bits_rounds_as_f16c() {
+        // Every 61st f32 bit pattern (all exponents, both signs, and every residue of the 13 bits
+        // rounded off, ties among them), plus the edges.
+        let edges = [
+            0.0,
+            -0.0,
+            65504.0,
+            65520.0,
+            65519.99,
+            f32::INFINITY,
+            f32::NAN,
+            5.96e-8,
+        ];
+        for x in (0..u32::MAX).step_by(61).map(f32::from_bits).chain(edges) {
+            let want = f16::from_f32(x).to_bits();
+            let got = f32_to_f16_bits(x);
+            if x.is_nan() {
+                assert!(f16::from_bits(got).is_nan(), "{x}: {got:#x}");
+            } else {
+                assert_eq!(got, want, "{x:e} ({:#x})", x.to_bits());
+            }
         }
     }
 

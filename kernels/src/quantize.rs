@@ -1,9 +1,12 @@
 //! Conversion of f32 activations to the type a weight's dot product wants (its `vec_dot_type`),
 //! as ggml's quantize_row_q8_0_ref / q8_1_ref / q8_K_ref and its f16/bf16 conversions do it.
 
-use crate::formats::{blocks_mut, f16_to_le, f32_to_bf16_bits, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::formats::{
+    blocks_mut, f16_bits_to_f32, f16_to_le, f32_to_bf16_bits, f32_to_f16_bits, BlockQ8K, BlockQ8_0,
+    BlockQ8_1,
+};
 use crate::ggml_type::GgmlType;
-use half::{f16, slice::HalfFloatSliceExt};
+use half::f16;
 
 crate::multiversion::multiversion! {
     /// Converts `src` into `dst`, which is exactly `src.len()` elements' worth of `ty` bytes.
@@ -145,14 +148,29 @@ fn q8_k(x: &[f32], y: &mut [BlockQ8K]) {
     }
 }
 
-/// f32 to f16 for a whole row, rounding to nearest even (F16C when the CPU has it, like ggml).
-pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
-    dst.convert_from_f32_slice(src);
+crate::multiversion::multiversion! {
+    /// f32 to f16 for a whole row, rounding to nearest even (as F16C does, and ggml with it), in
+    /// integer arithmetic that vectorizes (`half`'s conversion probes the CPU every 8 values).
+    pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [f16]) = f32_to_f16_body;
 }
 
-/// f16 to f32 for a whole row (exact).
-pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
-    src.convert_to_f32_slice(dst);
+#[inline(always)]
+fn f32_to_f16_body(src: &[f32], dst: &mut [f16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f16::from_bits(f32_to_f16_bits(s));
+    }
+}
+
+crate::multiversion::multiversion! {
+    /// f16 to f32 for a whole row (exact), vectorized as [`f32_to_f16`].
+    pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) = f16_to_f32_body;
+}
+
+#[inline(always)]
+fn f16_to_f32_body(src: &[f16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f16_bits_to_f32(s.to_bits());
+    }
 }
 
 #[cfg(test)]

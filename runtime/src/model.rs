@@ -695,13 +695,13 @@ impl<'a> Model<'a> {
                             };
                             // acc = f16(acc * ms + v * vs), element by element, as ggml_vec_scale_f16
                             // followed by ggml_vec_mad_f16.
+                            if ms != 1.0 {
+                                kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
+                                sc.acc.iter_mut().for_each(|a| *a *= ms);
+                                kernels::f32_to_f16_row(&sc.acc, &mut sc.acc16);
+                            }
                             kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
                             kernels::f16_to_f32_row(value(p), &mut sc.vrow);
-                            if ms != 1.0 {
-                                sc.acc
-                                    .iter_mut()
-                                    .for_each(|a| *a = f16::from_f32(*a * ms).to_f32());
-                            }
                             sc.acc
                                 .iter_mut()
                                 .zip(&sc.vrow)
