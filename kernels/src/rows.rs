@@ -62,16 +62,24 @@ fn columns_block<const R: usize>(
         if width < 16 && keys.len() < (dim - 1) * stride + p0 + 16 {
             break;
         }
-        let mut acc = [[0.0f32; 16]; R];
-        for i in 0..dim {
-            let k: &[f32; 16] = keys[i * stride + p0..][..16].try_into().expect("16 keys");
-            for (acc, q) in acc.iter_mut().zip(&q) {
-                let q = q[i];
-                for l in 0..16 {
-                    acc[l] = q.mul_add(k[l], acc[l]);
+        // (A match, not `unwrap_or_else`: a closure is compiled without the multiversioned
+        // body's features, and its `mul_add` became a libm call.)
+        let acc = match simd_columns::<R>(qs, dim, keys, stride, p0) {
+            Some(acc) => acc,
+            None => {
+                let mut acc = [[0.0f32; 16]; R];
+                for i in 0..dim {
+                    let k: &[f32; 16] = keys[i * stride + p0..][..16].try_into().expect("16 keys");
+                    for (acc, q) in acc.iter_mut().zip(&q) {
+                        let q = q[i];
+                        for l in 0..16 {
+                            acc[l] = q.mul_add(k[l], acc[l]);
+                        }
+                    }
                 }
+                acc
             }
-        }
+        };
         for (r, acc) in acc.iter().enumerate() {
             out[r * n + p0..][..width].copy_from_slice(&acc[..width]);
         }
@@ -155,18 +163,25 @@ fn weighted_block<const R: usize>(
     let w: [&[f32]; R] = std::array::from_fn(|r| &weights[r * n..][..n]);
     let mut c0 = 0;
     while c0 + CHUNK <= dim {
-        let mut acc = [[0.0f32; CHUNK]; R];
-        for p in 0..n {
-            let v: &[f32; CHUNK] = values[p * stride + c0..][..CHUNK]
-                .try_into()
-                .expect("a whole chunk");
-            for (acc, w) in acc.iter_mut().zip(&w) {
-                let w = w[p];
-                for i in 0..CHUNK {
-                    acc[i] = w.mul_add(v[i], acc[i]);
+        // (A match, not `unwrap_or_else`, as in `columns_block`.)
+        let acc = match simd_weighted::<R>(weights, n, values, stride, c0) {
+            Some(acc) => acc,
+            None => {
+                let mut acc = [[0.0f32; CHUNK]; R];
+                for p in 0..n {
+                    let v: &[f32; CHUNK] = values[p * stride + c0..][..CHUNK]
+                        .try_into()
+                        .expect("a whole chunk");
+                    for (acc, w) in acc.iter_mut().zip(&w) {
+                        let w = w[p];
+                        for i in 0..CHUNK {
+                            acc[i] = w.mul_add(v[i], acc[i]);
+                        }
+                    }
                 }
+                acc
             }
-        }
+        };
         for (r, acc) in acc.iter().enumerate() {
             out[r * dim + c0..][..CHUNK].copy_from_slice(acc);
         }
@@ -181,6 +196,46 @@ fn weighted_block<const R: usize>(
             out[r * dim + e] = s;
         }
     }
+}
+
+/// The hand-written [`columns_block`] of this CPU for `R` rows (AVX-512, 8 rows), if any: the
+/// same sums in the same order, kept in registers (the compiled generic block spilled them).
+#[inline(always)]
+fn simd_columns<const R: usize>(
+    qs: &[f32],
+    dim: usize,
+    keys: &[f32],
+    stride: usize,
+    p0: usize,
+) -> Option<[[f32; 16]; R]> {
+    #[cfg(target_arch = "x86_64")]
+    if R == 8 && crate::dispatch::get().width == crate::multiversion::Width::Avx512 {
+        // SAFETY: the dispatch reports AVX-512 only where the CPU has it.
+        let block = unsafe { crate::x86::avx512::columns_8x16(qs, dim, keys, stride, p0) };
+        return Some(std::array::from_fn(|r| block[r]));
+    }
+    let _ = (qs, dim, keys, stride, p0);
+    None
+}
+
+/// The hand-written [`weighted_block`] of this CPU for `R` rows (AVX-512, 4 rows), if any, as
+/// [`simd_columns`].
+#[inline(always)]
+fn simd_weighted<const R: usize>(
+    weights: &[f32],
+    n: usize,
+    values: &[f32],
+    stride: usize,
+    c0: usize,
+) -> Option<[[f32; CHUNK]; R]> {
+    #[cfg(target_arch = "x86_64")]
+    if R == 4 && crate::dispatch::get().width == crate::multiversion::Width::Avx512 {
+        // SAFETY: as in `simd_columns`.
+        let block = unsafe { crate::x86::avx512::weighted_4x32(weights, n, values, stride, c0) };
+        return Some(std::array::from_fn(|r| block[r]));
+    }
+    let _ = (weights, n, values, stride, c0);
+    None
 }
 
 #[cfg(test)]

@@ -870,3 +870,73 @@ fn round_away(x: __m512, one: __m512i) -> __m512i {
     let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(frac, _mm512_set1_ps(-0.5));
     _mm512_mask_sub_epi32(_mm512_mask_add_epi32(t, up, t, one), down, t, one)
 }
+
+/// [`crate::rows`]'s query block: `out[r][l] = Σ_i q[r · dim + i] · keys[i · stride + p0 + l]` for
+/// 8 rows and 16 keys, each sum fused-multiply-added in order of `i` as the generic block does
+/// (so the same bits). In registers throughout: the compiled generic block kept eight row
+/// pointers and their bounds checks, spilling its sums every step.
+///
+/// # Panics
+/// If `q` holds fewer than 8 rows of `dim` or `keys` lacks the 16 columns from `p0` in a row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn columns_8x16(
+    q: &[f32],
+    dim: usize,
+    keys: &[f32],
+    stride: usize,
+    p0: usize,
+) -> [[f32; 16]; 8] {
+    assert!(q.len() >= 8 * dim, "columns_8x16: 8 rows of {dim}");
+    assert!(
+        dim == 0 || keys.len() >= (dim - 1) * stride + p0 + 16,
+        "columns_8x16: 16 keys from {p0} in {dim} rows of stride {stride}"
+    );
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for i in 0..dim {
+        // SAFETY: i < dim, so i · stride + p0 + 16 is within `keys` (checked above).
+        let k = unsafe { _mm512_loadu_ps(keys.as_ptr().add(i * stride + p0)) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: r · dim + i < 8 · dim ≤ q.len() (checked above).
+            let qi = unsafe { *q.get_unchecked(r * dim + i) };
+            *acc = _mm512_fmadd_ps(_mm512_set1_ps(qi), k, *acc);
+        }
+    }
+    // SAFETY: eight vectors of 16 f32s are 8 × 16 f32s.
+    unsafe { std::mem::transmute::<[__m512; 8], [[f32; 16]; 8]>(acc) }
+}
+
+/// [`crate::rows`]'s weighted block: `out[r][e] = Σ_p w[r · n + p] · values[p · stride + c0 + e]`
+/// for 4 rows and 32 elements, in order of `p` as the generic block (the same bits), in registers.
+///
+/// # Panics
+/// If `w` holds fewer than 4 rows of `n` or `values` lacks the 32 elements from `c0` in a row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn weighted_4x32(
+    w: &[f32],
+    n: usize,
+    values: &[f32],
+    stride: usize,
+    c0: usize,
+) -> [[f32; 32]; 4] {
+    assert!(w.len() >= 4 * n, "weighted_4x32: 4 rows of {n}");
+    assert!(
+        n == 0 || values.len() >= (n - 1) * stride + c0 + 32,
+        "weighted_4x32: 32 elements from {c0} in {n} rows of stride {stride}"
+    );
+    let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+    for p in 0..n {
+        // SAFETY: p < n, so p · stride + c0 + 32 is within `values` (checked above).
+        let v = unsafe {
+            let at = values.as_ptr().add(p * stride + c0);
+            [_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16))]
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: r · n + p < 4 · n ≤ w.len() (checked above).
+            let wp = _mm512_set1_ps(unsafe { *w.get_unchecked(r * n + p) });
+            acc[0] = _mm512_fmadd_ps(wp, v[0], acc[0]);
+            acc[1] = _mm512_fmadd_ps(wp, v[1], acc[1]);
+        }
+    }
+    // SAFETY: four pairs of vectors of 16 f32s are 4 × 32 f32s.
+    unsafe { std::mem::transmute::<[[__m512; 2]; 4], [[f32; 32]; 4]>(acc) }
+}

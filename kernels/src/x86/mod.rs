@@ -39,6 +39,66 @@ mod tests {
         simd_check::check_isa("avx512", avx512::kernel);
     }
 
+    /// The attention blocks sum in the generic blocks' order, so they match plain `mul_add`
+    /// loops bit for bit (on data whose sums round differently in other orders).
+    #[test]
+    fn avx512_attention_blocks_match_plain_loops_exactly() {
+        if !avx512::available() {
+            eprintln!("skipping the AVX-512 attention blocks: this CPU lacks AVX-512 F/BW/VL/VNNI");
+            return;
+        }
+        let data = |n: usize, seed: u64| -> Vec<f32> {
+            let mut x = seed;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 20001) as f32 / 1000.0 - 10.0
+                })
+                .collect()
+        };
+        for (dim, n, stride, at) in [
+            (256, 40, 48, 16),
+            (64, 16, 40, 0),
+            (1, 3, 35, 3),
+            (0, 5, 32, 0),
+        ] {
+            let q = data(8 * dim, 1);
+            let keys = data(dim.max(1) * stride, 2);
+            // SAFETY: checked above that the CPU has AVX-512.
+            let got = unsafe { avx512::columns_8x16(&q, dim, &keys, stride, at) };
+            for (r, got) in got.iter().enumerate() {
+                for (l, &g) in got.iter().enumerate() {
+                    let want = (0..dim).fold(0.0f32, |s, i| {
+                        q[r * dim + i].mul_add(keys[i * stride + at + l], s)
+                    });
+                    assert_eq!(
+                        g.to_bits(),
+                        want.to_bits(),
+                        "columns dim {dim} row {r} key {l}"
+                    );
+                }
+            }
+            let w = data(4 * n, 3);
+            let values = data(n * stride, 4);
+            // SAFETY: as above.
+            let got = unsafe { avx512::weighted_4x32(&w, n, &values, stride, 0) };
+            for (r, got) in got.iter().enumerate() {
+                for (e, &g) in got.iter().enumerate() {
+                    let want = (0..n).fold(0.0f32, |s, p| {
+                        w[r * n + p].mul_add(values[p * stride + e], s)
+                    });
+                    assert_eq!(
+                        g.to_bits(),
+                        want.to_bits(),
+                        "weighted n {n} row {r} elem {e}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn avx512_gemm_tile_matches_scalar_tile() {
         if !avx512::available() {
