@@ -132,6 +132,25 @@ fn cap_from_env() -> Cap {
     }
 }
 
+/// The values of `LLAMAFILE_ISA` that give different kernels on this CPU, lowest first: the last
+/// one is what runs uncapped.
+pub(crate) fn caps() -> Vec<&'static str> {
+    let mut caps = vec!["scalar"];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::x86::{avx2, avx512};
+        if avx2::available() {
+            caps.push("avx2");
+        }
+        if avx512::available() {
+            caps.push("avx512");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    caps.push("neon");
+    caps
+}
+
 fn detect() -> Dispatch {
     let cap = cap_from_env();
     let mut d = Dispatch::scalar();

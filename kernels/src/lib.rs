@@ -141,6 +141,12 @@ pub fn isa_name() -> &'static str {
     dispatch::get().isa
 }
 
+/// The values of `LLAMAFILE_ISA` that select different kernels on this CPU, lowest first (the last
+/// is the default): what a test run must go through to check every variant the CPU can run.
+pub fn isa_caps() -> Vec<&'static str> {
+    dispatch::caps()
+}
+
 /// f32 → f16, rounding to nearest even (as ggml stores the KV cache).
 ///
 /// # Panics

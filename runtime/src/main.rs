@@ -310,6 +310,7 @@ fn complete(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
             "tokens": generation.tokens,
             "text": text,
             "timings": timings_json(&generation),
+            "isa": kernels::isa_name(),
         });
         if opts.top_logprobs.is_some() {
             obj["top_logprobs"] = json!(generation.top_logprobs);
@@ -358,7 +359,7 @@ fn perplexity(engine: &Engine, args: &Args) -> Result<(), String> {
     if args.json {
         println!(
             "{}",
-            json!({"perplexity": r.perplexity, "chunks": r.chunks, "tokens": r.tokens})
+            json!({"perplexity": r.perplexity, "chunks": r.chunks, "tokens": r.tokens, "isa": kernels::isa_name()})
         );
     } else {
         println!(

@@ -302,5 +302,6 @@ impl GgufFile {
     }
 }
 
+pub mod agreement;
 pub mod files;
 pub mod server;

@@ -1,74 +1,21 @@
 //! Agreement with llama.cpp: every fixture of shared/reference, through the real `llamafile` binary,
 //! within the bounds that shared/reference/README.md states.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use e2e::agreement::{self, Agreement, Bounds, FLOAT, GEMMA, QUANTIZED};
 use e2e::{fixtures, json_stdout, llamafile, models_dir, shared_reference};
 use serde_json::Value;
 
-/// How many log-probabilities per position we ask for: enough that llama.cpp's top 5 are nearly
-/// always among them.
-const OUR_K: usize = 64;
-
-struct Bounds {
-    mean: f64,
-    p99: f64,
-}
-
-const QUANTIZED: Bounds = Bounds {
-    mean: 0.10,
-    p99: 0.5,
-};
-const FLOAT: Bounds = Bounds {
-    mean: 0.005,
-    p99: 0.02,
-};
-const GEMMA: Bounds = Bounds {
-    mean: 0.25,
-    p99: 1.5,
-};
-
-fn pairs(v: &Value) -> Vec<(u64, f64)> {
-    v.as_array()
-        .expect("array of pairs")
-        .iter()
-        .map(|p| (p[0].as_u64().expect("id"), p[1].as_f64().expect("logprob")))
-        .collect()
-}
-
-/// |ours − llama.cpp's| for llama.cpp's five most likely tokens, and whether the top-1 agrees.
-struct PositionCheck {
-    diffs: Vec<f64>,
-    margin: f64,
-    top1_agrees: bool,
-}
-
-fn check_position(theirs: &[(u64, f64)], ours: &[(u64, f64)]) -> PositionCheck {
-    let ours_map: HashMap<u64, f64> = ours.iter().copied().collect();
-    let floor = ours.last().map_or(f64::NEG_INFINITY, |p| p.1);
-    let diffs = theirs
-        .iter()
-        .take(5)
-        .map(|&(id, lp)| match ours_map.get(&id) {
-            Some(&o) => (o - lp).abs(),
-            // Not in our top K: our logprob is below `floor`, so the difference is at least this.
-            None => (lp - floor).max(0.0),
-        })
-        .collect();
-    PositionCheck {
-        diffs,
-        margin: theirs[0].1 - theirs.get(1).map_or(f64::NEG_INFINITY, |p| p.1),
-        top1_agrees: ours.first().map(|p| p.0) == Some(theirs[0].0),
+/// The kernels a run used (its `--json` says), checked against what `LLAMAFILE_ISA` asked for:
+/// `cargo xtask test` runs these tests once per instruction set the host has, and a cap that was
+/// not applied would check the same kernels twice.
+fn isa_of(out: &Value) -> String {
+    let isa = out["isa"].as_str().expect("isa").to_string();
+    if let Ok(cap @ ("scalar" | "avx2")) = std::env::var("LLAMAFILE_ISA").as_deref() {
+        assert_eq!(isa, cap, "LLAMAFILE_ISA={cap} was not applied");
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
+    isa
 }
 
 /// Runs every case of `fixture` on `model` and asserts the bounds.
@@ -76,106 +23,22 @@ fn check_fixture(label: &str, model: &Path, fixture: &Path, bounds: &Bounds) {
     let text =
         std::fs::read_to_string(fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
     let tmp = std::env::temp_dir().join(format!("llamafile-ref-{}-{label}", std::process::id()));
-    let mut diffs = Vec::new();
-    let (mut eligible, mut agree) = (0usize, 0usize);
-    let mut failures = Vec::new();
-    let mut greedy_checked = 0usize;
+    let mut agreement = Agreement::default();
+    let mut isa = String::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let case: Value = serde_json::from_str(line).expect("fixture line");
-        let id = case["id"].as_str().expect("id");
         std::fs::write(&tmp, case["text"].as_str().expect("text")).expect("write prompt");
-        let greedy = case["greedy"].as_array().expect("greedy");
-        let n = greedy.len().to_string();
-        let k = OUR_K.to_string();
-        let out = llamafile(&[
-            "-m",
-            model.to_str().unwrap(),
-            "-f",
-            tmp.to_str().unwrap(),
-            "--no-escape",
-            "--json",
-            "--prompt-logprobs",
-            "--top-logprobs",
-            &k,
-            "-n",
-            &n,
-            "--temp",
-            "0",
-            "-c",
-            "2048",
-            "-t",
-            "1",
-        ]);
-        let ours = json_stdout(&out);
-        if ours["prompt_tokens"] != case["prompt_tokens"] {
-            failures.push(format!(
-                "{id}: tokens {} != llama.cpp's {}",
-                ours["prompt_tokens"], case["prompt_tokens"]
-            ));
-            continue;
-        }
-        let theirs_top = case["prompt_top"].as_array().expect("prompt_top");
-        let ours_top = ours["prompt_logprobs"].as_array().expect("prompt_logprobs");
-        assert_eq!(theirs_top.len(), ours_top.len(), "{id}: positions");
-        for (pos, (t, o)) in theirs_top.iter().zip(ours_top).enumerate() {
-            let c = check_position(&pairs(t), &pairs(o));
-            diffs.extend_from_slice(&c.diffs);
-            if c.margin >= 0.05 {
-                eligible += 1;
-                agree += c.top1_agrees as usize;
-            }
-            if c.margin >= 0.5 && !c.top1_agrees {
-                failures.push(format!(
-                    "{id}: position {pos}: top-1 differs where llama.cpp wins by {:.3}",
-                    c.margin
-                ));
-            }
-        }
-        // Greedy tokens must agree up to the first step llama.cpp itself decides by less than 0.25.
-        let our_tokens = ours["tokens"].as_array().expect("tokens");
-        for (step, g) in greedy.iter().enumerate() {
-            let top = pairs(&g["top"]);
-            if top.len() >= 2 && top[0].1 - top[1].1 < 0.25 {
-                break;
-            }
-            greedy_checked += 1;
-            if our_tokens.get(step).and_then(Value::as_u64) != g["token"].as_u64() {
-                failures.push(format!(
-                    "{id}: greedy step {step}: ours {:?}, llama.cpp {}",
-                    our_tokens.get(step),
-                    g["token"]
-                ));
-                break;
-            }
-        }
+        let steps = case["greedy"].as_array().expect("greedy").len();
+        let mut args = vec!["-m".to_string(), model.to_str().unwrap().to_string()];
+        args.extend(agreement::run_args(tmp.to_str().unwrap(), steps, 1));
+        let ours = json_stdout(&llamafile(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        isa = isa_of(&ours);
+        agreement.add(&case, &ours, steps);
     }
     let _ = std::fs::remove_file(&tmp);
-    diffs.sort_by(f64::total_cmp);
-    let mean = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
-    let p99 = percentile(&diffs, 0.99);
-    let max = diffs.last().copied().unwrap_or(0.0);
-    let agreement = agree as f64 / eligible.max(1) as f64;
-    eprintln!(
-        "{label}: logprob diff mean {mean:.4} p99 {p99:.4} max {max:.4}; top-1 {:.1}% of {eligible}; greedy steps checked {greedy_checked}",
-        agreement * 100.0
-    );
-    if mean > bounds.mean {
-        failures.push(format!(
-            "mean logprob difference {mean:.4} > {}",
-            bounds.mean
-        ));
-    }
-    if p99 > bounds.p99 {
-        failures.push(format!("p99 logprob difference {p99:.4} > {}", bounds.p99));
-    }
-    if agreement < 0.93 {
-        failures.push(format!("top-1 agreement {:.1}% < 93%", agreement * 100.0));
-    }
-    assert!(
-        failures.is_empty(),
-        "{label} disagrees with llama.cpp:\n{}",
-        failures.join("\n")
-    );
+    agreement.assert_within(&format!("{label} [{isa}]"), bounds);
 }
 
 /// Perplexity over the shared text with chunks of 256 tokens, within 1 % of llama.cpp's.
@@ -194,7 +57,8 @@ fn check_perplexity(label: &str, model: &Path, expected: f64) {
     let v = json_stdout(&out);
     let ppl = v["perplexity"].as_f64().expect("perplexity");
     let dev = (ppl / expected - 1.0) * 100.0;
-    eprintln!("{label}: perplexity {ppl:.4} vs llama.cpp {expected:.4} ({dev:+.3}%)");
+    let isa = isa_of(&v);
+    eprintln!("{label} [{isa}]: perplexity {ppl:.4} vs llama.cpp {expected:.4} ({dev:+.3}%)");
     assert!(
         dev.abs() <= 1.0,
         "{label}: perplexity {ppl} deviates {dev:.3}% from llama.cpp's {expected}"

@@ -1,10 +1,13 @@
 //! `cargo xtask test`: the project's one test command (README.md, .ci/run).
 //!
 //! The end-to-end tests run the real binaries, so they are built first, in the release profile the
-//! tests are built in too; the test models are fetched when missing. Then the kernels' tests run
-//! once more as aarch64 code under qemu-user, so that the NEON kernels are checked against the
-//! scalar reference too (when Debian's cross toolchain is installed; `--require-aarch64` makes
-//! its absence an error, as CI wants).
+//! tests are built in too; the test models are fetched when missing. The whole suite runs on the
+//! best kernels this CPU has; then the tests that go through the run-time dispatch (the kernels'
+//! own and the fidelity checks against llama.cpp) run again under each lower `LLAMAFILE_ISA`, so
+//! that an AVX-512 machine checks the AVX2 paths too. Last, the kernels' tests run as aarch64 code
+//! under qemu-user, so that the NEON kernels are checked against the scalar reference too (when
+//! Debian's cross toolchain is installed; `--require-aarch64` makes its absence an error, as CI
+//! wants). The closing summary names every group that ran.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -40,16 +43,73 @@ pub fn run(args: &[String]) -> Result<(), String> {
         test_args.push("--");
         test_args.extend(extra.iter().map(String::as_str));
     }
+    let mut ran = Vec::new();
+    let (best, lower) = kernels::isa_caps()
+        .split_last()
+        .map(|(best, lower)| (*best, lower.to_vec()))
+        .expect("at least the scalar kernels");
     cargo(&root, &host_cargo, &test_args, &env)?;
-    aarch64_kernels(&root, env, require_aarch64)
+    let suite = if extra.is_empty() {
+        "the whole suite".to_string()
+    } else {
+        format!("the suite with `{}`", extra.join(" "))
+    };
+    match std::env::var("LLAMAFILE_ISA") {
+        // The caller chose the kernels: nothing else runs on the host's.
+        Ok(cap) => ran.push(format!(
+            "{suite}, with LLAMAFILE_ISA={cap} as set by the caller"
+        )),
+        Err(_) => {
+            ran.push(format!("{suite}, on this CPU's best kernels ({best})"));
+            if extra.is_empty() {
+                for isa in lower.iter().rev() {
+                    ran.push(lower_isa(&root, &host_cargo, &env, isa)?);
+                }
+            }
+        }
+    }
+    ran.push(aarch64_kernels(&root, env, require_aarch64)?);
+    eprintln!("xtask test: every group passed:");
+    for group in &ran {
+        eprintln!("  - {group}");
+    }
+    Ok(())
 }
 
-/// `cargo test -p kernels` built for aarch64 and run under qemu-aarch64.
+/// The kernels' tests and the fidelity tests again with `LLAMAFILE_ISA=isa`. The scalar kernels
+/// are slow on the real models (minutes each) and are the reference every SIMD kernel is checked
+/// against already, so under them the fidelity tests run on the small llama-synth models only (all
+/// thirteen types).
+fn lower_isa(
+    root: &Path,
+    host_cargo: &OsString,
+    env: &[(&'static str, OsString)],
+    isa: &str,
+) -> Result<String, String> {
+    let mut env = env.to_vec();
+    env.push(("LLAMAFILE_ISA", isa.into()));
+    eprintln!("xtask: LLAMAFILE_ISA={isa}");
+    let kernel_tests = ["test", "--release", "-p", "kernels", "--lib", "--tests"];
+    cargo(root, host_cargo, &kernel_tests, &env)?;
+    let mut fidelity = vec!["test", "--release", "-p", "e2e", "--test", "reference"];
+    let scope = if isa == "scalar" {
+        fidelity.push("synth_");
+        "the llama-synth fidelity tests"
+    } else {
+        "the fidelity tests"
+    };
+    cargo(root, host_cargo, &fidelity, &env)?;
+    Ok(format!(
+        "the kernels' tests and {scope}, with LLAMAFILE_ISA={isa}"
+    ))
+}
+
+/// `cargo test -p kernels` built for aarch64 and run under qemu-aarch64; says what it ran.
 fn aarch64_kernels(
     root: &Path,
     mut env: Vec<(&'static str, OsString)>,
     required: bool,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let cross = dist::debian_cross_aarch64().and_then(|b| {
         if dist::on_path("qemu-aarch64") {
             Ok(b)
@@ -66,11 +126,12 @@ fn aarch64_kernels(
             ))
         }
         Err(e) => {
-            eprintln!(
-                "xtask: skipping the aarch64 kernel tests: {e} (install: {})",
+            let skipped = format!(
+                "NOT RUN: the aarch64 kernel tests: {e} (install: {})",
                 dist::CROSS_PACKAGES
             );
-            return Ok(());
+            eprintln!("xtask: {skipped}");
+            return Ok(skipped);
         }
     };
     env.extend(cross.env);
@@ -101,7 +162,8 @@ fn aarch64_kernels(
             dist::AARCH64_LINUX,
         ],
         &env,
-    )
+    )?;
+    Ok("the kernels' tests as aarch64 code under qemu-aarch64 (neon)".into())
 }
 
 fn cargo(
