@@ -163,11 +163,7 @@ fn detect() -> Dispatch {
         }
         if cap >= Cap::Avx512 && avx512::available() {
             d.overlay("avx512vnni", avx512::kernel);
-            d.gemm = Some(gemm::Kernels {
-                tile: avx512::gemm_tile,
-                unpack: avx512::gemm_unpack,
-                pack: avx512::gemm_pack_activations,
-            });
+            d.gemm = Some(avx512::GEMM);
             d.width = Width::Avx512;
         }
     }

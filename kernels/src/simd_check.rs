@@ -550,22 +550,30 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
             let w: Vec<u8> = (0..rows)
                 .flat_map(|_| random_weights(&mut rng, ty, n))
                 .collect();
-            check_matmul(isa, ty, &w, rows, n, &mut rng, "random rows");
+            check_matmul(
+                &format!("{isa}, random rows"),
+                kernels,
+                ty,
+                &w,
+                rows,
+                n,
+                &mut rng,
+            );
         }
     }
 }
 
-/// `gemm::matmul` through `tile` on `rows × n` weights and 7 random tokens, against f64.
+/// `gemm::matmul` through `kernels` on `rows × n` weights and 7 random tokens, against f64.
+/// `label` names the kernels and the rows in failure messages.
 fn check_matmul(
-    isa: &str,
+    label: &str,
+    kernels: crate::gemm::Kernels,
     ty: GgmlType,
     w: &[u8],
     rows: usize,
     n: usize,
     rng: &mut Rng,
-    what: &str,
 ) {
-    let isa_kernels = crate::dispatch::get().gemm.expect("checked by the caller");
     let m = crate::QMatrix {
         ty,
         data: w,
@@ -575,7 +583,7 @@ fn check_matmul(
     let tokens = 7;
     let x: Vec<f32> = (0..tokens).flat_map(|_| rng.activations(n)).collect();
     let mut y = vec![0f32; tokens * rows];
-    crate::gemm::matmul(&m, &x, tokens, &mut y, isa_kernels);
+    crate::gemm::matmul(&m, &x, tokens, &mut y, kernels);
     let row = ty.row_size(n as u64).expect("whole blocks") as usize;
     for t in 0..tokens {
         for r in 0..rows {
@@ -584,7 +592,7 @@ fn check_matmul(
             let got = y[t * rows + r] as f64;
             assert!(
                 (got - exact).abs() <= bound,
-                "{isa} gemm {} ({what}) row {r} token {t}: {got:e}, exact {exact:e}, bound {bound:e}",
+                "{label}: gemm {} row {r} token {t}: {got:e}, exact {exact:e}, bound {bound:e}",
                 ty.name()
             );
         }
@@ -593,7 +601,7 @@ fn check_matmul(
 
 /// [`check_matmul`] on the first rows of every gemm-typed matrix of the synth and real models.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(super) fn check_tile_on_models(isa: &str) {
+pub(super) fn check_tile_on_models(isa: &str, kernels: crate::gemm::Kernels) {
     let mut rng = Rng::new(0x90de1);
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let shared = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
@@ -622,7 +630,15 @@ pub(super) fn check_tile_on_models(isa: &str) {
             let n = t.dims[0] as usize;
             let row = ty.row_size(n as u64).expect("whole blocks") as usize;
             let rows = 5;
-            check_matmul(isa, ty, &t.data[..rows * row], rows, n, &mut rng, t.name);
+            check_matmul(
+                &format!("{isa}, {}", t.name),
+                kernels,
+                ty,
+                &t.data[..rows * row],
+                rows,
+                n,
+                &mut rng,
+            );
             checked += 1;
         }
         assert!(checked > 0, "{}: no gemm-typed matrices", path.display());

@@ -189,27 +189,46 @@ fn short_activations_are_refused() {
     vec_dot(Q4_K, 256, &[0; 144], &[0; 291]);
 }
 
-/// The dispatcher must actually pick the SIMD kernels on a CPU that has them (unless capped).
+/// The dispatcher must pick the best kernels the CPU has, capped by `LLAMAFILE_ISA` (which
+/// `cargo xtask test` sets to check the lower instruction sets too), and list the caps it can run.
 #[test]
-fn dispatch_uses_simd_when_the_cpu_has_it() {
-    if std::env::var_os("LLAMAFILE_ISA").is_some() {
-        return;
-    }
+fn dispatch_picks_the_best_kernels_the_cap_allows() {
+    let cap = std::env::var("LLAMAFILE_ISA").ok();
+    let cap = cap.as_deref();
+    eprintln!("LLAMAFILE_ISA={cap:?}: kernels {}", kernels::isa_name());
     #[cfg(target_arch = "x86_64")]
     {
         let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
-        if avx2 {
-            assert!(
-                matches!(kernels::isa_name(), "avx2" | "avx512vnni"),
-                "{}",
-                kernels::isa_name()
-            );
-        } else {
-            assert_eq!(kernels::isa_name(), "scalar");
-        }
+        let avx512 = avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni");
+        let want = match cap {
+            Some("scalar") => "scalar",
+            _ if !avx2 => "scalar",
+            Some("avx2" | "neon") => "avx2",
+            _ if avx512 => "avx512vnni",
+            _ => "avx2",
+        };
+        assert_eq!(kernels::isa_name(), want);
+        let caps: Vec<&str> = [("scalar", true), ("avx2", avx2), ("avx512", avx512)]
+            .iter()
+            .filter(|c| c.1)
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(kernels::isa_caps(), caps);
     }
     #[cfg(target_arch = "aarch64")]
-    assert_eq!(kernels::isa_name(), "neon");
+    {
+        let want = if cap == Some("scalar") {
+            "scalar"
+        } else {
+            "neon"
+        };
+        assert_eq!(kernels::isa_name(), want);
+        assert_eq!(kernels::isa_caps(), ["scalar", "neon"]);
+    }
 }

@@ -286,6 +286,14 @@ pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     _mm512_reduce_add_ps(acc)
 }
 
+/// The register-tiled GEMM's kernels, for [`crate::gemm::matmul`]. Only to be used where
+/// [`available`] is true.
+pub(crate) const GEMM: crate::gemm::Kernels = crate::gemm::Kernels {
+    tile: gemm_tile,
+    unpack: gemm_unpack,
+    pack: gemm_pack_activations,
+};
+
 /// The [`crate::gemm`] tile: adds `RM × RN` sums of `count` interleaved groups to `out`, 16
 /// blocks per `vpdpbusd` (8 in the last group when `half`).
 ///

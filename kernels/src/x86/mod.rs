@@ -105,14 +105,7 @@ mod tests {
             eprintln!("skipping the AVX-512 tile: this CPU lacks AVX-512 F/BW/VL/VNNI");
             return;
         }
-        simd_check::check_tile(
-            "avx512",
-            crate::gemm::Kernels {
-                tile: avx512::gemm_tile,
-                unpack: avx512::gemm_unpack,
-                pack: avx512::gemm_pack_activations,
-            },
-        );
+        simd_check::check_tile("avx512", avx512::GEMM);
     }
 
     #[test]
@@ -121,7 +114,7 @@ mod tests {
             eprintln!("skipping the AVX-512 tile: this CPU lacks AVX-512 F/BW/VL/VNNI");
             return;
         }
-        simd_check::check_tile_on_models("avx512");
+        simd_check::check_tile_on_models("avx512", avx512::GEMM);
     }
 
     #[test]
