@@ -13,7 +13,7 @@ use base64::Engine as _;
 use e2e::server::{
     assert_idle_connections_close, dribble, parse_reply, request, serial, Reply, Server,
 };
-use e2e::{bin, models_dir, workspace};
+use e2e::{agreement, bin, models_dir, workspace};
 use serde_json::{json, Value};
 
 /// The Qwen model, on the given extra flags.
@@ -35,10 +35,29 @@ fn chat(addr: SocketAddr, question: &str, max_tokens: usize) -> Value {
         addr,
         "/v1/chat/completions",
         None,
-        &json!({"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0}),
+        &json!({"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+                "temperature": 0, "logprobs": true, "top_logprobs": 2}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()
+}
+
+/// A chat answer's tokens (as bytes), each with the margin by which it beat the runner-up.
+fn answer_steps(v: &Value) -> Vec<(Value, f64)> {
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs.content");
+    content
+        .iter()
+        .map(|step| {
+            let top = step["top_logprobs"].as_array().expect("top_logprobs");
+            let lp = |i: usize| {
+                top.get(i)
+                    .map_or(f64::NEG_INFINITY, |t| t["logprob"].as_f64().unwrap())
+            };
+            (step["bytes"].clone(), lp(0) - lp(1))
+        })
+        .collect()
 }
 
 fn content(v: &Value) -> String {
@@ -143,7 +162,11 @@ fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
                 .map(|h| h.join().expect("client thread"))
                 .collect()
         });
-        assert_eq!(health(server.addr)["slots_idle"], 3);
+        // A slot is freed right after its answer is handed over, so not always before the client
+        // has read it.
+        wait_for("every slot idle", Duration::from_secs(10), || {
+            health(server.addr)["slots_idle"] == 3
+        });
         answers
     };
     // The same questions one at a time, on a fresh server with one slot.
@@ -151,16 +174,33 @@ fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
     let mut rendered = None;
     for (q, a) in QUESTIONS.iter().zip(&together) {
         let alone = chat(server.addr, q, ANSWER_TOKENS);
-        assert_eq!(
-            content(&alone),
-            content(a),
-            "{q}: answered differently alone and among parallel clients"
-        );
         assert!(!content(a).is_empty());
+        // A batch of four tokens or more takes the register-tiled matmul where the CPU has one,
+        // with other sums than a lone token's: the answers may part at a step that the lone run
+        // decides by less than the fixtures' greedy margin, and nowhere before it.
+        let (alone_steps, together_steps) = (answer_steps(&alone), answer_steps(a));
+        let decided = alone_steps
+            .iter()
+            .take_while(|s| s.1 >= agreement::GREEDY_MARGIN)
+            .count();
+        let tokens = |steps: &[(Value, f64)]| steps.iter().map(|s| s.0.clone()).collect::<Vec<_>>();
         assert_eq!(
-            alone["usage"]["completion_tokens"],
-            a["usage"]["completion_tokens"]
+            tokens(&together_steps[..decided.min(together_steps.len())]),
+            tokens(&alone_steps[..decided]),
+            "{q}: answered differently alone and among parallel clients before a near tie"
         );
+        eprintln!(
+            "{q}: {decided} of {} steps decided by ≥ {}",
+            alone_steps.len(),
+            agreement::GREEDY_MARGIN
+        );
+        if decided == alone_steps.len() {
+            assert_eq!(content(&alone), content(a));
+            assert_eq!(
+                alone["usage"]["completion_tokens"],
+                a["usage"]["completion_tokens"]
+            );
+        }
         if rendered.is_none() {
             let r = post(
                 server.addr,
@@ -168,7 +208,8 @@ fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
                 None,
                 &json!({"messages": [{"role": "user", "content": q}]}),
             );
-            rendered = Some(r.json()["prompt"].as_str().expect("prompt").to_string());
+            let prompt = r.json()["prompt"].as_str().expect("prompt").to_string();
+            rendered = Some((prompt, content(&alone)));
         }
     }
     // A follow-up that repeats the conversation reuses the slot's cache.
@@ -181,8 +222,9 @@ fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
     );
     drop(server);
 
-    // The CLI, given the prompt the server rendered, says the same.
-    let prompt = rendered.expect("rendered prompt");
+    // The CLI, given the prompt the server rendered, says what the server says to one client:
+    // the same passes (the prompt in one batch, then one token at a time), so the same bits.
+    let (prompt, alone_answer) = rendered.expect("rendered prompt");
     let out = Command::new(bin("llamafile"))
         .arg("-m")
         .arg(models_dir().join("qwen.gguf"))
@@ -206,7 +248,7 @@ fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
     let cli = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         cli.strip_suffix('\n').unwrap_or(&cli),
-        content(&together[0]),
+        alone_answer,
         "server and CLI disagree"
     );
 }
