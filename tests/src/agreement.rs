@@ -8,6 +8,7 @@
 //! to another of our runs on other kernels.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -62,6 +63,16 @@ pub fn run_args(prompt_file: &str, steps: usize, threads: usize) -> Vec<String> 
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// The cases of a fixture file (`reference*.jsonl`: one JSON object a line).
+pub fn cases(fixture: &Path) -> Vec<Value> {
+    std::fs::read_to_string(fixture)
+        .unwrap_or_else(|e| panic!("{}: {e}", fixture.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}", fixture.display())))
+        .collect()
 }
 
 fn pairs(v: &Value) -> Vec<(u64, f64)> {

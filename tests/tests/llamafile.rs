@@ -520,10 +520,8 @@ fn universal_aarch64_runtime_under_qemu_agrees_with_llama_cpp() {
     // A chat case: its first greedy steps are all decided by llama.cpp with a wide margin, so
     // they are all checked.
     let fixture = fixtures().join("reference/qwen2.5-coder-0.5b-instruct/reference.jsonl");
-    let case: Value = fs::read_to_string(&fixture)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let case = agreement::cases(&fixture)
+        .into_iter()
         .find(|c| c["id"] == "gen-chat-reverse")
         .expect("gen-chat-reverse in the Qwen fixture");
     let prompt = p.work.join("qemu-prompt.txt");

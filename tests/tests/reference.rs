@@ -20,13 +20,10 @@ fn isa_of(out: &Value) -> String {
 
 /// Runs every case of `fixture` on `model` and asserts the bounds.
 fn check_fixture(label: &str, model: &Path, fixture: &Path, bounds: &Bounds) {
-    let text =
-        std::fs::read_to_string(fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
     let tmp = std::env::temp_dir().join(format!("llamafile-ref-{}-{label}", std::process::id()));
     let mut agreement = Agreement::default();
     let mut isa = String::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let case: Value = serde_json::from_str(line).expect("fixture line");
+    for case in agreement::cases(fixture) {
         std::fs::write(&tmp, case["text"].as_str().expect("text")).expect("write prompt");
         let steps = case["greedy"].as_array().expect("greedy").len();
         let mut args = vec!["-m".to_string(), model.to_str().unwrap().to_string()];
