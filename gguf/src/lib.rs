@@ -1,4 +1,5 @@
-//! A zero-copy reader of GGUF files (versions 2 and 3), the model format of llama.cpp.
+//! A zero-copy reader of GGUF files (versions 2 and 3), the model format of llama.cpp, and the
+//! writer of their header ([`header`]) for tools that make new files from parsed ones.
 //!
 //! [`Gguf::parse`] reads the header, the metadata and the tensor infos from a byte slice (usually
 //! a memory map, possibly of a region inside a bigger file such as a llamafile) and borrows
@@ -17,6 +18,7 @@
 
 mod error;
 mod value;
+mod write;
 
 use std::collections::HashSet;
 
@@ -24,6 +26,7 @@ pub use error::GgufError;
 use kernels::GgmlType;
 pub use value::{Array, ArrayIter, Value, ValueType};
 use value::{Fail, Reader};
+pub use write::{header, padding, TensorSpec};
 
 /// Alignment of the data section and of every tensor in it when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;

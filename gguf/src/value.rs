@@ -154,6 +154,29 @@ impl<'a> Value<'a> {
         self.as_integer().and_then(|v| i64::try_from(v).ok())
     }
 
+    /// The value's bytes as GGUF stores them after its type tag.
+    pub(crate) fn write_payload(&self, out: &mut Vec<u8>) {
+        match *self {
+            Value::U8(v) => out.push(v),
+            Value::I8(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::U16(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::I16(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::U32(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::Bool(v) => out.push(v.into()),
+            Value::String(s) => write_string(out, s),
+            Value::Array(a) => {
+                out.extend_from_slice(&(a.elem_type as u32).to_le_bytes());
+                out.extend_from_slice(&(a.len as u64).to_le_bytes());
+                out.extend_from_slice(a.bytes);
+            }
+        }
+    }
+
     /// What the value is, for error messages: `u32`, `string`, `array of 3 f32`.
     pub fn describe(&self) -> String {
         match self {
@@ -181,6 +204,12 @@ impl fmt::Debug for Value<'_> {
             Value::Array(a) => a.fmt(f),
         }
     }
+}
+
+/// A GGUF string: u64 length, then the bytes.
+pub(crate) fn write_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
 }
 
 /// An array value: element type, count, and the elements' bytes, decoded only when asked, so that

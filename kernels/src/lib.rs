@@ -24,6 +24,7 @@ mod matmul;
 #[macro_use]
 mod multiversion;
 mod quantize;
+mod quantize_weights;
 mod rows;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -104,12 +105,13 @@ pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
     }
 }
 
-/// Converts f32 activations to `ty`: Q8_0, Q8_1 and Q8_K exactly as ggml's quantize_row_*_ref
-/// (including their rounding), F16 and BF16 rounding to nearest even as ggml does, F32 copied.
+/// Converts f32 values to `ty` bit for bit as ggml does: every block format as its
+/// `quantize_row_*_ref` (activations' Q8_0/Q8_1/Q8_K, and the weights' Q4_0 ... Q6_K as
+/// `llama-quantize` writes them without an importance matrix), F16 and BF16 rounding to nearest
+/// even, F32 copied.
 ///
 /// # Panics
-/// If `ty` is a weight-only format (Q4_0 ... Q6_K), `src.len()` is not a whole number of blocks,
-/// or `dst` is not exactly their size.
+/// If `src.len()` is not a whole number of blocks, or `dst` is not exactly their size.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     let bytes = row_bytes(ty, src.len(), "quantize_row");
     assert_eq!(

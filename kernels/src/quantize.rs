@@ -6,14 +6,13 @@ use crate::formats::{
     BlockQ8_1,
 };
 use crate::ggml_type::GgmlType;
+use crate::quantize_weights::nearest_int;
 use half::f16;
 
 crate::multiversion::multiversion! {
-    /// Converts `src` into `dst`, which is exactly `src.len()` elements' worth of `ty` bytes.
-    ///
-    /// # Panics
-    /// For the weight-only formats (Q4_0 ... Q6_K): ggml produces those offline with an importance
-    /// search, never for activations, so asking for them is a caller bug.
+    /// Converts `src` into `dst`, which is exactly `src.len()` elements' worth of `ty` bytes. The
+    /// weight-only formats (Q4_0 ... Q6_K) go to `quantize_weights`: ggml never produces them
+    /// for activations, only offline.
     pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) = quantize_body;
 }
 
@@ -38,10 +37,7 @@ fn quantize_body(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         GgmlType::Q8_0 => q8_0(src, blocks_mut(dst)),
         GgmlType::Q8_1 => q8_1(src, blocks_mut(dst)),
         GgmlType::Q8_K => q8_k(src, blocks_mut(dst)),
-        weight => panic!(
-            "quantize_row: {} is a weight format, not an activation type; quantize to vec_dot_type({0}) instead",
-            weight.name()
-        ),
+        weight => crate::quantize_weights::quantize_weights(weight, src, dst),
     }
 }
 
@@ -81,14 +77,6 @@ fn round_away(x: f32) -> i32 {
     let t = x as i32;
     let frac = x - t as f32;
     t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
-}
-
-/// ggml's nearest_int: adding 1.5 * 2^23 leaves the rounded integer (halfway cases to even) in
-/// the low mantissa bits. Valid for |x| <= 2^22, which quants are far inside.
-#[inline(always)]
-fn nearest_int(x: f32) -> i32 {
-    let v = x + 12_582_912.0;
-    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 #[inline(always)]
@@ -175,7 +163,8 @@ fn f16_to_f32_body(src: &[f16], dst: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{nearest_int, round_away};
+    use super::round_away;
+    use crate::quantize_weights::nearest_int;
 
     /// Both rounding helpers against the std definitions, over every multiple of 1/64 in ±140
     /// (which includes all the halfway cases) and some values just off them.

@@ -386,29 +386,17 @@ fn check_model(
 /// and of the real test models.
 pub(super) fn check_isa_on_models(isa: &str, kernel: fn(GgmlType) -> Option<VecDotFn>) {
     let mut rng = Rng::new(0xcafe);
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let shared = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("../shared/reference"));
     for ty in TYPES {
         // ggml never stores Q8_1 or Q8_K weights: there is no model of them.
         if kernel(ty).is_none() || matches!(ty, Q8_1 | Q8_K) {
             continue;
         }
-        let path = shared.join(format!("llama-synth/models/llama-synth-{}.gguf", ty.name()));
-        assert!(
-            path.is_file(),
-            "{} not found: set LLAMAFILE_SHARED_REFERENCE to the shared/reference directory",
-            path.display()
-        );
+        let path = testmodels::llama_synth(ty.name());
         let checked = check_model(isa, kernel, &path, 2, &mut rng);
         assert!(checked > 0, "{}: no {} rows", path.display(), ty.name());
     }
-    let models = std::env::var_os("LLAMAFILE_TEST_MODELS").map(PathBuf::from).expect(
-        "LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and `cargo xtask test`",
-    );
     for name in ["qwen.gguf", "gemma.gguf"] {
-        let checked = check_model(isa, kernel, &models.join(name), 2, &mut rng);
+        let checked = check_model(isa, kernel, &testmodels::model(name), 2, &mut rng);
         eprintln!("{isa}: {checked} rows of {name}");
     }
 }
@@ -603,19 +591,12 @@ fn check_matmul(
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn check_tile_on_models(isa: &str, kernels: crate::gemm::Kernels) {
     let mut rng = Rng::new(0x90de1);
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let shared = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("../shared/reference"));
-    let models = std::env::var_os("LLAMAFILE_TEST_MODELS").map(PathBuf::from).expect(
-        "LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and `cargo xtask test`",
-    );
     let mut paths: Vec<PathBuf> = ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]
         .iter()
-        .map(|t| shared.join(format!("llama-synth/models/llama-synth-{t}.gguf")))
+        .map(|t| testmodels::llama_synth(t))
         .collect();
-    paths.push(models.join("qwen.gguf"));
-    paths.push(models.join("gemma.gguf"));
+    paths.push(testmodels::model("qwen.gguf"));
+    paths.push(testmodels::model("gemma.gguf"));
     for path in paths {
         let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // SAFETY: a read-only map of a test fixture that nothing modifies while the test runs.

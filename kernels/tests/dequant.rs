@@ -1,5 +1,4 @@
-//! Dequantization against ggml's own output (fixtures/dequant.json, a copy of
-//! shared/reference/dequant.json): the first two rows of one tensor per type, bit for bit.
+//! Dequantization against ggml's own output (tests/fixtures/reference/dequant.json): the first two rows of one tensor per type, bit for bit.
 
 mod common;
 
@@ -8,7 +7,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn fixture() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dequant.json");
+    let path = testmodels::reference_fixtures().join("dequant.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("dequant.json")
 }
@@ -63,8 +62,12 @@ fn dequantization_matches_ggml_on_llama_synth() {
     let mut checked = Vec::new();
     for entry in fixture["tensors"].as_array().expect("tensors") {
         let file = entry["file"].as_str().expect("file");
-        if file.starts_with("llama-synth/") {
-            checked.push(check_entry(entry, common::shared_reference().join(file)));
+        // Named as in the reference: llama-synth/models/llama-synth-TYPE.gguf.
+        if let Some(ty) = file
+            .strip_prefix("llama-synth/models/llama-synth-")
+            .and_then(|f| f.strip_suffix(".gguf"))
+        {
+            checked.push(check_entry(entry, testmodels::llama_synth(ty)));
         }
     }
     // Every type of the synth family except F32 (which ggml has no to_float for) is in the fixture.
@@ -82,7 +85,7 @@ fn dequantization_matches_ggml_on_llama_synth() {
 
 #[test]
 fn dequantization_matches_ggml_on_real_models() {
-    let dir = common::models_dir();
+    let dir = testmodels::models_dir();
     let mut n = 0;
     for entry in fixture()["tensors"].as_array().expect("tensors") {
         let file = entry["file"].as_str().expect("file");

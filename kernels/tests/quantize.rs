@@ -1,5 +1,5 @@
-//! Activation quantization: known values (including ggml's two different rounding rules) and
-//! round-trip properties on random data.
+//! Quantization of activations and of weights: known values (including ggml's two different
+//! rounding rules), round-trip properties on random data, and bit-exactness with llama-quantize.
 
 mod common;
 
@@ -214,8 +214,98 @@ fn f32_is_copied() {
     );
 }
 
+/// The weight formats, as llama-quantize writes them.
+const WEIGHT_TYPES: [GgmlType; 10] = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K];
+
 #[test]
-#[should_panic(expected = "Q4_K is a weight format")]
-fn weight_formats_are_not_activation_types() {
-    quantize_row(Q4_K, &[0.0; 256], &mut [0u8; 144]);
+fn weight_formats_round_trip_within_their_precision() {
+    // RMS error of quantize → dequantize relative to the data's RMS, on Gaussian-like weights
+    // (sums of uniforms): about 1.5 times what ggml's reference quantizers reach. A wrong scale,
+    // a swapped nibble or a misplaced high bit lands far above.
+    let bounds = [
+        (Q8_0, 0.008),
+        (Q6_K, 0.026),
+        (Q5_0, 0.06),
+        (Q5_1, 0.055),
+        (Q5_K, 0.053),
+        (Q4_0, 0.12),
+        (Q4_1, 0.11),
+        (Q4_K, 0.1),
+        (Q3_K, 0.22),
+        (Q2_K, 0.43),
+    ];
+    let mut rng = Rng::new(77);
+    let x: Vec<f32> = (0..64 * QK_K)
+        .map(|_| (0..4).map(|_| rng.f32()).sum::<f32>() * 0.02)
+        .collect();
+    let rms = |v: &mut dyn Iterator<Item = f32>| {
+        let (s, n) = v.fold((0f64, 0usize), |(s, n), e| (s + (e as f64).powi(2), n + 1));
+        (s / n as f64).sqrt()
+    };
+    let scale = rms(&mut x.iter().copied());
+    for (ty, bound) in bounds {
+        let back = dequantized(ty, &quantized(ty, &x), x.len());
+        let err = rms(&mut x.iter().zip(&back).map(|(a, b)| a - b)) / scale;
+        eprintln!("{}: relative RMS error {err:.4}", ty.name());
+        assert!(
+            err < bound,
+            "{}: relative RMS error {err} ≥ {bound}",
+            ty.name()
+        );
+    }
+}
+
+#[test]
+fn weight_formats_keep_zeros_and_constants() {
+    for ty in WEIGHT_TYPES {
+        let zeros = dequantized(ty, &quantized(ty, &vec![0f32; QK_K]), QK_K);
+        assert!(zeros.iter().all(|&v| v == 0.0), "{}: zeros", ty.name());
+        // A block of one value: every format represents it to within its scale's f16 rounding.
+        for c in [0.5f32, -3.0] {
+            let back = dequantized(ty, &quantized(ty, &vec![c; QK_K]), QK_K);
+            for v in back {
+                assert!(
+                    (v - c).abs() <= c.abs() * 0.01,
+                    "{}: {c} came back as {v}",
+                    ty.name()
+                );
+            }
+        }
+    }
+}
+
+/// Bit-exactness with llama.cpp, tensor by tensor: the llama-synth files (whose sha256 are those
+/// of llama.cpp's own files, checked by `cargo xtask fetch-models` and the packer's tests) hold
+/// every matrix in one type, quantized by `llama-quantize --pure` from the F32 file.
+#[test]
+fn weight_formats_match_llama_quantize_on_llama_synth() {
+    let f32_path = common::synth_model(F32);
+    for ty in WEIGHT_TYPES.into_iter().chain([F16, BF16]) {
+        let path = common::synth_model(ty);
+        for name in [
+            "token_embd.weight",
+            "blk.0.attn_k.weight",
+            "blk.3.ffn_down.weight",
+        ] {
+            let (info, _) = common::read_rows(&f32_path, name, 0);
+            let rows = info.dims[1..].iter().product::<u64>() as usize;
+            let (_, src) = common::read_rows(&f32_path, name, rows);
+            let x: Vec<f32> = src
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let (qinfo, want) = common::read_rows(&path, name, rows);
+            assert_eq!(qinfo.ty, ty, "{}: {name}", path.display());
+            let got = quantized(ty, &x);
+            if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!(
+                    "{} {name}: byte {at} of {} differs from llama-quantize's (block {})",
+                    ty.name(),
+                    want.len(),
+                    at / ty.type_size()
+                );
+            }
+            assert_eq!(got.len(), want.len(), "{} {name}", ty.name());
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The subcommands.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +17,8 @@ use crate::copy;
 use crate::launcher;
 use crate::model::{self, ModelSummary};
 use crate::pack::{self, Kind, Model, Plan, Runtime, TempFile};
+use crate::quant_mix::Mix;
+use crate::quantize;
 use crate::target::{Os, Target};
 
 pub fn build(
@@ -24,6 +26,7 @@ pub fn build(
     output: &Path,
     runtime_paths: &[PathBuf],
     native: bool,
+    quantize_to: Option<&str>,
     args: &[String],
 ) -> Result<ExitCode> {
     let kind = if native {
@@ -39,16 +42,40 @@ pub fn build(
     let mut runtimes = load_runtimes(&runtime_paths)?;
     pack::check_runtimes(kind, &mut runtimes)?;
 
-    let file =
-        File::open(model_path).with_context(|| format!("opening {}", model_path.display()))?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    let input_meta =
+        fs::metadata(model_path).with_context(|| format!("opening {}", model_path.display()))?;
+    if !input_meta.is_file() {
         bail!("{} is not a regular file", model_path.display());
     }
-    let map = map(&file, model_path)?;
-    let summary = model::summarize(model_path, &map)?;
+    // With --quantize the model packed is a quantized copy, written beside the output and
+    // removed when this returns (`quantized` owns it).
+    let quantized = match quantize_to {
+        Some(name) => {
+            pack::refuse_overwriting_inputs(output, &[model_path])?;
+            let mix = Mix::parse(name)?;
+            let temp = TempFile::create(output)?;
+            let opts = quantize::Options {
+                mix,
+                pure: false,
+                allow_requantize: false,
+            };
+            quantize::quantize_into(model_path, &opts, &temp.file, &temp.path)?;
+            Some((temp, quantized_entry_name(model_path, mix)?))
+        }
+        None => None,
+    };
+    let (file, packed_path, entry) = match &quantized {
+        Some((temp, entry)) => (temp.file.try_clone()?, temp.path.as_path(), entry.clone()),
+        None => (
+            File::open(model_path).with_context(|| format!("opening {}", model_path.display()))?,
+            model_path,
+            model_entry_name(model_path)?,
+        ),
+    };
+    let meta = file.metadata()?;
+    let map = map(&file, packed_path)?;
+    let summary = model::summarize(packed_path, &map)?;
     drop(map);
-    let entry = model_entry_name(model_path)?;
 
     let args_text = args_file_text(args);
     let plan = Plan {
@@ -56,7 +83,7 @@ pub fn build(
         runtimes,
         model: Model {
             file: &file,
-            path: model_path,
+            path: packed_path,
             offset: 0,
             size: meta.len(),
             entry,
@@ -151,6 +178,88 @@ fn args_file_text(args: &[String]) -> String {
     );
     text.push_str(&quote_args(args));
     text
+}
+
+/// The entry name of a model quantized on the way in: the input's name with its float type
+/// (`-F16`, `.bf16`, ...) replaced by the mix, `mistral-7b-F16.gguf` → `mistral-7b-Q4_K_M.gguf`.
+fn quantized_entry_name(input: &Path, mix: Mix) -> Result<String> {
+    let name = model_entry_name(input)?;
+    let stem = &name[..name.len() - ".gguf".len()];
+    let lower = stem.to_ascii_lowercase();
+    let base = ["f32", "f16", "bf16", "fp16", "fp32"]
+        .iter()
+        .flat_map(|t| [format!("-{t}"), format!(".{t}"), format!("_{t}")])
+        .find(|suffix| lower.ends_with(suffix.as_str()))
+        .map_or(stem, |suffix| &stem[..stem.len() - suffix.len()]);
+    Ok(format!("{base}-{}.gguf", mix.name))
+}
+
+/// `llamafile-pack quantize IN OUT TYPE` / `quantize --dry-run IN TYPE`.
+pub fn quantize(
+    input: &Path,
+    rest: &[String],
+    pure: bool,
+    allow_requantize: bool,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    let (output, mix_name) = match (rest, dry_run) {
+        ([mix], true) => (None, mix),
+        ([out, mix], false) => (Some(Path::new(out)), mix),
+        (_, true) => {
+            bail!("usage: llamafile-pack quantize --dry-run IN.gguf TYPE (no output file)")
+        }
+        (_, false) => bail!("usage: llamafile-pack quantize IN.gguf OUT.gguf TYPE"),
+    };
+    let opts = quantize::Options {
+        mix: Mix::parse(mix_name)?,
+        pure,
+        allow_requantize,
+    };
+    let Some(output) = output else {
+        let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        let map = map(&file, input)?;
+        let g = gguf::Gguf::parse(&map).with_context(|| input.display().to_string())?;
+        let planned = quantize::plan(&g, input, &opts)?;
+        let mut out = std::io::stdout().lock();
+        let (mut size_in, mut size_out) = (0u64, 0u64);
+        for p in &planned {
+            let size = p.spec.size().unwrap_or(0);
+            let dims: Vec<String> = p.spec.dims.iter().map(u64::to_string).collect();
+            writeln!(
+                out,
+                "{:<40} {:<18} {:>5} -> {:<5} {:>12} bytes",
+                p.spec.name,
+                dims.join("x"),
+                p.source.ty.name(),
+                p.spec.ty.name(),
+                size
+            )?;
+            size_in += p.source.data.len() as u64;
+            size_out += size;
+        }
+        writeln!(
+            out,
+            "{} tensors: {:.2} MiB -> {:.2} MiB ({})",
+            planned.len(),
+            size_in as f64 / 1048576.0,
+            size_out as f64 / 1048576.0,
+            opts.mix.name
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let s = quantize::quantize_file(input, output, &opts)?;
+    eprintln!(
+        "wrote {} ({}{}): {} tensors, {} quantized; {:.2} MiB -> {:.2} MiB ({:.2} bits per weight)",
+        output.display(),
+        opts.mix.name,
+        if pure { ", pure" } else { "" },
+        s.tensors,
+        s.quantized,
+        s.bytes_in as f64 / 1048576.0,
+        s.bytes_out as f64 / 1048576.0,
+        s.bytes_out as f64 * 8.0 / s.n_elements.max(1) as f64
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The model's entry name: its file name, ending in `.gguf`.

@@ -6,6 +6,8 @@ mod copy;
 mod launcher;
 mod model;
 mod pack;
+mod quant_mix;
+mod quantize;
 mod target;
 
 use std::path::PathBuf;
@@ -46,9 +48,35 @@ enum Command {
         /// Write a native file: one Linux runtime with the payload appended, no launcher.
         #[arg(long)]
         native: bool,
+        /// Quantize the model first, in this mix (as `quantize` does; the model must be
+        /// F32, F16 or BF16 where the mix changes a tensor's type).
+        #[arg(long, value_name = "TYPE")]
+        quantize: Option<String>,
         /// Default arguments, after `--`.
         #[arg(last = true, value_name = "DEFAULT ARGS")]
         args: Vec<String>,
+    },
+    /// Quantize a GGUF as llama.cpp's llama-quantize does (without an importance matrix):
+    /// the same type for every tensor, the same bits, the same file.
+    ///
+    /// TYPE is a mix: Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S
+    /// Q5_K_M Q6_K Q8_0 F16 BF16 F32 (Q3_K, Q4_K, Q5_K name the _M mixes). Usage:
+    /// `quantize IN.gguf OUT.gguf TYPE`, or `quantize --dry-run IN.gguf TYPE` to list the
+    /// type each tensor would get.
+    Quantize {
+        input: PathBuf,
+        /// OUT.gguf TYPE (TYPE alone with --dry-run).
+        #[arg(value_name = "OUT.gguf TYPE", num_args = 1..=2, required = true)]
+        rest: Vec<String>,
+        /// Every quantizable tensor in TYPE's own type, no mix (llama-quantize --pure).
+        #[arg(long)]
+        pure: bool,
+        /// Quantize tensors that are already quantized (each step loses precision).
+        #[arg(long)]
+        allow_requantize: bool,
+        /// Print each tensor's type and size in the mix; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Describe a llamafile: entries, runtimes, default arguments and the model.
     Inspect {
@@ -93,8 +121,23 @@ fn main() -> ExitCode {
             output,
             runtimes,
             native,
+            quantize,
             args,
-        } => commands::build(&model, &output, &runtimes, native, &args),
+        } => commands::build(
+            &model,
+            &output,
+            &runtimes,
+            native,
+            quantize.as_deref(),
+            &args,
+        ),
+        Command::Quantize {
+            input,
+            rest,
+            pure,
+            allow_requantize,
+            dry_run,
+        } => commands::quantize(&input, &rest, pure, allow_requantize, dry_run),
         Command::Inspect { file, json } => commands::inspect(&file, json),
         Command::Verify { file } => commands::verify(&file),
         Command::Extract {

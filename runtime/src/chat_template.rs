@@ -861,11 +861,8 @@ mod tests {
     /// The fixtures are the templates the models carry: read them back from the GGUF files.
     #[test]
     fn fixtures_match_the_model_metadata() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let synth = root.join("../shared/reference/llama-synth/models/llama-synth-F32.gguf");
-        let models = std::env::var_os("LLAMAFILE_TEST_MODELS")
-            .expect("LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and point it at the models directory");
-        let qwen = std::path::Path::new(&models).join("qwen.gguf");
+        let synth = testmodels::llama_synth("F32");
+        let qwen = testmodels::model("qwen.gguf");
         for (path, fixture) in [(synth, MISTRAL_TEMPLATE), (qwen, QWEN_TEMPLATE)] {
             let file =
                 std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

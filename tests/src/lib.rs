@@ -4,13 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+pub use testmodels::{llama_synth, models_dir, workspace};
 
 /// A binary of the workspace, built in the same profile as this test (`cargo xtask test` builds them first).
 pub fn bin(name: &str) -> PathBuf {
@@ -32,32 +26,6 @@ pub fn bin(name: &str) -> PathBuf {
 /// The fixtures copied into this repository.
 pub fn fixtures() -> PathBuf {
     workspace().join("tests/fixtures")
-}
-
-/// shared/reference beside the repository (the llama-synth model files stay there).
-pub fn shared_reference() -> PathBuf {
-    let dir = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared/reference"));
-    assert!(
-        dir.is_dir(),
-        "{} not found: set LLAMAFILE_SHARED_REFERENCE",
-        dir.display()
-    );
-    dir
-}
-
-/// The directory with qwen.gguf and gemma.gguf, fetched by `cargo xtask fetch-models`.
-pub fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("LLAMAFILE_TEST_MODELS").map(PathBuf::from).expect(
-        "LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and `cargo xtask test`",
-    );
-    assert!(
-        dir.join("qwen.gguf").exists(),
-        "{}/qwen.gguf missing: run `cargo xtask fetch-models`",
-        dir.display()
-    );
-    dir
 }
 
 /// Runs `llamafile` with `args`, returning its output; panics with its stderr when it fails.

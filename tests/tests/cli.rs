@@ -5,14 +5,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use e2e::{bin, json_stdout, llamafile, shared_reference};
+use e2e::{bin, json_stdout, llama_synth, llamafile};
 use serde_json::Value;
 
 fn synth(ty: &str) -> String {
-    shared_reference()
-        .join(format!("llama-synth/models/llama-synth-{ty}.gguf"))
-        .display()
-        .to_string()
+    llama_synth(ty).display().to_string()
 }
 
 fn ids(v: &Value) -> Vec<u64> {

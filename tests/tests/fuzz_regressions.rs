@@ -7,7 +7,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use e2e::{models_dir, shared_reference, workspace};
+use e2e::{llama_synth, models_dir, workspace};
 use tokenizer::Tokenizer;
 
 /// An input the fuzzer ran for this long would have been reported as a hang.
@@ -79,7 +79,7 @@ fn server_request() {
 #[test]
 fn tokenizer_spm() {
     // The fuzz target's vocabulary is this model's metadata.
-    let tok = tokenizer_of(shared_reference().join("llama-synth/models/llama-synth-Q2_K.gguf"));
+    let tok = tokenizer_of(llama_synth("Q2_K"));
     replay("tokenizer_spm", |d| {
         runtime::fuzzing::tokenizer(&tok, d, runtime::fuzzing::spm_round_trip)
     });

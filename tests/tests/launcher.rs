@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use e2e::files::{sha256, sparse_gguf};
-use e2e::{bin, shared_reference};
+use e2e::{bin, llama_synth};
 
 /// A test's own directory, `CARGO_TARGET_TMPDIR/launcher-e2e/<pid>/<name>`, removed when the
 /// test ends (it holds copies of the runtime, tens of MB each). Directories of earlier runs whose
@@ -40,7 +40,7 @@ impl Drop for Scratch {
 }
 
 fn synth() -> PathBuf {
-    shared_reference().join("llama-synth/models/llama-synth-Q8_0.gguf")
+    llama_synth("Q8_0")
 }
 
 fn pack(args: &[&Path]) -> Output {

@@ -1,10 +1,10 @@
-//! Agreement with llama.cpp: every fixture of shared/reference, through the real `llamafile` binary,
-//! within the bounds that shared/reference/README.md states.
+//! Agreement with llama.cpp: every fixture of tests/fixtures/reference, through the real `llamafile`
+//! binary, within the bounds that its README.md states.
 
 use std::path::{Path, PathBuf};
 
 use e2e::agreement::{self, Agreement, Bounds, FLOAT, GEMMA, QUANTIZED};
-use e2e::{fixtures, json_stdout, llamafile, models_dir, shared_reference};
+use e2e::{fixtures, json_stdout, llama_synth, llamafile, models_dir};
 use serde_json::Value;
 
 /// The kernels a run used (its `--json` says), checked against what `LLAMAFILE_ISA` asked for:
@@ -73,7 +73,7 @@ fn reference_ppl(file: PathBuf, key: Option<&str>) -> f64 {
 }
 
 fn synth(ty: &str) {
-    let model = shared_reference().join(format!("llama-synth/models/llama-synth-{ty}.gguf"));
+    let model = llama_synth(ty);
     let dir = fixtures().join("reference/llama-synth");
     let bounds = if ty == "F32" || ty == "F16" {
         &FLOAT

@@ -8,15 +8,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use e2e::llama_synth;
 use e2e::server::{
     assert_idle_connections_close, connect, dribble, get, raw, serial, Reply, Server,
 };
-use e2e::shared_reference;
 use serde_json::{json, Value};
 
 /// A server on llama-synth, on one thread and the given extra flags.
 fn synth_server(args: &[&str]) -> Server {
-    let model = shared_reference().join("llama-synth/models/llama-synth-Q8_0.gguf");
+    let model = llama_synth("Q8_0");
     Server::start(&model, &[&["-t", "1"], args].concat())
 }
 

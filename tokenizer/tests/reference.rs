@@ -1,30 +1,15 @@
 //! The tokenizers against llama.cpp's own token ids.
 //!
 //! `tests/fixtures/*-tokens.jsonl` are the `id`, `text` and `prompt_tokens` of
-//! `shared/reference/*/reference*.jsonl` (llama.cpp 0c1e570's `llama_tokenize` with add_special and
-//! parse_special, as its CLI tokenizes a prompt). The real models come from the directory in
-//! `LLAMAFILE_TEST_MODELS` (`qwen.gguf`, `gemma.gguf`); the synthetic llama model from the shared
-//! reference directory beside the repository.
+//! the reference fixtures' `reference*.jsonl` (llama.cpp 0c1e570's `llama_tokenize` with add_special
+//! and parse_special, as its CLI tokenizes a prompt). The models come from the directory in
+//! `LLAMAFILE_TEST_MODELS` (`testmodels`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use tokenizer::{Tokenizer, Utf8Stream};
-
-fn models_dir() -> PathBuf {
-    match std::env::var_os("LLAMAFILE_TEST_MODELS") {
-        Some(d) => PathBuf::from(d),
-        None => panic!(
-            "LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and point it at the \
-             directory holding qwen.gguf and gemma.gguf"
-        ),
-    }
-}
-
-fn shared_reference() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
-}
 
 fn load(path: &Path) -> Tokenizer {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -37,18 +22,18 @@ fn load(path: &Path) -> Tokenizer {
 
 fn qwen() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| load(&models_dir().join("qwen.gguf")))
+    T.get_or_init(|| load(&testmodels::model("qwen.gguf")))
 }
 
 fn gemma() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| load(&models_dir().join("gemma.gguf")))
+    T.get_or_init(|| load(&testmodels::model("gemma.gguf")))
 }
 
 /// The vocabulary is the same in every llama-synth file; Q2_K is the smallest.
 fn synth() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| load(&shared_reference().join("llama-synth/models/llama-synth-Q2_K.gguf")))
+    T.get_or_init(|| load(&testmodels::llama_synth("Q2_K")))
 }
 
 fn fixture(name: &str) -> Vec<(String, String, Vec<u32>)> {
@@ -465,7 +450,9 @@ fn special_tokens() {
 
 #[test]
 fn encodes_16k_of_text_fast() {
-    let text = std::fs::read_to_string(shared_reference().join("perplexity-text.txt")).unwrap();
+    let text =
+        std::fs::read_to_string(testmodels::reference_fixtures().join("perplexity-text.txt"))
+            .unwrap();
     for (name, tok) in [
         ("qwen", qwen()),
         ("gemma", gemma()),

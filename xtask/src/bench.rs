@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::{dist, fetch_models};
+use crate::{dist, fetch_models, llama_synth};
 
 /// The llama.cpp inside llama-cpp-python 0.3.36 (commit 0c1e570), as in the figures.
 const LLAMA_CPP_PYTHON: &str = "0.3.36";
@@ -99,7 +99,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let release = dist::target_dir(&root).join("release");
     let ours = release.join("llamafile");
     let llama = llama_cpp()?;
-    let models = models(&o.models, &root)?;
+    let models = models(&o.models)?;
 
     let mut rows = Vec::new();
     for (i, (label, path)) in models.iter().enumerate() {
@@ -223,24 +223,16 @@ fn run_status(cmd: &mut Command, what: &str) -> Result<(), String> {
     }
 }
 
-/// The models by label: the real ones from the models directory (fetched if missing), the
-/// llama-synth ones from the shared reference directory.
-fn models(labels: &[String], root: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+/// The models by label (`qwen`, `gemma`, or a llama-synth type), fetched or made if missing.
+fn models(labels: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
     let real = fetch_models::default_dir()?;
-    if labels.iter().any(|l| l == "qwen" || l == "gemma") {
-        fetch_models::run(&["--dir".to_string(), real.display().to_string()])?;
-    }
-    let shared = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/reference"));
+    fetch_models::run(&["--dir".to_string(), real.display().to_string()])?;
     labels
         .iter()
         .map(|l| {
             let path = match l.as_str() {
                 "qwen" | "gemma" => real.join(format!("{l}.gguf")),
-                ty => shared
-                    .join("llama-synth/models")
-                    .join(format!("llama-synth-{ty}.gguf")),
+                ty => llama_synth::dir(&real).join(format!("llama-synth-{ty}.gguf")),
             };
             if path.is_file() {
                 Ok((l.clone(), path))

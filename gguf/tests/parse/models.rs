@@ -2,44 +2,11 @@
 //! checked through the exact dequantized rows in `dequant.json` (made by ggml from these files),
 //! so a wrong offset or size shows up as wrong numbers, not just as a different count.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use gguf::{Gguf, TensorInfo, Value};
 use kernels::GgmlType;
-
-const SYNTH_TYPES: [&str; 13] = [
-    "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-    "Q6_K",
-];
-
-/// shared/reference beside the repository, or `$LLAMAFILE_SHARED_REFERENCE`.
-fn shared_reference() -> PathBuf {
-    let dir = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference")
-        });
-    assert!(
-        dir.is_dir(),
-        "{} not found: set LLAMAFILE_SHARED_REFERENCE",
-        dir.display()
-    );
-    dir
-}
-
-/// The directory with qwen.gguf and gemma.gguf.
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("LLAMAFILE_TEST_MODELS")
-        .map(PathBuf::from)
-        .expect("LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and set it to the directory it prints");
-    assert!(
-        dir.join("qwen.gguf").is_file(),
-        "{}/qwen.gguf missing: run `cargo xtask fetch-models`",
-        dir.display()
-    );
-    dir
-}
+use testmodels::SYNTH_TYPES;
 
 fn map(path: &std::path::Path) -> memmap2::Mmap {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -56,7 +23,7 @@ fn type_named(name: &str) -> GgmlType {
 
 /// The entries of `dequant.json` for the file whose description starts with `file`.
 fn dequant_entries(file: &str) -> Vec<serde_json::Value> {
-    let path = shared_reference().join("dequant.json");
+    let path = testmodels::reference_fixtures().join("dequant.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json["tensors"]
@@ -129,10 +96,9 @@ fn n_tokens(g: &Gguf) -> usize {
 
 #[test]
 fn llama_synth_files() {
-    let dir = shared_reference().join("llama-synth/models");
     for ty in SYNTH_TYPES {
         let name = format!("llama-synth-{ty}.gguf");
-        let bytes = map(&dir.join(&name));
+        let bytes = map(&testmodels::llama_synth(ty));
         let g = Gguf::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(g.version, 3);
         assert_eq!(g.architecture().unwrap(), "llama");
@@ -156,7 +122,7 @@ fn llama_synth_files() {
 
 #[test]
 fn real_models() {
-    let dir = models_dir();
+    let dir = testmodels::models_dir();
     for (file, arch, tokens, prefix, types) in [
         (
             "qwen.gguf",
@@ -191,5 +157,32 @@ fn real_models() {
         }
         check_tiling(&g, bytes.len());
         check_dequant(&g, &dequant_entries(prefix));
+    }
+}
+
+/// The writer lays files out as ggml and gguf-py do: the 13 llama-synth files (one written by
+/// gguf-py, twelve by llama-quantize's ggml writer) come back byte for byte from what was parsed.
+#[test]
+fn writer_rebuilds_the_llama_synth_files() {
+    for ty in SYNTH_TYPES {
+        let bytes = map(&testmodels::llama_synth(ty));
+        let g = Gguf::parse(&bytes).unwrap();
+        let specs: Vec<gguf::TensorSpec> = g
+            .tensors
+            .iter()
+            .map(|t| gguf::TensorSpec {
+                name: t.name,
+                dims: t.dims.clone(),
+                ty: t.ty,
+            })
+            .collect();
+        let mut out = gguf::header(&g.metadata, &specs, g.alignment);
+        assert_eq!(out.len() as u64, g.data_offset, "{ty}: header size");
+        for t in &g.tensors {
+            assert_eq!(out.len() as u64, g.data_offset + t.offset, "{ty}: {}", t.name);
+            out.extend_from_slice(t.data);
+            out.resize(out.len() + gguf::padding(t.data.len() as u64, g.alignment), 0);
+        }
+        assert!(out[..] == bytes[..], "{ty}: the rebuilt file differs");
     }
 }

@@ -8,43 +8,9 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// shared/reference beside the repository (the llama-synth model files stay there).
-pub fn shared_reference() -> PathBuf {
-    let dir = std::env::var_os("LLAMAFILE_SHARED_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared/reference"));
-    assert!(
-        dir.is_dir(),
-        "{} not found: set LLAMAFILE_SHARED_REFERENCE",
-        dir.display()
-    );
-    dir
-}
-
-/// The directory with qwen.gguf and gemma.gguf.
-pub fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("LLAMAFILE_TEST_MODELS")
-        .map(PathBuf::from)
-        .expect("LLAMAFILE_TEST_MODELS is not set: run `cargo xtask fetch-models` and `cargo xtask test`");
-    assert!(
-        dir.is_dir(),
-        "LLAMAFILE_TEST_MODELS={} is not a directory: run `cargo xtask fetch-models`",
-        dir.display()
-    );
-    dir
-}
-
 /// The llama-synth model whose every matrix has type `ty`.
 pub fn synth_model(ty: GgmlType) -> PathBuf {
-    shared_reference().join(format!("llama-synth/models/llama-synth-{}.gguf", ty.name()))
+    testmodels::llama_synth(ty.name())
 }
 
 /// A tensor found in a GGUF file: its type, shape (ne[0] first) and where its data starts.

@@ -22,16 +22,9 @@ pub fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The tiny llama-architecture model from the shared reference fixtures.
+/// The tiny llama-architecture test model (Q4_0).
 pub fn synth_model() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/llama-synth/models/llama-synth-Q4_0.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: the tests need the shared reference fixtures beside the repository",
-        p.display()
-    );
-    p
+    testmodels::llama_synth("Q4_0")
 }
 
 /// Runs `llamafile-pack` with `args`.

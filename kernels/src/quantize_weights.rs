@@ -1,0 +1,616 @@
+//! Quantization of weights: ggml's reference quantizers (`quantize_row_*_ref` in ggml-quants.c),
+//! bit for bit, which is what `llama-quantize` runs when it has no importance matrix.
+//!
+//! Bit-exactness is the point (a model quantized here is byte-identical to llama.cpp's), so every
+//! expression keeps C's evaluation order and types: `w*x[i]*l` is `(w * x) * l as f32`, an `int`
+//! stored into a `uint8_t` wraps, `(int8_t)f` truncates toward zero. Rust never fuses a multiply
+//! and an add, and neither does ggml's C (it is compiled as ISO C11, where GCC does not contract),
+//! so the same operations round the same way. The loops are scalar: quantizing is done once, offline.
+
+use crate::formats::{
+    blocks_mut, f16_le, f16_to_le, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K,
+};
+use crate::ggml_type::{GgmlType, QK_K};
+
+/// ggml's nearest_int: adding 1.5 * 2^23 leaves the rounded integer (halfway cases to even) in
+/// the low mantissa bits. Valid for |x| <= 2^22, which quants are far inside.
+#[inline(always)]
+pub(crate) fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// ggml's threshold below which a group counts as all zeros.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// Quantizes `src` (whole blocks) into `dst` (exactly their bytes) as ggml's reference quantizer
+/// of `ty` does. Only the weight-only formats come here; Q8_0 and the float types are shared with
+/// the activations (`quantize::quantize`).
+pub(crate) fn quantize_weights(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    match ty {
+        GgmlType::Q4_0 => q4_0(src, blocks_mut(dst)),
+        GgmlType::Q4_1 => q4_1(src, blocks_mut(dst)),
+        GgmlType::Q5_0 => q5_0(src, blocks_mut(dst)),
+        GgmlType::Q5_1 => q5_1(src, blocks_mut(dst)),
+        GgmlType::Q2_K => q2_k(src, blocks_mut(dst)),
+        GgmlType::Q3_K => q3_k(src, blocks_mut(dst)),
+        GgmlType::Q4_K => q4_k(src, blocks_mut(dst)),
+        GgmlType::Q5_K => q5_k(src, blocks_mut(dst)),
+        GgmlType::Q6_K => q6_k(src, blocks_mut(dst)),
+        other => unreachable!("{} is not a weight-only format", other.name()),
+    }
+}
+
+/// The element of largest magnitude (the first one on ties), with its sign.
+fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// C's MIN/MAX over floats: `a < b ? a : b` style, which keeps ggml's NaN behaviour.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+fn q4_0(x: &[f32], y: &mut [BlockQ4_0]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
+        let d = signed_absmax(x) / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f16_to_le(d);
+        for j in 0..16 {
+            let lo = ((x[j] * id + 8.5) as i8).min(15) as u8;
+            let hi = ((x[j + 16] * id + 8.5) as i8).min(15) as u8;
+            b.qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+fn q4_1(x: &[f32], y: &mut [BlockQ4_1]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
+        let (min, max) = min_max(x);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f16_to_le(d);
+        b.m = f16_to_le(min);
+        for j in 0..16 {
+            let lo = (((x[j] - min) * id + 0.5) as i8).min(15) as u8;
+            let hi = (((x[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
+            b.qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+fn q5_0(x: &[f32], y: &mut [BlockQ5_0]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
+        let d = signed_absmax(x) / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f16_to_le(d);
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let lo = ((x[j] * id + 16.5) as i8).min(31) as u8;
+            let hi = ((x[j + 16] * id + 16.5) as i8).min(31) as u8;
+            b.qs[j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+            qh |= u32::from(lo >> 4) << j;
+            qh |= u32::from(hi >> 4) << (j + 16);
+        }
+        b.qh = qh.to_le_bytes();
+    }
+}
+
+fn q5_1(x: &[f32], y: &mut [BlockQ5_1]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
+        let (min, max) = min_max(x);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = f16_to_le(d);
+        b.m = f16_to_le(min);
+        let mut qh = 0u32;
+        for j in 0..16 {
+            let lo = ((x[j] - min) * id + 0.5) as u8;
+            let hi = ((x[j + 16] - min) * id + 0.5) as u8;
+            b.qs[j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+            qh |= u32::from((lo & 0x10) >> 4) << j;
+            qh |= u32::from((hi & 0x10) >> 4) << (j + 16);
+        }
+        b.qh = qh.to_le_bytes();
+    }
+}
+
+/// ggml's make_qkx2_quants: the scale and (negated) minimum of an asymmetric `nmax`-level
+/// quantization of `x` minimizing the weighted error, searched over `nstep + 1` candidate scales
+/// around `nmax / (max - min)`. Returns `(scale, the_min)` and leaves the levels in `l`.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l[..n].fill(0);
+        return (0.0, -min);
+    }
+    let error = |scale: f32, min: f32, levels: &[u8]| {
+        let mut err = 0.0f32;
+        for i in 0..n {
+            let diff = scale * levels[i] as f32 + min - x[i];
+            let diff = if use_mad { diff.abs() } else { diff * diff };
+            err += weights[i] * diff;
+        }
+        err
+    };
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    for i in 0..n {
+        l[i] = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
+    }
+    let mut best_error = error(scale, min, l);
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..n {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = q as u8;
+            let (w, q) = (weights[i], q as f32);
+            sum_l += w * q;
+            sum_l2 += w * q * q;
+            sum_xl += w * q * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let cur_error = error(this_scale, this_min, &laux);
+            if cur_error < best_error {
+                l[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// ggml's make_q3_quants with its RMSE refinement: a symmetric `2 * nmax`-level quantization of
+/// 16 values, levels left in `l` offset by `nmax`. Returns the scale.
+fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let max = signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for (q, &v) in l.iter_mut().zip(x) {
+        let li = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        *q = li as i8;
+        let w = v * v;
+        sumlx += w * v * li as f32;
+        suml2 += w * li as f32 * li as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for (q, &v) in l.iter_mut().zip(x) {
+            let w = v * v;
+            let cur = *q as f32;
+            let mut slx = sumlx - w * v * cur;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * cur * cur;
+                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != *q as i32 {
+                    slx += w * v * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *q = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for q in l.iter_mut() {
+        *q += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// ggml's make_qx_quants with `rmse_type` 1 (weights x², no early return), as Q6_K uses it:
+/// a symmetric `2 * nmax`-level quantization, the scale refined over 18 neighbouring candidates.
+fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let max = signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for &v in x {
+            let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+            let w = v * v;
+            sumlx += w * v * q;
+            suml2 += w * q * q;
+        }
+        (sumlx, suml2)
+    };
+    let levels = |iscale: f32, l: &mut [i8]| {
+        for (q, &v) in l.iter_mut().zip(x) {
+            *q = (nmax + nearest_int(iscale * v).clamp(-nmax, nmax - 1)) as i8;
+        }
+    };
+    let iscale = -(nmax as f32) / max;
+    levels(iscale, l);
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            levels(iscale, l);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// Packs 2-bit levels as Q2_K and Q3_K store them: byte `l` of each 32-byte run holds elements
+/// `l`, `l + 32`, `l + 64` and `l + 96` of a 128-element half.
+fn pack_2bit(levels: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
+    for (half, q) in levels.chunks_exact(128).zip(qs.chunks_exact_mut(32)) {
+        for l in 0..32 {
+            q[l] = half[l] | (half[l + 32] << 2) | (half[l + 64] << 4) | (half[l + 96] << 6);
+        }
+    }
+}
+
+fn q2_k(x: &[f32], y: &mut [BlockQ2K]) {
+    const Q4SCALE: f32 = 15.0;
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let mut levels = [0u8; QK_K];
+        let mut scales = [0.0f32; QK_K / 16];
+        let mut mins = [0.0f32; QK_K / 16];
+        let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
+        for j in 0..QK_K / 16 {
+            let group = &x[16 * j..16 * j + 16];
+            let weights: Vec<f32> = group.iter().map(|v| v.abs()).collect();
+            let (scale, min) = make_qkx2_quants(
+                3,
+                group,
+                &weights,
+                &mut levels[16 * j..16 * j + 16],
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
+            (scales[j], mins[j]) = (scale, min);
+            if scale > max_scale {
+                max_scale = scale;
+            }
+            if min > max_min {
+                max_min = min;
+            }
+        }
+        if max_scale > 0.0 {
+            let iscale = Q4SCALE / max_scale;
+            for (q, &scale) in b.scales.iter_mut().zip(&scales) {
+                *q = nearest_int(iscale * scale) as u8;
+            }
+            b.d = f16_to_le(max_scale / Q4SCALE);
+        } else {
+            b.scales = [0; QK_K / 16];
+            b.d = f16_to_le(0.0);
+        }
+        if max_min > 0.0 {
+            let iscale = Q4SCALE / max_min;
+            for (q, &min) in b.scales.iter_mut().zip(&mins) {
+                *q |= (nearest_int(iscale * min) << 4) as u8;
+            }
+            b.dmin = f16_to_le(max_min / Q4SCALE);
+        } else {
+            b.dmin = f16_to_le(0.0);
+        }
+        let (d_all, dmin_all) = (f16_le(b.d), f16_le(b.dmin));
+        for j in 0..QK_K / 16 {
+            let d = d_all * (b.scales[j] & 0xf) as f32;
+            if d == 0.0 {
+                continue;
+            }
+            let dm = dmin_all * (b.scales[j] >> 4) as f32;
+            for ii in 0..16 {
+                levels[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3) as u8;
+            }
+        }
+        pack_2bit(&levels, &mut b.qs);
+    }
+}
+
+fn q3_k(x: &[f32], y: &mut [BlockQ3K]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let mut levels = [0i8; QK_K];
+        let mut scales = [0.0f32; QK_K / 16];
+        let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
+        for j in 0..QK_K / 16 {
+            scales[j] =
+                make_q3_quants(4, &x[16 * j..16 * j + 16], &mut levels[16 * j..16 * j + 16]);
+            if scales[j].abs() > amax {
+                amax = scales[j].abs();
+                max_scale = scales[j];
+            }
+        }
+        b.scales = [0; 12];
+        if max_scale != 0.0 {
+            let iscale = -32.0 / max_scale;
+            for (j, &scale) in scales.iter().enumerate() {
+                // C stores nearest_int's result in an int8_t before clamping.
+                let l = ((nearest_int(iscale * scale) as i8).clamp(-32, 31) + 32) as u8;
+                if j < 8 {
+                    b.scales[j] = l & 0xf;
+                } else {
+                    b.scales[j - 8] |= (l & 0xf) << 4;
+                }
+                b.scales[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
+            }
+            b.d = f16_to_le(1.0 / iscale);
+        } else {
+            b.d = f16_to_le(0.0);
+        }
+        let d_all = f16_le(b.d);
+        let sc = crate::formats::q3k_scales(&b.scales);
+        for j in 0..QK_K / 16 {
+            let d = d_all * sc[j] as f32;
+            if d == 0.0 {
+                continue;
+            }
+            for ii in 0..16 {
+                levels[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
+            }
+        }
+        // The high bit of element j goes to bit j / 32 of hmask byte j % 32.
+        b.hmask = [0; QK_K / 8];
+        let mut low = [0u8; QK_K];
+        for (j, (&q, lo)) in levels.iter().zip(low.iter_mut()).enumerate() {
+            let mut q = q as u8;
+            if q > 3 {
+                b.hmask[j % (QK_K / 8)] |= 1 << (j / (QK_K / 8));
+                q -= 4;
+            }
+            *lo = q;
+        }
+        pack_2bit(&low, &mut b.qs);
+    }
+}
+
+/// The scales and mins of Q4_K and Q5_K: per 32-element group, make_qkx2_quants with weights
+/// `rms + |x|`; then both quantized to 6 bits against their maxima and packed in 12 bytes
+/// (the layout `formats::k4_scales_mins` reads). Leaves the final levels in `levels`.
+/// The header Q4_K and Q5_K share: super-block scale and minimum scale, and the 12 bytes of
+/// 6-bit group scales and mins.
+struct K4Header {
+    d: [u8; 2],
+    dmin: [u8; 2],
+    scales: [u8; 12],
+}
+
+fn k4_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, levels: &mut [u8; QK_K]) -> K4Header {
+    let mut packed = [0u8; 12];
+    let mut scales = [0.0f32; QK_K / 32];
+    let mut mins = [0.0f32; QK_K / 32];
+    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
+    for j in 0..QK_K / 32 {
+        let group = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0.0f32;
+        for &v in group {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let mut weights = [0.0f32; 32];
+        for (w, &v) in weights.iter_mut().zip(group) {
+            *w = av_x + v.abs();
+        }
+        let (scale, min) = make_qkx2_quants(
+            nmax,
+            group,
+            &weights,
+            &mut levels[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        (scales[j], mins[j]) = (scale, min);
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    for j in 0..QK_K / 32 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    let header = K4Header {
+        d: f16_to_le(max_scale / 63.0),
+        dmin: f16_to_le(max_min / 63.0),
+        scales: packed,
+    };
+    let (sc, mn) = crate::formats::k4_scales_mins(&header.scales);
+    let (d_all, dmin_all) = (f16_le(header.d), f16_le(header.dmin));
+    for j in 0..QK_K / 32 {
+        let d = d_all * sc[j] as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin_all * mn[j] as f32;
+        for ii in 0..32 {
+            levels[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+        }
+    }
+    header
+}
+
+fn q4_k(x: &[f32], y: &mut [BlockQ4K]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let mut levels = [0u8; QK_K];
+        let header = k4_scales(x, 15, -1.0, 20, &mut levels);
+        (b.d, b.dmin, b.scales) = (header.d, header.dmin, header.scales);
+        for (q, half) in b.qs.chunks_exact_mut(32).zip(levels.chunks_exact(64)) {
+            for l in 0..32 {
+                q[l] = half[l] | (half[l + 32] << 4);
+            }
+        }
+    }
+}
+
+fn q5_k(x: &[f32], y: &mut [BlockQ5K]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let mut levels = [0u8; QK_K];
+        let header = k4_scales(x, 31, -0.5, 15, &mut levels);
+        (b.d, b.dmin, b.scales) = (header.d, header.dmin, header.scales);
+        b.qh = [0; QK_K / 8];
+        // Each 64-element run: low nibbles of elements l and l + 32 share byte l; their fifth
+        // bits go to bits 2k and 2k + 1 of qh[l] for run k.
+        for (k, (q, half)) in
+            b.qs.chunks_exact_mut(32)
+                .zip(levels.chunks_exact(64))
+                .enumerate()
+        {
+            for l in 0..32 {
+                let (lo, hi) = (half[l], half[l + 32]);
+                b.qh[l] |= ((lo >> 4) << (2 * k)) | ((hi >> 4) << (2 * k + 1));
+                q[l] = (lo & 0xf) | ((hi & 0xf) << 4);
+            }
+        }
+    }
+}
+
+fn q6_k(x: &[f32], y: &mut [BlockQ6K]) {
+    for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let mut levels = [0i8; QK_K];
+        let mut scales = [0.0f32; QK_K / 16];
+        let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
+        for ib in 0..QK_K / 16 {
+            let scale = make_qx_quants(
+                32,
+                &x[16 * ib..16 * ib + 16],
+                &mut levels[16 * ib..16 * ib + 16],
+            );
+            scales[ib] = scale;
+            if scale.abs() > max_abs_scale {
+                max_abs_scale = scale.abs();
+                max_scale = scale;
+            }
+        }
+        if max_abs_scale < GROUP_MAX_EPS {
+            *b = BlockQ6K {
+                ql: [0; QK_K / 2],
+                qh: [0; QK_K / 4],
+                scales: [0; QK_K / 16],
+                d: f16_to_le(0.0),
+            };
+            continue;
+        }
+        let iscale = -128.0 / max_scale;
+        b.d = f16_to_le(1.0 / iscale);
+        for (q, &scale) in b.scales.iter_mut().zip(&scales) {
+            *q = nearest_int(iscale * scale).min(127) as i8;
+        }
+        let d_all = f16_le(b.d);
+        for j in 0..QK_K / 16 {
+            let d = d_all * b.scales[j] as f32;
+            if d == 0.0 {
+                continue;
+            }
+            for ii in 0..16 {
+                levels[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
+            }
+        }
+        for (k, half) in levels.chunks_exact(128).enumerate() {
+            let (ql, qh) = (
+                &mut b.ql[64 * k..64 * k + 64],
+                &mut b.qh[32 * k..32 * k + 32],
+            );
+            for l in 0..32 {
+                let q = [half[l], half[l + 32], half[l + 64], half[l + 96]].map(|v| v as u8);
+                ql[l] = (q[0] & 0xf) | ((q[2] & 0xf) << 4);
+                ql[l + 32] = (q[1] & 0xf) | ((q[3] & 0xf) << 4);
+                qh[l] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! What `cargo xtask test` needs besides Rust, checked before anything is built (in well under a
+//! second: a few file lookups and one `rustc --print sysroot`), and installed with apt when this
+//! runs as root on Debian, as CI does; otherwise the error names the exact command to run.
+//!
+//! Each group can be left out only by name (`--skip browser`, `--skip aarch64`); the tests that
+//! need it are then not run, and the summary says so. The base group cannot be left out: the
+//! models are fetched with pip and made with Python, and the packer's tests run the launcher under
+//! each shell.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::dist;
+
+/// A group of prerequisites.
+pub struct Group {
+    /// The name `--skip` takes.
+    pub name: &'static str,
+    /// What the group is for, for the summary.
+    pub needed_by: &'static str,
+    /// Debian packages that provide it.
+    packages: &'static str,
+    /// Whether it needs the arm64 architecture added to dpkg.
+    arm64: bool,
+    /// What is missing, if anything.
+    missing: fn() -> Option<String>,
+    /// Test-name filters that select the tests needing it (passed as `cargo test -- --skip F`).
+    pub tests: &'static [&'static str],
+    pub skippable: bool,
+}
+
+pub const GROUPS: &[Group] = &[
+    Group {
+        name: "base",
+        needed_by: "fetching and making the test models (pip, numpy), the launcher's shells, zip listings",
+        packages: "python3 python3-venv python3-pip unzip dash zsh busybox",
+        arm64: false,
+        missing: base_missing,
+        tests: &[],
+        skippable: false,
+    },
+    Group {
+        name: "browser",
+        needed_by: "the web chat page test (headless Chromium)",
+        packages: "chromium",
+        arm64: false,
+        missing: browser_missing,
+        tests: &["headless_chromium"],
+        skippable: true,
+    },
+    Group {
+        name: "aarch64",
+        needed_by: "the aarch64 runtime (built with Debian's cross toolchain, run under qemu) and the NEON kernels' tests",
+        packages: dist::CROSS_PACKAGES,
+        arm64: true,
+        missing: aarch64_missing,
+        tests: &["under_qemu"],
+        skippable: true,
+    },
+];
+
+fn base_missing() -> Option<String> {
+    let tools: Vec<&str> = ["python3", "unzip", "dash", "zsh", "busybox"]
+        .into_iter()
+        .filter(|t| !dist::on_path(t))
+        .collect();
+    if !tools.is_empty() {
+        return Some(tools.join(", "));
+    }
+    // python3-venv and python3-pip: Debian's python3 has neither module without them.
+    let modules = Command::new("python3")
+        .args(["-c", "import ensurepip, pip"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match modules {
+        Ok(s) if s.success() => None,
+        _ => Some("python3's venv and pip modules".into()),
+    }
+}
+
+/// The Chromium the page test starts: `$LLAMAFILE_CHROMIUM`, else Debian's.
+fn browser_missing() -> Option<String> {
+    let exe = std::env::var_os("LLAMAFILE_CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
+    (!Path::new(&exe).is_file()).then(|| Path::new(&exe).display().to_string())
+}
+
+fn aarch64_missing() -> Option<String> {
+    if !dist::on_path("qemu-aarch64") {
+        return Some("qemu-aarch64".into());
+    }
+    dist::debian_cross_aarch64().err()
+}
+
+/// Checks every group not in `skip`; installs what is missing when root with apt, else fails
+/// with the command that would.
+pub fn ensure(skip: &[String]) -> Result<(), String> {
+    for name in skip {
+        match GROUPS.iter().find(|g| g.name == name) {
+            Some(g) if g.skippable => {}
+            Some(g) => {
+                return Err(format!(
+                    "--skip {}: the {} group cannot be left out (needed by {})",
+                    name, g.name, g.needed_by
+                ))
+            }
+            None => {
+                let names: Vec<&str> = GROUPS
+                    .iter()
+                    .filter(|g| g.skippable)
+                    .map(|g| g.name)
+                    .collect();
+                return Err(format!(
+                    "--skip {name}: no such group; the groups are {}",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    let wanted: Vec<&Group> = GROUPS
+        .iter()
+        .filter(|g| !skip.iter().any(|s| s == g.name))
+        .collect();
+    let missing: Vec<(&Group, String)> = wanted
+        .iter()
+        .filter_map(|g| (g.missing)().map(|what| (*g, what)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing
+        .iter()
+        .flat_map(|(g, _)| g.packages.split(' '))
+        .collect();
+    let arm64 = missing.iter().any(|(g, _)| g.arm64);
+    let command = install_command(&packages, arm64);
+    let report: Vec<String> = missing
+        .iter()
+        .map(|(g, what)| format!("  {} (for {}): missing {what}", g.name, g.needed_by))
+        .collect();
+    if is_root() && dist::on_path("apt-get") {
+        eprintln!(
+            "xtask test: installing what is missing:\n{}\n  $ {command}",
+            report.join("\n")
+        );
+        let status = Command::new("sh")
+            .args(["-c", &command])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("running apt-get: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "installing the prerequisites failed ({status}): {command}"
+            ));
+        }
+        let still: Vec<String> = missing
+            .iter()
+            .filter_map(|(g, _)| (g.missing)().map(|what| format!("{}: {what}", g.name)))
+            .collect();
+        if still.is_empty() {
+            return Ok(());
+        }
+        return Err(format!(
+            "still missing after installing: {}",
+            still.join("; ")
+        ));
+    }
+    let skippable: Vec<String> = missing
+        .iter()
+        .filter(|(g, _)| g.skippable)
+        .map(|(g, _)| format!("--skip {}", g.name))
+        .collect();
+    let or_skip = if skippable.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\nor leave those tests out: cargo xtask test {}",
+            skippable.join(" ")
+        )
+    };
+    Err(format!(
+        "the tests need what is not installed:\n{}\non Debian or Ubuntu, install it with:\n  sudo sh -c '{command}'{or_skip}",
+        report.join("\n")
+    ))
+}
+
+/// The apt commands that install `packages` (with the arm64 architecture added first if needed).
+fn install_command(packages: &[&str], arm64: bool) -> String {
+    let mut steps = Vec::new();
+    if arm64 {
+        steps.push("dpkg --add-architecture arm64".to_string());
+    }
+    steps.push("apt-get update -qq".to_string());
+    steps.push(format!("apt-get install -y -qq {}", packages.join(" ")));
+    steps.join(" && ")
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() == 0 }
+}
