@@ -23,7 +23,7 @@ mod write;
 use std::collections::HashSet;
 
 pub use error::GgufError;
-use kernels::GgmlType;
+use ggml_types::GgmlType;
 pub use value::{Array, ArrayIter, Value, ValueType};
 use value::{Fail, Reader};
 pub use write::{header, padding, TensorSpec};

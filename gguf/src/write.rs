@@ -6,7 +6,7 @@
 //! tensor, the last included, is padded to a multiple of it, so that a file written here from the
 //! same metadata and tensors is byte-identical to llama.cpp's.
 
-use kernels::GgmlType;
+use ggml_types::GgmlType;
 
 use crate::value::{write_string, Value};
 use crate::MAGIC;

@@ -7,7 +7,7 @@ use crate::formats::{
     bf16_le, blocks, f16_le, k4_scales_mins, q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0,
     BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
-use crate::ggml_type::GgmlType;
+use ggml_types::GgmlType;
 
 /// Dequantizes whole blocks: `src` is exactly `dst.len()` elements' worth of `ty` bytes.
 pub(crate) fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {

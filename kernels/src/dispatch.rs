@@ -9,59 +9,16 @@
 //! has), to compare the variants in tests and benchmarks.
 
 use crate::gemm;
-use crate::ggml_type::GgmlType;
 use crate::multiversion::Width;
+use crate::vec_dot_fn::VecDotFn;
+use ggml_types::GgmlType;
 use std::sync::OnceLock;
-
-/// A dot-product kernel: `n` weights of one type against `n` activations of its `vec_dot_type`,
-/// each slice exactly one row long. `unsafe` because a SIMD kernel may only run on a CPU with the
-/// features it was compiled for.
-pub(crate) type VecDotFn = unsafe fn(usize, &[u8], &[u8]) -> f32;
-
-/// Every type, in table order.
-const TYPES: [GgmlType; 15] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q8_1,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::Q8_K,
-];
-
-fn slot(ty: GgmlType) -> usize {
-    match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::BF16 => 2,
-        GgmlType::Q4_0 => 3,
-        GgmlType::Q4_1 => 4,
-        GgmlType::Q5_0 => 5,
-        GgmlType::Q5_1 => 6,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q8_1 => 8,
-        GgmlType::Q2_K => 9,
-        GgmlType::Q3_K => 10,
-        GgmlType::Q4_K => 11,
-        GgmlType::Q5_K => 12,
-        GgmlType::Q6_K => 13,
-        GgmlType::Q8_K => 14,
-    }
-}
 
 /// The kernels picked for this CPU.
 pub(crate) struct Dispatch {
     /// The highest instruction set that supplied at least one kernel.
     pub(crate) isa: &'static str,
-    kernels: [VecDotFn; TYPES.len()],
+    kernels: [VecDotFn; GgmlType::ALL.len()],
     /// The kernels of [`crate::gemm`], where this CPU has them.
     pub(crate) gemm: Option<gemm::Kernels>,
     /// What [`crate::multiversion`]'s loops may use (x86_64 only: AArch64's baseline has NEON).
@@ -71,13 +28,13 @@ pub(crate) struct Dispatch {
 
 impl Dispatch {
     pub(crate) fn kernel(&self, ty: GgmlType) -> VecDotFn {
-        self.kernels[slot(ty)]
+        self.kernels[ty.index()]
     }
 
     fn scalar() -> Self {
         Dispatch {
             isa: "scalar",
-            kernels: TYPES.map(|ty| crate::scalar::kernel(ty) as VecDotFn),
+            kernels: GgmlType::ALL.map(|ty| crate::scalar::kernel(ty) as VecDotFn),
             gemm: None,
             width: Width::Baseline,
         }
@@ -91,9 +48,9 @@ impl Dispatch {
         allow(dead_code)
     )]
     fn overlay(&mut self, isa: &'static str, table: fn(GgmlType) -> Option<VecDotFn>) {
-        for ty in TYPES {
+        for ty in GgmlType::ALL {
             if let Some(k) = table(ty) {
-                self.kernels[slot(ty)] = k;
+                self.kernels[ty.index()] = k;
                 self.isa = isa;
             }
         }

@@ -5,7 +5,7 @@
 //! only aligns the start of a tensor, and a row of 18-byte Q4_0 blocks has no alignment at all.
 //! Multi-byte fields are little-endian, as in GGUF files; the accessors decode them.
 
-use crate::ggml_type::{GgmlType, QK_K};
+use ggml_types::{GgmlType, QK_K};
 use half::{bf16, f16};
 
 /// A ggml block: a `#[repr(C)]` struct of byte arrays whose size is its type's `type_size`.

@@ -22,8 +22,8 @@
 use crate::formats::{
     blocks, f16_le, k4_scales_mins, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0,
 };
-use crate::ggml_type::GgmlType;
 use crate::QMatrix;
+use ggml_types::GgmlType;
 use rayon::prelude::*;
 use std::cell::Cell;
 

@@ -1,7 +1,7 @@
 //! ggml's tensor element types and the arithmetic on them.
 //!
-//! Block layouts are stated once, in [`GgmlType`] (geometry) and the `formats` module (fields), and
-//! used everywhere else. Dequantization is bit-exact with ggml's; activations are quantized and dot
+//! Block layouts are stated once, in [`GgmlType`] (geometry, from the `ggml-types` crate) and the
+//! `formats` module (fields), and used everywhere else. Dequantization is bit-exact with ggml's; activations are quantized and dot
 //! products computed the way ggml's CPU backend does it (weights of type `ty` meet activations
 //! converted to [`vec_dot_type`]`(ty)`), so results follow llama.cpp's closely.
 //!
@@ -19,7 +19,6 @@ pub mod elementwise;
 
 mod formats;
 mod gemm;
-mod ggml_type;
 mod matmul;
 #[macro_use]
 mod multiversion;
@@ -27,10 +26,11 @@ mod quantize;
 mod quantize_weights;
 mod rows;
 pub mod scalar;
+mod vec_dot_fn;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use ggml_type::{GgmlType, QK_K};
+pub use ggml_types::{GgmlType, QK_K};
 pub use matmul::{is_tiled as matmul_is_tiled, matmul, QMatrix};
 pub use rows::{dot_columns, weighted_sum_rows};
 

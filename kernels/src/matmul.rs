@@ -1,10 +1,11 @@
 //! Matrix times a batch of activation rows, parallel over weight rows.
 
-use crate::dispatch::{self, VecDotFn};
+use crate::dispatch;
 use crate::gemm;
-use crate::ggml_type::GgmlType;
 use crate::quantize::quantize;
+use crate::vec_dot_fn::VecDotFn;
 use crate::vec_dot_type;
+use ggml_types::GgmlType;
 use rayon::prelude::*;
 use std::cell::Cell;
 

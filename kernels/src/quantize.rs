@@ -5,8 +5,8 @@ use crate::formats::{
     blocks_mut, f16_bits_to_f32, f16_to_le, f32_to_bf16_bits, f32_to_f16_bits, BlockQ8K, BlockQ8_0,
     BlockQ8_1,
 };
-use crate::ggml_type::GgmlType;
 use crate::quantize_weights::nearest_int;
+use ggml_types::GgmlType;
 use half::f16;
 
 crate::multiversion::multiversion! {

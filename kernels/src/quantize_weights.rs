@@ -11,7 +11,7 @@ use crate::formats::{
     blocks_mut, f16_le, f16_to_le, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
     BlockQ5_0, BlockQ5_1, BlockQ6K,
 };
-use crate::ggml_type::{GgmlType, QK_K};
+use ggml_types::{GgmlType, QK_K};
 
 /// ggml's nearest_int: adding 1.5 * 2^23 leaves the rounded integer (halfway cases to even) in
 /// the low mantissa bits. Valid for |x| <= 2^22, which quants are far inside.

@@ -8,7 +8,7 @@ use crate::formats::{
     bf16_le, blocks, f16_le, k4_scales_mins, q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0,
     BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
-use crate::ggml_type::{GgmlType, QK_K};
+use ggml_types::{GgmlType, QK_K};
 
 /// Dot product of a row of `n` weights of type `ty` with `n` activations in `vec_dot_type(ty)`,
 /// computed by the portable reference code whatever the CPU.

@@ -9,17 +9,13 @@
 //!   tolerance for the f32 summation order;
 //! - rows of the test models (llama-synth for every type, Qwen and Gemma for theirs).
 
-use crate::dispatch::VecDotFn;
 use crate::formats::f16_to_le;
-use crate::ggml_type::GgmlType;
+use crate::vec_dot_fn::VecDotFn;
 use crate::{dequantize_row, quantize_row, scalar, vec_dot_type};
+use ggml_types::GgmlType;
 use std::path::PathBuf;
 
 use GgmlType::*;
-
-const TYPES: [GgmlType; 15] = [
-    F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
-];
 
 /// xorshift64*: deterministic test data.
 struct Rng(u64);
@@ -331,7 +327,7 @@ fn check_random(isa: &str, ty: GgmlType, k: VecDotFn, rng: &mut Rng) {
 pub(super) fn check_isa(isa: &str, kernel: fn(GgmlType) -> Option<VecDotFn>) {
     let mut rng = Rng::new(0x5eed);
     let mut covered = Vec::new();
-    for ty in TYPES {
+    for ty in GgmlType::ALL {
         if let Some(k) = kernel(ty) {
             check_exact(isa, ty, k, &mut rng);
             check_random(isa, ty, k, &mut rng);
@@ -386,7 +382,7 @@ fn check_model(
 /// and of the real test models.
 pub(super) fn check_isa_on_models(isa: &str, kernel: fn(GgmlType) -> Option<VecDotFn>) {
     let mut rng = Rng::new(0xcafe);
-    for ty in TYPES {
+    for ty in GgmlType::ALL {
         // ggml never stores Q8_1 or Q8_K weights: there is no model of them.
         if kernel(ty).is_none() || matches!(ty, Q8_1 | Q8_K) {
             continue;

@@ -5,21 +5,7 @@
 //! here is generated from that same version (`tools/gen_unicode_table.py`) instead of coming from a crate that
 //! follows the newest Unicode.
 
-use crate::unicode_table::RANGES;
-
-/// General category group of a code point (`\p{L}`, `\p{N}`, ...).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Class {
-    /// Unassigned (`Cn`).
-    Undefined,
-    Number,
-    Letter,
-    Separator,
-    Mark,
-    Punctuation,
-    Symbol,
-    Control,
-}
+use crate::unicode_table::{Class, RANGES};
 
 /// What the splitters ask of one position: its class and whether it is `\s`.
 ///

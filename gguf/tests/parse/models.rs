@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
+use ggml_types::GgmlType;
 use gguf::{Gguf, TensorInfo, Value};
-use kernels::GgmlType;
 use testmodels::SYNTH_TYPES;
 
 fn map(path: &std::path::Path) -> memmap2::Mmap {
@@ -179,9 +179,17 @@ fn writer_rebuilds_the_llama_synth_files() {
         let mut out = gguf::header(&g.metadata, &specs, g.alignment);
         assert_eq!(out.len() as u64, g.data_offset, "{ty}: header size");
         for t in &g.tensors {
-            assert_eq!(out.len() as u64, g.data_offset + t.offset, "{ty}: {}", t.name);
+            assert_eq!(
+                out.len() as u64,
+                g.data_offset + t.offset,
+                "{ty}: {}",
+                t.name
+            );
             out.extend_from_slice(t.data);
-            out.resize(out.len() + gguf::padding(t.data.len() as u64, g.alignment), 0);
+            out.resize(
+                out.len() + gguf::padding(t.data.len() as u64, g.alignment),
+                0,
+            );
         }
         assert!(out[..] == bytes[..], "{ty}: the rebuilt file differs");
     }

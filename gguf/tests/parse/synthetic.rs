@@ -1,8 +1,8 @@
 //! Well-formed synthetic files: every value type, nested arrays, tensors of several types, both
 //! supported versions.
 
+use ggml_types::GgmlType;
 use gguf::{Gguf, Value, ValueType};
-use kernels::GgmlType;
 
 use crate::writer::{bytes, ggml, small_valid, ty, Builder, T, W};
 

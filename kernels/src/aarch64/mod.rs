@@ -51,7 +51,7 @@ mod tests {
     /// The table the dispatcher uses takes the dotprod kernels exactly when the CPU has them.
     #[test]
     fn kernel_picks_dotprod_when_available() {
-        use crate::ggml_type::GgmlType;
+        use ggml_types::GgmlType;
         let best = neon::kernel(GgmlType::Q8_0).expect("a Q8_0 kernel");
         let want = if neon::dotprod_available() {
             neon::kernel_dotprod(GgmlType::Q8_0)

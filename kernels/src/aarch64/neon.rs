@@ -9,12 +9,12 @@
 //! `fcvtl` (f16 to f32, base ARMv8) is written the same way because the f16 vector types are not
 //! stable either.
 
-use crate::dispatch::VecDotFn;
 use crate::formats::{
     bf16_le, blocks, f16_le, k4_scales_mins, q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0,
     BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
-use crate::ggml_type::GgmlType;
+use crate::vec_dot_fn::VecDotFn;
+use ggml_types::GgmlType;
 use std::arch::aarch64::*;
 use std::arch::asm;
 

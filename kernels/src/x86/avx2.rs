@@ -7,12 +7,12 @@
 //! activations' block sums), and the one signed×signed case (Q8_0) moves the sign onto the
 //! activation, which [`crate::quantize_row`] keeps within ±127.
 
-use crate::dispatch::VecDotFn;
 use crate::formats::{
     bf16_le, blocks, f16_le, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
     BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
-use crate::ggml_type::GgmlType;
+use crate::vec_dot_fn::VecDotFn;
+use ggml_types::GgmlType;
 use std::arch::x86_64::*;
 
 /// Whether this CPU can run these kernels.

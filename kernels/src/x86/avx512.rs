@@ -14,12 +14,12 @@ use super::avx2::{
     self, f16_pair, hsum, hsum128, k4_min_sum, k4_scales_mins, load, load_i8, nibbles32,
     scale_product, words128, K4,
 };
-use crate::dispatch::VecDotFn;
 use crate::formats::{
     blocks, f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
 };
 use crate::gemm::{ActGroup, Shape, WGroup, RM, RN, STEPS};
-use crate::ggml_type::GgmlType;
+use crate::vec_dot_fn::VecDotFn;
+use ggml_types::GgmlType;
 use std::arch::x86_64::*;
 
 /// Whether this CPU can run these kernels (which also use the AVX2 helpers).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::json_schema::Schema;
-use super::scheduler::{Embedding, Finish, GenParams, PromptInput, TokenLogprob, Usage};
+use super::scheduler::{Embedding, Finish, GenParams, PromptInput, Refusal, TokenLogprob, Usage};
 use crate::chat_template::ChatMessage;
 use crate::sampling::SamplerConfig;
 
@@ -17,6 +17,15 @@ pub(crate) struct ApiError {
     pub status: u16,
     pub kind: &'static str,
     pub message: String,
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Invalid(message) => ApiError::bad_request(message),
+            Refusal::Busy(message) => ApiError::unavailable(message),
+        }
+    }
 }
 
 impl ApiError {

@@ -291,7 +291,7 @@ impl EventStream {
             }
             Event::Error(e) => {
                 self.done = true;
-                sse(&e.to_json())
+                sse(&ApiError::from(e).to_json())
             }
         }
     }
@@ -421,18 +421,32 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     Ok(response)
 }
 
-const API_PATHS: &[&str] = &[
-    "/v1/models",
-    "/models",
-    "/v1/chat/completions",
-    "/chat/completions",
-    "/v1/completions",
-    "/completions",
-    "/v1/embeddings",
-    "/embeddings",
-    "/tokenize",
-    "/detokenize",
-    "/apply-template",
+/// What an API path does.
+#[derive(Clone, Copy)]
+enum Route {
+    Models,
+    Chat,
+    Completions,
+    Embeddings,
+    Tokenize,
+    Detokenize,
+    ApplyTemplate,
+}
+
+/// Every API path (OpenAI's with and without `/v1`, llama.cpp's), the one method it takes and its
+/// route: the one list of what the server answers behind the key.
+const ROUTES: &[(&str, Method, Route)] = &[
+    ("/v1/models", Method::GET, Route::Models),
+    ("/models", Method::GET, Route::Models),
+    ("/v1/chat/completions", Method::POST, Route::Chat),
+    ("/chat/completions", Method::POST, Route::Chat),
+    ("/v1/completions", Method::POST, Route::Completions),
+    ("/completions", Method::POST, Route::Completions),
+    ("/v1/embeddings", Method::POST, Route::Embeddings),
+    ("/embeddings", Method::POST, Route::Embeddings),
+    ("/tokenize", Method::POST, Route::Tokenize),
+    ("/detokenize", Method::POST, Route::Detokenize),
+    ("/apply-template", Method::POST, Route::ApplyTemplate),
 ];
 
 async fn route(
@@ -484,16 +498,18 @@ async fn route(
     if !authorized(shared, &parts.headers) {
         return Err(ApiError::unauthorized());
     }
-    if !API_PATHS.contains(&path) {
+    let Some((_, method, route)) = ROUTES.iter().find(|(p, _, _)| *p == path) else {
         return Err(ApiError::not_found(path));
-    }
+    };
     if !shared.status.ready.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the model is loading"));
     }
-    let post = parts.method == Method::POST;
-    match path {
-        "/v1/models" | "/models" if parts.method == Method::GET => Ok(models(shared)),
-        "/v1/chat/completions" | "/chat/completions" if post => {
+    if parts.method != method {
+        return Err(ApiError::method_not_allowed(parts.method.as_str(), path));
+    }
+    match route {
+        Route::Models => Ok(models(shared)),
+        Route::Chat => {
             generate(
                 shared,
                 &read_body(shared, &parts.headers, body).await?,
@@ -501,7 +517,7 @@ async fn route(
             )
             .await
         }
-        "/v1/completions" | "/completions" if post => {
+        Route::Completions => {
             generate(
                 shared,
                 &read_body(shared, &parts.headers, body).await?,
@@ -509,10 +525,10 @@ async fn route(
             )
             .await
         }
-        "/v1/embeddings" | "/embeddings" if post => {
+        Route::Embeddings => {
             embeddings(shared, &read_body(shared, &parts.headers, body).await?).await
         }
-        "/tokenize" if post => {
+        Route::Tokenize => {
             let req = api::parse_tokenize(&read_body(shared, &parts.headers, body).await?)?;
             let (reply, rx) = oneshot::channel();
             submit(
@@ -530,14 +546,14 @@ async fn route(
                 &api::tokenize_response(&tokens, req.with_pieces),
             ))
         }
-        "/detokenize" if post => {
+        Route::Detokenize => {
             let tokens = api::parse_detokenize(&read_body(shared, &parts.headers, body).await?)?;
             let (reply, rx) = oneshot::channel();
             submit(shared, Job::Detokenize { tokens, reply })?;
             let text = rx.await.map_err(|_| stopped())??;
             Ok(json_response(200, &json!({"content": text})))
         }
-        "/apply-template" if post => {
+        Route::ApplyTemplate => {
             let messages =
                 api::parse_apply_template(&read_body(shared, &parts.headers, body).await?)?;
             let (reply, rx) = oneshot::channel();
@@ -545,7 +561,6 @@ async fn route(
             let prompt = rx.await.map_err(|_| stopped())??;
             Ok(json_response(200, &json!({"prompt": prompt})))
         }
-        _ => Err(ApiError::method_not_allowed(parts.method.as_str(), path)),
     }
 }
 
@@ -657,7 +672,7 @@ async fn generate(
     // The first event decides the status: an error before any output is answered as such.
     let first = rx.recv().await.ok_or_else(stopped)?;
     if let Event::Error(e) = first {
-        return Err(e);
+        return Err(e.into());
     }
     if req.stream {
         let stream = EventStream {
@@ -700,7 +715,7 @@ async fn generate(
                     &meta.complete(&text, &logprobs, finish, &usage),
                 ))
             }
-            Event::Error(e) => return Err(e),
+            Event::Error(e) => return Err(e.into()),
         }
     }
 }

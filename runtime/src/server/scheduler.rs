@@ -13,12 +13,32 @@ use std::time::Instant;
 use tokenizer::Utf8Stream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::api::ApiError;
 use super::json_schema::{JsonState, Schema};
 use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::engine::Engine;
 use crate::model::{KvCache, Logits, SeqInput};
 use crate::sampling::{top_logprobs, Sampler, SamplerConfig};
+
+/// Why the scheduler refused a job. It knows no protocol: each edge turns this into its own
+/// error (the HTTP side into 400 and 503 responses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The request cannot be served as asked: an unknown token id, a prompt longer than the
+    /// context, a chat template that fails on these messages.
+    Invalid(String),
+    /// Every slot is busy and the queue is full; the same request may succeed later.
+    Busy(String),
+}
+
+impl Refusal {
+    fn invalid(message: impl Into<String>) -> Self {
+        Refusal::Invalid(message.into())
+    }
+
+    fn busy(message: impl Into<String>) -> Self {
+        Refusal::Busy(message.into())
+    }
+}
 
 /// What a generation starts from.
 pub(crate) enum PromptInput {
@@ -52,7 +72,7 @@ pub(crate) enum Job {
     Generate(GenJob),
     Embed {
         inputs: Vec<PromptInput>,
-        reply: oneshot::Sender<Result<Vec<Embedding>, ApiError>>,
+        reply: oneshot::Sender<Result<Vec<Embedding>, Refusal>>,
     },
     Tokenize {
         text: String,
@@ -62,11 +82,11 @@ pub(crate) enum Job {
     },
     Detokenize {
         tokens: Vec<u32>,
-        reply: oneshot::Sender<Result<String, ApiError>>,
+        reply: oneshot::Sender<Result<String, Refusal>>,
     },
     ApplyTemplate {
         messages: Vec<ChatMessage>,
-        reply: oneshot::Sender<Result<String, ApiError>>,
+        reply: oneshot::Sender<Result<String, Refusal>>,
     },
 }
 
@@ -109,7 +129,7 @@ pub(crate) struct Usage {
 
 pub(crate) enum Event {
     /// The request failed before producing anything.
-    Error(ApiError),
+    Error(Refusal),
     /// New text (never a partial UTF-8 character or part of a stop string) and its tokens' logprobs.
     Delta {
         text: String,
@@ -185,7 +205,7 @@ enum Queued {
     Generate(Box<Task>),
     Embed {
         inputs: Vec<Vec<u32>>,
-        reply: oneshot::Sender<Result<Vec<Embedding>, ApiError>>,
+        reply: oneshot::Sender<Result<Vec<Embedding>, Refusal>>,
     },
 }
 
@@ -342,7 +362,7 @@ impl<'e, 'a> Scheduler<'e, 'a> {
                 }
             }
             Job::Embed { inputs, reply } => {
-                let tokens: Result<Vec<Vec<u32>>, ApiError> = inputs
+                let tokens: Result<Vec<Vec<u32>>, Refusal> = inputs
                     .into_iter()
                     .map(|input| {
                         let ids = self.prompt_tokens(input)?;
@@ -361,9 +381,9 @@ impl<'e, 'a> Scheduler<'e, 'a> {
     }
 
     /// The error for a request that finds every slot busy and the queue full.
-    fn queue_full(&self) -> Option<ApiError> {
+    fn queue_full(&self) -> Option<Refusal> {
         (self.queue.len() >= self.max_queue + self.free_slots()).then(|| {
-            ApiError::unavailable(format!(
+            Refusal::busy(format!(
                 "all {} slots are busy and {} requests are waiting (--max-queue); try again later",
                 self.slots.len(),
                 self.queue.len()
@@ -371,23 +391,23 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         })
     }
 
-    fn render(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
+    fn render(&self, messages: &[ChatMessage]) -> Result<String, Refusal> {
         self.template
             .render(messages, true)
-            .map_err(|e| ApiError::bad_request(e.to_string()))
+            .map_err(|e| Refusal::invalid(e.to_string()))
     }
 
-    fn check_ids(&self, ids: &[u32]) -> Result<(), ApiError> {
+    fn check_ids(&self, ids: &[u32]) -> Result<(), Refusal> {
         let n_vocab = self.engine.n_vocab();
         match ids.iter().find(|&&id| id as usize >= n_vocab) {
-            Some(id) => Err(ApiError::bad_request(format!(
+            Some(id) => Err(Refusal::invalid(format!(
                 "token id {id} is outside the vocabulary of {n_vocab} tokens"
             ))),
             None => Ok(()),
         }
     }
 
-    fn prompt_tokens(&self, prompt: PromptInput) -> Result<Vec<u32>, ApiError> {
+    fn prompt_tokens(&self, prompt: PromptInput) -> Result<Vec<u32>, Refusal> {
         let ids = match prompt {
             PromptInput::Chat(messages) => self.engine.tokenize_prompt(&self.render(&messages)?),
             PromptInput::Text(text) => self.engine.tokenize_prompt(&text),
@@ -397,20 +417,20 @@ impl<'e, 'a> Scheduler<'e, 'a> {
             }
         };
         if ids.is_empty() {
-            return Err(ApiError::bad_request("the prompt is empty"));
+            return Err(Refusal::invalid("the prompt is empty"));
         }
         Ok(ids)
     }
 
     /// A prompt of `n` tokens must leave `room` positions (for the reply) in a slot.
-    fn check_length(&self, n: usize, room: usize) -> Result<(), ApiError> {
+    fn check_length(&self, n: usize, room: usize) -> Result<(), Refusal> {
         if n + room > self.slot_ctx {
             let reply = if room > 0 {
                 ", and it must leave room for the reply"
             } else {
                 ""
             };
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::invalid(format!(
                 "the prompt is {n} tokens, but the context of a slot holds {} tokens (-c {} shared by {} slots){reply}; \
                  shorten the prompt or raise -c",
                 self.slot_ctx,
@@ -421,14 +441,14 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         Ok(())
     }
 
-    fn prepare(&self, job: GenJob) -> Result<Task, ApiError> {
+    fn prepare(&self, job: GenJob) -> Result<Task, Refusal> {
         let prompt = self.prompt_tokens(job.prompt)?;
         // At least one token must fit after the prompt.
         self.check_length(prompt.len(), 1)?;
         let room = self.slot_ctx - prompt.len();
         let p = job.params;
         let sampler = Sampler::new(p.sampling, self.engine.n_vocab())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(|e| Refusal::invalid(e.to_string()))?;
         Ok(Task {
             prompt,
             max_new: p.max_tokens.map_or(room, |m| m.min(room)),
