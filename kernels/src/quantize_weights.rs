@@ -132,20 +132,51 @@ fn q5_1(x: &[f32], y: &mut [BlockQ5_1]) {
     }
 }
 
-/// ggml's make_qkx2_quants: the scale and (negated) minimum of an asymmetric `nmax`-level
-/// quantization of `x` minimizing the weighted error, searched over `nstep + 1` candidate scales
-/// around `nmax / (max - min)`. Returns `(scale, the_min)` and leaves the levels in `l`.
-#[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+/// How a format searches its asymmetric group scales (make_qkx2_quants' arguments).
+struct Qkx2 {
+    /// Levels `0..=nmax`.
     nmax: i32,
-    x: &[f32],
-    weights: &[f32],
-    l: &mut [u8],
+    /// Candidate scales `(nmax + rmin + rdelta * is) / (max - min)` for `is` in `0..=nstep`.
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    /// Weigh absolute errors (Q2_K) instead of squared ones.
     use_mad: bool,
-) -> (f32, f32) {
+}
+
+const Q2K_SEARCH: Qkx2 = Qkx2 {
+    nmax: 3,
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    use_mad: true,
+};
+const Q4K_SEARCH: Qkx2 = Qkx2 {
+    nmax: 15,
+    rmin: -1.0,
+    rdelta: 0.1,
+    nstep: 20,
+    use_mad: false,
+};
+const Q5K_SEARCH: Qkx2 = Qkx2 {
+    nmax: 31,
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    use_mad: false,
+};
+
+/// ggml's make_qkx2_quants: the scale and (negated) minimum of an asymmetric `nmax`-level
+/// quantization of `x` minimizing the weighted error, searched over `nstep + 1` candidate scales
+/// around `nmax / (max - min)`. Returns `(scale, the_min)` and leaves the levels in `l`.
+fn make_qkx2_quants(search: &Qkx2, x: &[f32], weights: &[f32], l: &mut [u8]) -> (f32, f32) {
+    let Qkx2 {
+        nmax,
+        rmin,
+        rdelta,
+        nstep,
+        use_mad,
+    } = *search;
     let n = x.len();
     let mut laux = [0u8; 32];
     let (mut min, mut max) = (x[0], x[0]);
@@ -323,34 +354,70 @@ fn pack_2bit(levels: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
     }
 }
 
+/// The groups of a Q2_K/Q4_K/Q5_K super-block: each one's scale and (negated) minimum from
+/// make_qkx2_quants, and the largest of each, which the 4- or 6-bit group scales are relative to.
+struct Groups {
+    scales: [f32; QK_K / 16],
+    mins: [f32; QK_K / 16],
+    max_scale: f32,
+    max_min: f32,
+}
+
+/// make_qkx2_quants on each `len`-element group of the super-block `x`, with the weights
+/// `weights(group)` gives, leaving the levels in `levels`.
+fn group_scales(
+    x: &[f32],
+    len: usize,
+    search: &Qkx2,
+    weights: impl Fn(&[f32], &mut [f32]),
+    levels: &mut [u8; QK_K],
+) -> Groups {
+    let mut g = Groups {
+        scales: [0.0; QK_K / 16],
+        mins: [0.0; QK_K / 16],
+        max_scale: 0.0,
+        max_min: 0.0,
+    };
+    let mut w = [0.0f32; 32];
+    for (j, group) in x.chunks_exact(len).enumerate() {
+        weights(group, &mut w[..len]);
+        let (scale, min) = make_qkx2_quants(
+            search,
+            group,
+            &w[..len],
+            &mut levels[len * j..len * (j + 1)],
+        );
+        (g.scales[j], g.mins[j]) = (scale, min);
+        if scale > g.max_scale {
+            g.max_scale = scale;
+        }
+        if min > g.max_min {
+            g.max_min = min;
+        }
+    }
+    g
+}
+
 fn q2_k(x: &[f32], y: &mut [BlockQ2K]) {
     const Q4SCALE: f32 = 15.0;
     for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
         let mut levels = [0u8; QK_K];
-        let mut scales = [0.0f32; QK_K / 16];
-        let mut mins = [0.0f32; QK_K / 16];
-        let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
-        for j in 0..QK_K / 16 {
-            let group = &x[16 * j..16 * j + 16];
-            let weights: Vec<f32> = group.iter().map(|v| v.abs()).collect();
-            let (scale, min) = make_qkx2_quants(
-                3,
-                group,
-                &weights,
-                &mut levels[16 * j..16 * j + 16],
-                -0.5,
-                0.1,
-                15,
-                true,
-            );
-            (scales[j], mins[j]) = (scale, min);
-            if scale > max_scale {
-                max_scale = scale;
-            }
-            if min > max_min {
-                max_min = min;
-            }
-        }
+        let Groups {
+            scales,
+            mins,
+            max_scale,
+            max_min,
+        } = group_scales(
+            x,
+            16,
+            &Q2K_SEARCH,
+            |g, w| {
+                for (w, v) in w.iter_mut().zip(g) {
+                    *w = v.abs();
+                }
+            },
+            &mut levels,
+        );
         if max_scale > 0.0 {
             let iscale = Q4SCALE / max_scale;
             for (q, &scale) in b.scales.iter_mut().zip(&scales) {
@@ -452,40 +519,30 @@ struct K4Header {
     scales: [u8; 12],
 }
 
-fn k4_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, levels: &mut [u8; QK_K]) -> K4Header {
+fn k4_scales(x: &[f32], search: &Qkx2, levels: &mut [u8; QK_K]) -> K4Header {
+    let nmax = search.nmax;
     let mut packed = [0u8; 12];
-    let mut scales = [0.0f32; QK_K / 32];
-    let mut mins = [0.0f32; QK_K / 32];
-    let (mut max_scale, mut max_min) = (0.0f32, 0.0f32);
-    for j in 0..QK_K / 32 {
-        let group = &x[32 * j..32 * j + 32];
-        let mut sum_x2 = 0.0f32;
-        for &v in group {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        let mut weights = [0.0f32; 32];
-        for (w, &v) in weights.iter_mut().zip(group) {
-            *w = av_x + v.abs();
-        }
-        let (scale, min) = make_qkx2_quants(
-            nmax,
-            group,
-            &weights,
-            &mut levels[32 * j..32 * j + 32],
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
-        (scales[j], mins[j]) = (scale, min);
-        if scale > max_scale {
-            max_scale = scale;
-        }
-        if min > max_min {
-            max_min = min;
-        }
-    }
+    let Groups {
+        scales,
+        mins,
+        max_scale,
+        max_min,
+    } = group_scales(
+        x,
+        32,
+        search,
+        |g, w| {
+            let mut sum_x2 = 0.0f32;
+            for &v in g {
+                sum_x2 += v * v;
+            }
+            let av_x = (sum_x2 / 32.0).sqrt();
+            for (w, &v) in w.iter_mut().zip(g) {
+                *w = av_x + v.abs();
+            }
+        },
+        levels,
+    );
     let inv_scale = if max_scale > 0.0 {
         63.0 / max_scale
     } else {
@@ -527,7 +584,7 @@ fn k4_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, levels: &mut [u8; QK_K
 fn q4_k(x: &[f32], y: &mut [BlockQ4K]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
         let mut levels = [0u8; QK_K];
-        let header = k4_scales(x, 15, -1.0, 20, &mut levels);
+        let header = k4_scales(x, &Q4K_SEARCH, &mut levels);
         (b.d, b.dmin, b.scales) = (header.d, header.dmin, header.scales);
         for (q, half) in b.qs.chunks_exact_mut(32).zip(levels.chunks_exact(64)) {
             for l in 0..32 {
@@ -540,7 +597,7 @@ fn q4_k(x: &[f32], y: &mut [BlockQ4K]) {
 fn q5_k(x: &[f32], y: &mut [BlockQ5K]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(QK_K)) {
         let mut levels = [0u8; QK_K];
-        let header = k4_scales(x, 31, -0.5, 15, &mut levels);
+        let header = k4_scales(x, &Q5K_SEARCH, &mut levels);
         (b.d, b.dmin, b.scales) = (header.d, header.dmin, header.scales);
         b.qh = [0; QK_K / 8];
         // Each 64-element run: low nibbles of elements l and l + 32 share byte l; their fifth
