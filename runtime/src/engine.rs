@@ -2,10 +2,11 @@
 
 use std::time::Instant;
 
+use serde_json::{json, Value};
 use tokenizer::Tokenizer;
 
 use crate::model::{KvCache, Logits, Model};
-use crate::sampling::{top_logprobs, Sampler};
+use crate::sampling::{log_sum_exp, top_logprobs, Sampler};
 
 /// The model, its tokenizer and the run-time sizes chosen on the command line.
 pub struct Engine<'a> {
@@ -236,7 +237,7 @@ impl<'a> Engine<'a> {
             for j in first..n_chunk_ctx - 1 {
                 let row = &logits[j * n_vocab..(j + 1) * n_vocab];
                 let target = tokens[start + j + 1] as usize;
-                nll -= log_softmax_at(row, target);
+                nll -= f64::from(row[target]) - log_sum_exp(row);
                 count += 1;
             }
             progress(chunk + 1, n_chunks, (nll / count as f64).exp());
@@ -249,11 +250,28 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// log p(target) under softmax(row), accumulated in f64.
-fn log_softmax_at(row: &[f32], target: usize) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    row[target] as f64 - max - sum.ln()
+/// How many tokens two sequences share from their start: the part of a prompt whose keys and
+/// values a cache already holds.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// llama.cpp's `timings` object (its server's and its CLI's), from tokens and milliseconds.
+pub fn timings_json(
+    prompt_n: usize,
+    prompt_ms: f64,
+    predicted_n: usize,
+    predicted_ms: f64,
+) -> Value {
+    let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    json!({
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_second": per_s(prompt_n, prompt_ms),
+        "predicted_n": predicted_n,
+        "predicted_ms": predicted_ms,
+        "predicted_per_second": per_s(predicted_n, predicted_ms),
+    })
 }
 
 /// What to record besides the tokens.

@@ -12,7 +12,7 @@ use serde_json::json;
 use runtime::bench::BenchPlan;
 use runtime::chat_template::{ChatMessage, ChatTemplate};
 use runtime::cli::{self, Args};
-use runtime::engine::{Engine, GenerateOptions, Generation};
+use runtime::engine::{self, Engine, GenerateOptions, Generation};
 use runtime::load::{self, ModelSource, PayloadFile};
 use runtime::model::Model;
 use runtime::sampling::{Sampler, SamplerConfig};
@@ -328,15 +328,7 @@ fn complete(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
 }
 
 fn timings_json(g: &Generation) -> serde_json::Value {
-    let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-    json!({
-        "prompt_n": g.prompt_n,
-        "prompt_ms": g.prompt_ms,
-        "prompt_per_second": per_s(g.prompt_n, g.prompt_ms),
-        "predicted_n": g.tokens.len(),
-        "predicted_ms": g.gen_ms,
-        "predicted_per_second": per_s(g.tokens.len(), g.gen_ms),
-    })
+    engine::timings_json(g.prompt_n, g.prompt_ms, g.tokens.len(), g.gen_ms)
 }
 
 fn print_timings(g: &Generation) {
@@ -415,12 +407,7 @@ fn chat(engine: &Engine, args: &Args, g: &gguf::Gguf) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let ids = engine.tokenize_prompt(&rendered);
         // Reuse the cached prefix the conversation shares with what the cache holds.
-        let common = ids
-            .iter()
-            .zip(session.tokens())
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
+        let common = engine::common_prefix(&ids, session.tokens()).min(ids.len() - 1);
         session.truncate(common);
         let mut stream = Utf8Stream::new();
         let mut reply = Vec::new();

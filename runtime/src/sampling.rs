@@ -400,6 +400,14 @@ impl Sampler {
     }
 }
 
+/// log(sum(exp(logits))), accumulated in f64 from the largest logit so that a 262k vocabulary
+/// loses no precision: a token's natural-log probability is its logit minus this.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = f64::from(logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)));
+    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    max + sum.ln()
+}
+
 /// The k most likely tokens under log_softmax(logits) over the whole vocabulary, as
 /// (id, natural-log probability), most likely first (equal logits: lowest id first). The
 /// log-sum-exp is accumulated in f64 so that a 262k vocabulary loses no precision.
@@ -408,10 +416,7 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
-    let max = f64::from(max);
-    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
-    let lse = max + sum.ln();
+    let lse = log_sum_exp(logits);
     let mut cand: Vec<Candidate> = logits
         .iter()
         .enumerate()

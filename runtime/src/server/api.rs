@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use super::json_schema::Schema;
 use super::scheduler::{Embedding, Finish, GenParams, PromptInput, Refusal, TokenLogprob, Usage};
 use crate::chat_template::ChatMessage;
+use crate::engine;
 use crate::sampling::SamplerConfig;
 
 /// An error answered with OpenAI's error JSON: `{"error": {"message", "type", "param", "code"}}`.
@@ -591,16 +592,9 @@ pub(crate) fn usage_json(u: &Usage) -> Value {
 
 /// llama.cpp's `timings` object.
 pub(crate) fn timings_json(u: &Usage) -> Value {
+    // Only the tokens evaluated count: llama.cpp's prompt_n leaves out the cached ones.
     let evaluated = u.prompt_tokens - u.cached_tokens;
-    let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-    json!({
-        "prompt_n": evaluated,
-        "prompt_ms": u.prompt_ms,
-        "prompt_per_second": per_s(evaluated, u.prompt_ms),
-        "predicted_n": u.completion_tokens,
-        "predicted_ms": u.gen_ms,
-        "predicted_per_second": per_s(u.completion_tokens, u.gen_ms),
-    })
+    engine::timings_json(evaluated, u.prompt_ms, u.completion_tokens, u.gen_ms)
 }
 
 /// Formats log-probabilities in the shape of the request's endpoint; keeps the running character

@@ -15,9 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::json_schema::{JsonState, Schema};
 use crate::chat_template::{ChatMessage, ChatTemplate};
-use crate::engine::Engine;
+use crate::engine::{common_prefix, Engine};
 use crate::model::{KvCache, Logits, SeqInput};
-use crate::sampling::{top_logprobs, Sampler, SamplerConfig};
+use crate::sampling::{log_sum_exp, top_logprobs, Sampler, SamplerConfig};
 
 /// Why the scheduler refused a job. It knows no protocol: each edge turns this into its own
 /// error (the HTTP side into 400 and 503 responses).
@@ -697,18 +697,8 @@ impl<'e, 'a> Scheduler<'e, 'a> {
     }
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 fn logprob_entry(row: &[f32], tok: u32, k: usize, text: impl Fn(u32) -> Vec<u8>) -> TokenLogprob {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let lse = f64::from(max)
-        + row
-            .iter()
-            .map(|&v| (f64::from(v) - f64::from(max)).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = log_sum_exp(row);
     TokenLogprob {
         bytes: text(tok),
         logprob: (f64::from(row[tok as usize]) - lse) as f32,
