@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::sampling::SamplerConfig;
+
 /// Runs a GGUF language model on the CPU.
 #[derive(Parser, Debug, Clone)]
 // args_override_self: a flag given twice takes its last value, so that the user's arguments
@@ -255,6 +257,27 @@ pub fn process_escapes(s: &str) -> String {
         chars.next();
     }
     out
+}
+
+/// The sampling options of the command line; `--seed` unset or negative takes one from the clock.
+pub fn sampler_config(args: &Args) -> SamplerConfig {
+    let seed = match args.seed {
+        Some(s) if s >= 0 => s as u64,
+        _ => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    };
+    SamplerConfig {
+        temp: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        presence_penalty: args.presence_penalty,
+        frequency_penalty: args.frequency_penalty,
+        seed,
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The llamafile runtime as a library: model loading, the forward pass, sampling and chat templates.
 
 pub mod bench;
+pub mod chat;
 pub mod chat_template;
 pub mod cli;
 pub mod engine;

@@ -1,21 +1,18 @@
 //! `llamafile`: runs a GGUF model, on its own or packed inside this very executable.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use clap::Parser;
 use serde_json::json;
 
 use runtime::bench::BenchPlan;
-use runtime::chat_template::{ChatMessage, ChatTemplate};
 use runtime::cli::{self, Args};
 use runtime::engine::{self, Engine, GenerateOptions, Generation};
 use runtime::load::{self, ModelSource, PayloadFile};
 use runtime::model::Model;
-use runtime::sampling::{Sampler, SamplerConfig};
+use runtime::sampling::Sampler;
 use runtime::server::{Options, Server};
 use tokenizer::{Tokenizer, Utf8Stream};
 
@@ -125,7 +122,7 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
         return perplexity(&engine, &args);
     }
     if args.interactive {
-        return chat(&engine, &args, &g);
+        return runtime::chat::run(&engine, &g, &args, None);
     }
     let prompt = prompt_text(&args)?;
     if args.tokenize {
@@ -193,8 +190,9 @@ fn is_bare(args: &Args) -> bool {
         && !args.interactive
 }
 
-/// In a terminal: the terminal chat, with the server running in the background for the browser and
-/// API clients. Without one (launched from a desktop): the server, and the browser opened on it.
+/// In a terminal: the terminal chat, with the server answering the browser and API clients beside
+/// it on the same slots. Without one (launched from a desktop): the server, and the browser opened
+/// on it.
 fn bare_launch(
     engine: &Engine,
     g: &gguf::Gguf,
@@ -209,22 +207,7 @@ fn bare_launch(
         "llamafile: chat page and OpenAI-compatible API at {}",
         server.url()
     );
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            if let Err(e) = server.serve(engine, g, args.chat_template.as_deref()) {
-                eprintln!("llamafile: server stopped: {e}");
-            }
-        });
-        let result = chat(engine, args, g);
-        // The server thread runs until the process ends; the chat ending ends both.
-        std::process::exit(match result {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("llamafile: error: {e}");
-                1
-            }
-        })
-    })
+    runtime::chat::run(engine, g, args, Some(server))
 }
 
 fn prompt_text(args: &Args) -> Result<String, String> {
@@ -243,24 +226,7 @@ fn prompt_text(args: &Args) -> Result<String, String> {
 }
 
 fn sampler_for(args: &Args, n_vocab: usize) -> Result<Sampler, String> {
-    let seed = match args.seed {
-        Some(s) if s >= 0 => s as u64,
-        _ => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    };
-    let cfg = SamplerConfig {
-        temp: args.temp,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        presence_penalty: args.presence_penalty,
-        frequency_penalty: args.frequency_penalty,
-        seed,
-    };
-    Sampler::new(cfg, n_vocab).map_err(|e| e.to_string())
+    Sampler::new(cli::sampler_config(args), n_vocab).map_err(|e| e.to_string())
 }
 
 /// One-shot completion of `-p`: streams text to stdout, or prints one JSON object with --json.
@@ -358,89 +324,6 @@ fn perplexity(engine: &Engine, args: &Args) -> Result<(), String> {
             "perplexity: {:.4} over {} chunks of {} tokens",
             r.perplexity, r.chunks, engine.n_ctx
         );
-    }
-    Ok(())
-}
-
-/// The terminal chat: one line per user turn, replies streamed; Ctrl-C stops a reply, Ctrl-D exits.
-fn chat(engine: &Engine, args: &Args, g: &gguf::Gguf) -> Result<(), String> {
-    let template = ChatTemplate::for_model(&engine.tokenizer, g, args.chat_template.as_deref())?;
-
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        ctrlc::set_handler(move || {
-            // A second Ctrl-C while no reply is running exits, as in llama.cpp.
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })
-        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
-    }
-
-    let mut messages = Vec::new();
-    if let Some(sys) = &args.system_prompt {
-        messages.push(ChatMessage {
-            role: "system".into(),
-            content: sys.clone(),
-        });
-    }
-    let mut session = engine.new_session();
-    let mut sampler = sampler_for(args, engine.n_vocab())?;
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    loop {
-        eprint!("\n> ");
-        let _ = std::io::stderr().flush();
-        interrupted.store(false, Ordering::SeqCst);
-        let Some(line) = lines.next() else { break };
-        let line = line.map_err(|e| format!("reading the terminal: {e}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content: line,
-        });
-        let rendered = template
-            .render(&messages, true)
-            .map_err(|e| e.to_string())?;
-        let ids = engine.tokenize_prompt(&rendered);
-        // Reuse the cached prefix the conversation shares with what the cache holds.
-        let common = engine::common_prefix(&ids, session.tokens()).min(ids.len() - 1);
-        session.truncate(common);
-        let mut stream = Utf8Stream::new();
-        let mut reply = Vec::new();
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        let result = engine.generate(
-            &mut session,
-            &ids[common..],
-            args.n_predict,
-            &mut sampler,
-            &GenerateOptions::default(),
-            |tok| {
-                if engine.tokenizer.is_eog(tok) {
-                    return false;
-                }
-                let piece = engine.tokenizer.token_to_piece(tok, false);
-                reply.extend_from_slice(&piece);
-                let _ = out.write_all(stream.push(&piece).as_bytes());
-                let _ = out.flush();
-                !interrupted.load(Ordering::SeqCst)
-            },
-        );
-        let _ = writeln!(out, "{}", stream.finish());
-        if let Err(e) = result {
-            eprintln!("llamafile: {e}; starting a new conversation");
-            messages.clear();
-            session.truncate(0);
-            continue;
-        }
-        messages.push(ChatMessage {
-            role: "assistant".into(),
-            content: String::from_utf8_lossy(&reply).into_owned(),
-        });
     }
     Ok(())
 }

@@ -373,10 +373,19 @@ fn no_model_tells_how_to_pass_one() {
     );
 }
 
+/// A bare launch in a terminal: the terminal chat and the API are clients of one scheduler, one
+/// model and one KV pool. The API, asked what the chat was asked, answers what the chat answered
+/// (the same generation code) and finds the prompt already in the slot the chat left (the same
+/// cache).
 #[test]
-fn a_bare_launch_in_a_terminal_chats_with_the_server_beside_it() {
-    // `script` gives the runtime a terminal; the user's one line, then end of input.
-    let m = synth("Q4_0");
+fn a_bare_launch_in_a_terminal_chats_and_serves_from_one_scheduler() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    // `script` gives the runtime a terminal. F32 weights: a prompt token's logits are then the
+    // same whether it is evaluated in a batch (the chat's turn) or alone after a cached prefix (the
+    // API's request), so the two greedy answers must be equal, not just close.
+    let m = synth("F32");
     let cmd = format!(
         "'{}' -m '{m}' --nobrowser --port 0 --temp 0 -n 4",
         bin("llamafile").display()
@@ -388,15 +397,88 @@ fn a_bare_launch_in_a_terminal_chats_with_the_server_beside_it() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("script (util-linux) runs the runtime in a terminal");
-    child.stdin.as_mut().unwrap().write_all(b"hi\n").unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{screen}");
-    assert!(
-        screen.contains("chat page and OpenAI-compatible API at http://127.0.0.1:"),
-        "{screen}"
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let screen = Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let start = Instant::now();
+        loop {
+            let text = screen.lock().unwrap().clone();
+            if done(&text) {
+                return text;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "{what}: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let banner = wait_for("the chat's first prompt", &|t| t.contains("\n> "));
+    let url = banner
+        .split("chat page and OpenAI-compatible API at http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no URL: {banner}"))
+        .to_string();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hi\n").unwrap();
+    let after = wait_for("the reply and the next prompt", &|t| {
+        t.matches("\n> ").count() >= 2
+    });
+    // What the chat printed between the user's line and the next prompt.
+    let turn = after.rsplit("\n> ").nth(1).unwrap();
+    // The terminal turns each newline into CR LF.
+    let chat_reply = turn
+        .split_once("hi")
+        .map_or(turn, |(_, r)| r)
+        .replace("\r\n", "\n");
+    let chat_reply = chat_reply.trim();
+
+    let body = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"temperature":0}"#;
+    let addr = url.parse().unwrap();
+    let reply = e2e::server::request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
     );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v: Value = serde_json::from_str(&reply.body).unwrap();
+    let api_reply = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(
+        api_reply.trim(),
+        chat_reply,
+        "the API and the chat answer alike"
+    );
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        cached,
+        prompt - 1,
+        "the chat's turn left this prompt in the one slot: {}",
+        reply.body
+    );
+
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let screen = screen.lock().unwrap().clone();
+    assert!(status.success(), "{screen}");
     assert_eq!(
         screen.matches("\n> ").count(),
         2,

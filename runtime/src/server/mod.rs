@@ -9,7 +9,7 @@
 pub(crate) mod api;
 mod http;
 pub(crate) mod json_schema;
-mod scheduler;
+pub(crate) mod scheduler;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver};
@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::chat_template::ChatTemplate;
 use crate::cli::Args;
 use crate::engine::Engine;
-use scheduler::{Job, Pooling, Scheduler, Status};
+use scheduler::{Event, GenJob, GenParams, Job, Pooling, PromptInput, Scheduler, Status};
 
 /// How the server listens and shares the model.
 #[derive(Clone, Debug)]
@@ -150,6 +150,14 @@ impl Server {
         })
     }
 
+    /// A handle through which this process's own clients (the terminal chat of a bare launch)
+    /// submit work to the same scheduler the HTTP side uses: one model, one KV pool.
+    pub(crate) fn client(&self) -> Client {
+        Client {
+            jobs: self.shared.jobs.clone(),
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -202,6 +210,52 @@ impl Server {
         drop(runtime);
         Ok(())
     }
+}
+
+/// A client of the scheduler inside this process.
+#[derive(Clone)]
+pub(crate) struct Client {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Client {
+    /// Starts a generation; its events arrive on the returned receiver, and dropping the receiver
+    /// stops it.
+    pub(crate) fn generate(
+        &self,
+        prompt: PromptInput,
+        params: GenParams,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<Event>, String> {
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.jobs
+            .send(Job::Generate(GenJob {
+                prompt,
+                params,
+                events,
+            }))
+            .map_err(|_| "the model is not running".to_string())?;
+        Ok(rx)
+    }
+}
+
+/// The scheduler alone, without HTTP, running on a thread of `scope` for `-i`: the terminal chat
+/// generates through the same code as the server. It stops when the returned client is dropped.
+pub(crate) fn local_scheduler<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    engine: &'env Engine<'env>,
+    g: &'env gguf::Gguf<'env>,
+    chat_template: Option<&'env str>,
+) -> Result<Client, String> {
+    let template = ChatTemplate::for_model(&engine.tokenizer, g, chat_template)?;
+    let cfg = scheduler::Config {
+        parallel: 1,
+        max_queue: 1,
+        pooling: Pooling::from_gguf(g),
+    };
+    let scheduler = Scheduler::new(engine, template, &cfg, Arc::new(Status::default()))?;
+    let (jobs, rx) = mpsc::channel();
+    scope.spawn(move || scheduler.run(rx));
+    Ok(Client { jobs })
 }
 
 /// Opens `url` in the desktop's browser; failures (no desktop) are silent.

@@ -30,6 +30,14 @@ pub(crate) enum Refusal {
     Busy(String),
 }
 
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Invalid(m) | Refusal::Busy(m) => f.write_str(m),
+        }
+    }
+}
+
 impl Refusal {
     fn invalid(message: impl Into<String>) -> Self {
         Refusal::Invalid(message.into())

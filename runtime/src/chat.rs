@@ -1,0 +1,133 @@
+//! The terminal chat: one line per user turn, replies streamed; Ctrl-C stops a reply, Ctrl-D exits.
+//!
+//! It is a client of the scheduler, as the HTTP side is, and generates through the same code
+//! (sampling, stop, UTF-8 streaming): in a bare launch it shares the server's slots (one model,
+//! one KV pool, the API served beside it); with `-i` it runs a scheduler of its own, without HTTP.
+
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::error::TryRecvError;
+
+use crate::chat_template::ChatMessage;
+use crate::cli::{self, Args};
+use crate::engine::Engine;
+use crate::server::scheduler::{Event, GenParams, PromptInput};
+use crate::server::{self, Client, Server};
+
+/// How often a reply in progress looks for Ctrl-C between its pieces of text.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Chats on the terminal until end of input: through `server`'s scheduler, serving HTTP beside
+/// it, when given (the process then exits when the chat ends, the server with it); else through a
+/// scheduler of its own.
+pub fn run(
+    engine: &Engine<'_>,
+    g: &gguf::Gguf<'_>,
+    args: &Args,
+    server: Option<Server>,
+) -> Result<(), String> {
+    std::thread::scope(|scope| {
+        let chat_template = args.chat_template.as_deref();
+        let Some(server) = server else {
+            let client = server::local_scheduler(scope, engine, g, chat_template)?;
+            // Dropping the client when the chat ends stops the scheduler, and the scope ends.
+            return converse(client, args);
+        };
+        let client = server.client();
+        scope.spawn(move || {
+            if let Err(e) = server.serve(engine, g, chat_template) {
+                eprintln!("llamafile: server stopped: {e}");
+            }
+        });
+        // The server runs until the process ends: the chat ending ends both.
+        std::process::exit(match converse(client, args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("llamafile: error: {e}");
+                1
+            }
+        })
+    })
+}
+
+fn converse(client: Client, args: &Args) -> Result<(), String> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || {
+            // A second Ctrl-C while no reply is running exits, as in llama.cpp.
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    }
+    let sampling = cli::sampler_config(args);
+    let max_tokens = usize::try_from(args.n_predict).ok();
+    let mut messages = Vec::new();
+    if let Some(sys) = &args.system_prompt {
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: sys.clone(),
+        });
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("\n> ");
+        let _ = std::io::stderr().flush();
+        interrupted.store(false, Ordering::SeqCst);
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| format!("reading the terminal: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: line,
+        });
+        let params = GenParams {
+            sampling: sampling.clone(),
+            max_tokens,
+            stop: Vec::new(),
+            logprobs: None,
+            json: None,
+        };
+        let mut events = client.generate(PromptInput::Chat(messages.clone()), params)?;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let mut reply = String::new();
+        let failure = loop {
+            match events.try_recv() {
+                Ok(Event::Delta { text, .. }) => {
+                    let _ = out.write_all(text.as_bytes());
+                    let _ = out.flush();
+                    reply.push_str(&text);
+                }
+                Ok(Event::Done { .. }) => break None,
+                Ok(Event::Error(refusal)) => break Some(refusal.to_string()),
+                Err(TryRecvError::Disconnected) => break Some("the model stopped".to_string()),
+                // Stopping a reply: dropping the events tells the scheduler to end it.
+                Err(TryRecvError::Empty) if interrupted.load(Ordering::SeqCst) => break None,
+                Err(TryRecvError::Empty) => std::thread::sleep(POLL),
+            }
+        };
+        drop(events);
+        let _ = writeln!(out);
+        match failure {
+            // The turn that failed is taken back; the conversation before it stays.
+            Some(e) => {
+                eprintln!("llamafile: {e}");
+                messages.pop();
+            }
+            None => messages.push(ChatMessage {
+                role: "assistant".into(),
+                content: reply,
+            }),
+        }
+    }
+    Ok(())
+}
