@@ -68,67 +68,72 @@ fn min_max(x: &[f32]) -> (f32, f32) {
     (min, max)
 }
 
+/// The 32 levels of a Q4_0/Q4_1/Q5_0/Q5_1 block of `bits`-bit levels, with the block's scale and
+/// minimum, as ggml computes them: the _0 formats scale the element of largest magnitude to the
+/// lowest level (minimum 0), the _1 formats span minimum to maximum; a level is the scaled value
+/// plus the offset, truncated, and at most the top level.
+fn legacy_levels(x: &[f32], bits: u32, asymmetric: bool) -> ([u8; 32], f32, f32) {
+    let top = (1i8 << bits) - 1;
+    let (d, min, offset) = if asymmetric {
+        let (min, max) = min_max(x);
+        ((max - min) / top as f32, min, 0.5)
+    } else {
+        let half = f32::from(1u8 << (bits - 1));
+        (signed_absmax(x) / -half, 0.0, half + 0.5)
+    };
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut levels = [0u8; 32];
+    for (l, &v) in levels.iter_mut().zip(x) {
+        let scaled = if asymmetric { (v - min) * id } else { v * id };
+        *l = ((scaled + offset) as i8).min(top) as u8;
+    }
+    (levels, d, min)
+}
+
+/// The low nibbles of 32 levels: elements 0..16 in the low halves of the bytes, 16..32 in the high.
+fn low_nibbles(levels: &[u8; 32]) -> [u8; 16] {
+    std::array::from_fn(|j| (levels[j] & 0x0f) | ((levels[j + 16] & 0x0f) << 4))
+}
+
+/// The fifth bits of 32 levels: bit j of the little-endian word belongs to element j.
+fn fifth_bits(levels: &[u8; 32]) -> [u8; 4] {
+    let qh = (0..32).fold(0u32, |qh, j| qh | (u32::from(levels[j] >> 4) << j));
+    qh.to_le_bytes()
+}
+
 fn q4_0(x: &[f32], y: &mut [BlockQ4_0]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
-        let d = signed_absmax(x) / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (levels, d, _) = legacy_levels(x, 4, false);
         b.d = f16_to_le(d);
-        for j in 0..16 {
-            let lo = ((x[j] * id + 8.5) as i8).min(15) as u8;
-            let hi = ((x[j + 16] * id + 8.5) as i8).min(15) as u8;
-            b.qs[j] = lo | (hi << 4);
-        }
+        b.qs = low_nibbles(&levels);
     }
 }
 
 fn q4_1(x: &[f32], y: &mut [BlockQ4_1]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
-        let (min, max) = min_max(x);
-        let d = (max - min) / 15.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (levels, d, min) = legacy_levels(x, 4, true);
         b.d = f16_to_le(d);
         b.m = f16_to_le(min);
-        for j in 0..16 {
-            let lo = (((x[j] - min) * id + 0.5) as i8).min(15) as u8;
-            let hi = (((x[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
-            b.qs[j] = lo | (hi << 4);
-        }
+        b.qs = low_nibbles(&levels);
     }
 }
 
 fn q5_0(x: &[f32], y: &mut [BlockQ5_0]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
-        let d = signed_absmax(x) / -16.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (levels, d, _) = legacy_levels(x, 5, false);
         b.d = f16_to_le(d);
-        let mut qh = 0u32;
-        for j in 0..16 {
-            let lo = ((x[j] * id + 16.5) as i8).min(31) as u8;
-            let hi = ((x[j + 16] * id + 16.5) as i8).min(31) as u8;
-            b.qs[j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
-            qh |= u32::from(lo >> 4) << j;
-            qh |= u32::from(hi >> 4) << (j + 16);
-        }
-        b.qh = qh.to_le_bytes();
+        b.qh = fifth_bits(&levels);
+        b.qs = low_nibbles(&levels);
     }
 }
 
 fn q5_1(x: &[f32], y: &mut [BlockQ5_1]) {
     for (b, x) in y.iter_mut().zip(x.chunks_exact(32)) {
-        let (min, max) = min_max(x);
-        let d = (max - min) / 31.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (levels, d, min) = legacy_levels(x, 5, true);
         b.d = f16_to_le(d);
         b.m = f16_to_le(min);
-        let mut qh = 0u32;
-        for j in 0..16 {
-            let lo = ((x[j] - min) * id + 0.5) as u8;
-            let hi = ((x[j + 16] - min) * id + 0.5) as u8;
-            b.qs[j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
-            qh |= u32::from((lo & 0x10) >> 4) << j;
-            qh |= u32::from((hi & 0x10) >> 4) << (j + 16);
-        }
-        b.qh = qh.to_le_bytes();
+        b.qh = fifth_bits(&levels);
+        b.qs = low_nibbles(&levels);
     }
 }
 
