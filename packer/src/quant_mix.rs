@@ -174,8 +174,7 @@ const KEEP_NAMES_CONTAINING: &[&str] = &[
 /// Whether llama.cpp would quantize this tensor at all: 2-D or more, a `weight`, and none of the
 /// small or sensitive ones it keeps as they are.
 pub fn allows_quantization(t: &TensorIn) -> bool {
-    let n_dims = t.dims.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
-    n_dims >= 2
+    n_dims(t.dims) >= 2
         && t.name.ends_with("weight")
         && !KEEP_NAMES_CONTAINING.iter().any(|k| t.name.contains(k))
         && t.name != "position_embd.weight"
@@ -368,8 +367,14 @@ impl<'a> TypeChooser<'a> {
     }
 }
 
+/// ggml_n_dims: the dimensions up to the last one that is not 1 (at least one), which is what
+/// ggml writes and counts.
+pub fn n_dims(dims: &[u64]) -> usize {
+    dims.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1)
+}
+
 /// ggml_is_quantized: the block formats (not F32, F16, BF16).
-fn is_quantized(ty: GgmlType) -> bool {
+pub fn is_quantized(ty: GgmlType) -> bool {
     !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 

@@ -11,12 +11,13 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use gguf::{Gguf, TensorInfo, TensorSpec, Value};
 use indicatif::{ProgressBar, ProgressStyle};
-use kernels::GgmlType;
 use memmap2::Mmap;
 use rayon::prelude::*;
 
 use crate::pack::{self, TempFile};
-use crate::quant_mix::{loader_order, Mix, ModelShape, TensorIn, TypeChooser};
+use crate::quant_mix::{
+    is_quantized, loader_order, n_dims, Mix, ModelShape, TensorIn, TypeChooser,
+};
 
 /// ggml's `GGML_QNT_VERSION`: the revision of the quantized block formats this writes.
 const QUANTIZATION_VERSION: u32 = 2;
@@ -61,25 +62,15 @@ pub fn plan<'a>(gguf: &'a Gguf<'a>, path: &Path, opts: &Options) -> Result<Vec<P
     let mut chooser = TypeChooser::new(opts.mix, opts.pure, &shape, &names);
     let mut planned = Vec::with_capacity(sources.len());
     for source in sources {
-        // ggml_n_dims: trailing dimensions of 1 are not written.
-        let n_dims = source
-            .dims
-            .iter()
-            .rposition(|&d| d != 1)
-            .map_or(1, |i| i + 1);
-        let dims = source
-            .dims
-            .iter()
-            .copied()
-            .chain(std::iter::repeat(1))
-            .take(n_dims)
-            .collect::<Vec<_>>();
+        // Trailing dimensions of 1 are not written (a scalar is written as one dimension of 1).
+        let mut dims = source.dims.clone();
+        dims.resize(n_dims(&source.dims), 1);
         let ty = chooser.choose(&TensorIn {
             name: source.name,
             dims: &dims,
             ty: source.ty,
         });
-        if ty != source.ty && is_block_format(source.ty) && !opts.allow_requantize {
+        if ty != source.ty && is_quantized(source.ty) && !opts.allow_requantize {
             bail!(
                 "{}: tensor {} is already {}; quantizing it again to {} loses precision \
                  (start from an F32/F16/BF16 GGUF, or pass --allow-requantize)",
@@ -99,10 +90,6 @@ pub fn plan<'a>(gguf: &'a Gguf<'a>, path: &Path, opts: &Options) -> Result<Vec<P
         });
     }
     Ok(planned)
-}
-
-fn is_block_format(ty: GgmlType) -> bool {
-    !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
 /// The hyperparameters the mixes depend on, read as llama.cpp reads them.
