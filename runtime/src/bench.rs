@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::engine::{Engine, Want};
+use crate::engine::Engine;
+use crate::model::Rows;
 
 /// What to measure.
 pub struct BenchPlan {
@@ -124,7 +125,7 @@ pub fn run(engine: &Engine, plan: &BenchPlan) -> Vec<BenchResult> {
 
 fn eval(engine: &Engine, session: &mut crate::engine::Session, tokens: &[u32]) {
     engine
-        .eval(session, tokens, Want::Last)
+        .eval(session, tokens, Rows::Last)
         .expect("the bench context was sized to hold every token it evaluates");
 }
 

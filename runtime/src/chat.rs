@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::chat_template::ChatMessage;
+use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::cli::{self, Args};
 use crate::engine::Engine;
-use crate::server::scheduler::{Event, GenParams, PromptInput};
-use crate::server::{self, Client, Server};
+use crate::generator::GenParams;
+use crate::scheduler::{self, Client, Event, Pooling, PromptInput};
+use crate::server::Server;
 
 /// How often a reply in progress looks for Ctrl-C between its pieces of text.
 const POLL: Duration = Duration::from_millis(5);
@@ -32,7 +33,9 @@ pub fn run(
     std::thread::scope(|scope| {
         let chat_template = args.chat_template.as_deref();
         let Some(server) = server else {
-            let client = server::local_scheduler(scope, engine, g, chat_template)?;
+            let template = ChatTemplate::for_model(&engine.tokenizer, g, chat_template)?;
+            let client =
+                scheduler::spawn_local(scope, engine, Some(template), Pooling::from_gguf(g))?;
             // Dropping the client when the chat ends stops the scheduler, and the scope ends.
             return converse(client, args);
         };
@@ -92,21 +95,22 @@ fn converse(client: Client, args: &Args) -> Result<(), String> {
         let params = GenParams {
             sampling: sampling.clone(),
             max_tokens,
-            stop: Vec::new(),
-            logprobs: None,
-            json: None,
+            ..GenParams::default()
         };
-        let mut events = client.generate(PromptInput::Chat(messages.clone()), params)?;
+        let mut events = client
+            .generate(PromptInput::Chat(messages.clone()), params)
+            .map_err(|e| e.to_string())?;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         let mut reply = String::new();
         let failure = loop {
             match events.try_recv() {
-                Ok(Event::Delta { text, .. }) => {
-                    let _ = out.write_all(text.as_bytes());
+                Ok(Event::Delta(delta)) => {
+                    let _ = out.write_all(delta.text.as_bytes());
                     let _ = out.flush();
-                    reply.push_str(&text);
+                    reply.push_str(&delta.text);
                 }
+                Ok(Event::PromptLogprobs(_)) => {}
                 Ok(Event::Done { .. }) => break None,
                 Ok(Event::Error(refusal)) => break Some(refusal.to_string()),
                 Err(TryRecvError::Disconnected) => break Some("the model stopped".to_string()),

@@ -1,12 +1,10 @@
-//! Model plus tokenizer plus KV cache: evaluating prompts in batches, generating, and perplexity.
+//! Model plus tokenizer plus KV cache: evaluating tokens in batches, and perplexity. Generation
+//! runs in the scheduler (`scheduler.rs`), for every mode.
 
-use std::time::Instant;
-
-use serde_json::{json, Value};
 use tokenizer::Tokenizer;
 
-use crate::model::{KvCache, Logits, Model};
-use crate::sampling::{log_sum_exp, top_logprobs, Sampler};
+use crate::model::{KvCache, Model, Output, Rows};
+use crate::sampling::log_sum_exp;
 
 /// The model, its tokenizer and the run-time sizes chosen on the command line.
 pub struct Engine<'a> {
@@ -54,14 +52,6 @@ impl std::fmt::Display for ContextFull {
 
 impl std::error::Error for ContextFull {}
 
-/// Which logits [`Engine::eval`] returns.
-pub enum Want {
-    /// Every evaluated token's logits, n × n_vocab.
-    All,
-    /// The last token's logits only.
-    Last,
-}
-
 impl<'a> Engine<'a> {
     pub fn new_session(&self) -> Session {
         Session {
@@ -74,12 +64,13 @@ impl<'a> Engine<'a> {
         self.model.config.n_vocab
     }
 
-    /// Appends `tokens` to the session, evaluating them in batches of `n_batch`.
+    /// Appends `tokens` to the session, evaluating them in batches of `n_batch`; returns the
+    /// logits of every token (`Rows::All`, n × n_vocab) or of the last one.
     pub fn eval(
         &self,
         s: &mut Session,
         tokens: &[u32],
-        want: Want,
+        rows: Rows,
     ) -> Result<Vec<f32>, ContextFull> {
         let needed = s.tokens.len() + tokens.len();
         if needed > self.n_ctx {
@@ -88,33 +79,18 @@ impl<'a> Engine<'a> {
                 needed,
             });
         }
-        let n_vocab = self.n_vocab();
-        let mut all = Vec::new();
-        let mut last = Vec::new();
-        let batches: Vec<&[u32]> = tokens.chunks(self.n_batch.max(1)).collect();
-        for (i, batch) in batches.iter().enumerate() {
-            let is_last = i + 1 == batches.len();
-            let logits = match want {
-                Want::All => Logits::All,
-                Want::Last => Logits::Last,
-            };
-            // Intermediate batches need no logits when only the last token's are wanted;
-            // their output projection is still computed for the last row, which is cheap.
-            let out = self
-                .model
-                .forward(&mut s.cache, batch, s.tokens.len(), logits);
+        let mut out = Vec::new();
+        for batch in tokens.chunks(self.n_batch.max(1)) {
+            let logits =
+                self.model
+                    .forward(&mut s.cache, batch, s.tokens.len(), rows, Output::Logits);
             s.tokens.extend_from_slice(batch);
-            match want {
-                Want::All => all.extend_from_slice(&out),
-                Want::Last if is_last => last = out,
-                Want::Last => {}
+            match rows {
+                Rows::All => out.extend_from_slice(&logits),
+                Rows::Last => out = logits,
             }
         }
-        debug_assert!(matches!(want, Want::Last) || all.len() == tokens.len() * n_vocab);
-        Ok(match want {
-            Want::All => all,
-            Want::Last => last,
-        })
+        Ok(out)
     }
 
     /// The prompt's token ids the way llama.cpp's CLI makes them: BOS as the metadata says, special
@@ -127,69 +103,6 @@ impl<'a> Engine<'a> {
             }
         }
         ids
-    }
-
-    /// Evaluates `prompt` and generates up to `n_predict` tokens (negative: until end of generation
-    /// or a full context), calling `on_token` with each one as it is chosen; it returns false to stop.
-    pub fn generate(
-        &self,
-        s: &mut Session,
-        prompt: &[u32],
-        n_predict: i64,
-        sampler: &mut Sampler,
-        opts: &GenerateOptions,
-        mut on_token: impl FnMut(u32) -> bool,
-    ) -> Result<Generation, ContextFull> {
-        let n_vocab = self.n_vocab();
-        let mut out = Generation::default();
-        if prompt.is_empty() {
-            return Ok(out);
-        }
-        let t0 = Instant::now();
-        let want = if opts.prompt_logprobs.is_some() {
-            Want::All
-        } else {
-            Want::Last
-        };
-        let logits = self.eval(s, prompt, want)?;
-        let mut last: Vec<f32> = logits[logits.len() - n_vocab..].to_vec();
-        if let Some(k) = opts.prompt_logprobs {
-            out.prompt_logprobs = logits
-                .chunks_exact(n_vocab)
-                .map(|row| top_logprobs(row, k))
-                .collect();
-        }
-        out.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
-        out.prompt_n = prompt.len();
-
-        let t1 = Instant::now();
-        let limit = if n_predict < 0 {
-            usize::MAX
-        } else {
-            n_predict as usize
-        };
-        while out.tokens.len() < limit {
-            if let Some(k) = opts.top_logprobs {
-                out.top_logprobs.push(top_logprobs(&last, k));
-            }
-            let tok = sampler.sample(&last, s.tokens());
-            out.tokens.push(tok);
-            let eog = self.tokenizer.is_eog(tok);
-            if !on_token(tok) || (eog && n_predict != -2) {
-                out.stopped_by_eog = eog;
-                break;
-            }
-            if out.tokens.len() >= limit {
-                break;
-            }
-            if s.tokens.len() >= self.n_ctx {
-                out.context_full = true;
-                break;
-            }
-            last = self.eval(s, &[tok], Want::Last)?;
-        }
-        out.gen_ms = t1.elapsed().as_secs_f64() * 1e3;
-        Ok(out)
     }
 
     /// llama.cpp's perplexity: the text tokenized once, cut into chunks of `n_chunk_ctx` tokens, the
@@ -232,7 +145,7 @@ impl<'a> Engine<'a> {
             let chunk_tokens = chunk_tokens.to_vec();
             session.truncate(0);
             let logits = self
-                .eval(&mut session, &chunk_tokens, Want::All)
+                .eval(&mut session, &chunk_tokens, Rows::All)
                 .map_err(|e| e.to_string())?;
             for j in first..n_chunk_ctx - 1 {
                 let row = &logits[j * n_vocab..(j + 1) * n_vocab];
@@ -254,45 +167,6 @@ impl<'a> Engine<'a> {
 /// values a cache already holds.
 pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// llama.cpp's `timings` object (its server's and its CLI's), from tokens and milliseconds.
-pub fn timings_json(
-    prompt_n: usize,
-    prompt_ms: f64,
-    predicted_n: usize,
-    predicted_ms: f64,
-) -> Value {
-    let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-    json!({
-        "prompt_n": prompt_n,
-        "prompt_ms": prompt_ms,
-        "prompt_per_second": per_s(prompt_n, prompt_ms),
-        "predicted_n": predicted_n,
-        "predicted_ms": predicted_ms,
-        "predicted_per_second": per_s(predicted_n, predicted_ms),
-    })
-}
-
-/// What to record besides the tokens.
-#[derive(Default)]
-pub struct GenerateOptions {
-    /// Top-K log-probabilities at every prompt position.
-    pub prompt_logprobs: Option<usize>,
-    /// Top-K log-probabilities at every generated step.
-    pub top_logprobs: Option<usize>,
-}
-
-#[derive(Default, Debug)]
-pub struct Generation {
-    pub tokens: Vec<u32>,
-    pub prompt_logprobs: Vec<Vec<(u32, f32)>>,
-    pub top_logprobs: Vec<Vec<(u32, f32)>>,
-    pub prompt_n: usize,
-    pub prompt_ms: f64,
-    pub gen_ms: f64,
-    pub stopped_by_eog: bool,
-    pub context_full: bool,
 }
 
 #[derive(Debug)]

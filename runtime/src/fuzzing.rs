@@ -9,9 +9,9 @@ use gguf::{Gguf, Value};
 use tokenizer::{Tokenizer, Utf8Stream};
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::json_schema::JsonState;
 use crate::model::Model;
 use crate::server::api::{self, Endpoint};
-use crate::server::json_schema::JsonState;
 
 /// The GGUF reader and everything the runtime reads from a parsed file: every metadata value and
 /// tensor info, the typed getters, the model's hyperparameters and tensors, the tokenizer.

@@ -4,12 +4,16 @@ pub mod bench;
 pub mod chat;
 pub mod chat_template;
 pub mod cli;
+pub mod completion;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod generator;
+pub(crate) mod json_schema;
 pub mod load;
 pub mod model;
 pub mod sampling;
+pub(crate) mod scheduler;
 pub mod server;
 
 /// Physical cores (llama.cpp's default thread count): hyper-threads share one core's arithmetic

@@ -1,6 +1,6 @@
 //! `llamafile`: runs a GGUF model, on its own or packed inside this very executable.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,12 +9,11 @@ use serde_json::json;
 
 use runtime::bench::BenchPlan;
 use runtime::cli::{self, Args};
-use runtime::engine::{self, Engine, GenerateOptions, Generation};
+use runtime::engine::Engine;
 use runtime::load::{self, ModelSource, PayloadFile};
 use runtime::model::Model;
-use runtime::sampling::Sampler;
 use runtime::server::{Options, Server};
-use tokenizer::{Tokenizer, Utf8Stream};
+use tokenizer::Tokenizer;
 
 fn main() -> ExitCode {
     match start() {
@@ -130,7 +129,7 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
         println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
         return Ok(());
     }
-    complete(&engine, &args, &prompt)
+    runtime::completion::run(&engine, &args, &prompt)
 }
 
 /// `--bench`'s sizes: -p and -n are token counts there, as in llama-bench.
@@ -223,87 +222,6 @@ fn prompt_text(args: &Args) -> Result<String, String> {
     } else {
         cli::process_escapes(&text)
     })
-}
-
-fn sampler_for(args: &Args, n_vocab: usize) -> Result<Sampler, String> {
-    Sampler::new(cli::sampler_config(args), n_vocab).map_err(|e| e.to_string())
-}
-
-/// One-shot completion of `-p`: streams text to stdout, or prints one JSON object with --json.
-fn complete(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
-    let ids = engine.tokenize_prompt(prompt);
-    let mut sampler = sampler_for(args, engine.n_vocab())?;
-    let k = args.top_logprobs.unwrap_or(10);
-    let opts = GenerateOptions {
-        prompt_logprobs: (args.json && args.prompt_logprobs).then_some(k),
-        top_logprobs: if args.json { args.top_logprobs } else { None },
-    };
-    let mut session = engine.new_session();
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if !args.json && !args.no_display_prompt {
-        let _ = write!(out, "{prompt}");
-        let _ = out.flush();
-    }
-    let mut stream = Utf8Stream::new();
-    let mut text = Vec::new();
-    let json = args.json;
-    let generation = engine
-        .generate(
-            &mut session,
-            &ids,
-            args.n_predict,
-            &mut sampler,
-            &opts,
-            |tok| {
-                let piece = engine.tokenizer.token_to_piece(tok, false);
-                text.extend_from_slice(&piece);
-                if !json {
-                    let s = stream.push(&piece);
-                    if !s.is_empty() {
-                        let _ = out.write_all(s.as_bytes());
-                        let _ = out.flush();
-                    }
-                }
-                true
-            },
-        )
-        .map_err(|e| e.to_string())?;
-    if json {
-        let text = String::from_utf8_lossy(&text);
-        let mut obj = json!({
-            "prompt_tokens": ids,
-            "tokens": generation.tokens,
-            "text": text,
-            "timings": timings_json(&generation),
-            "isa": kernels::isa_name(),
-        });
-        if opts.top_logprobs.is_some() {
-            obj["top_logprobs"] = json!(generation.top_logprobs);
-        }
-        if opts.prompt_logprobs.is_some() {
-            obj["prompt_logprobs"] = json!(generation.prompt_logprobs);
-        }
-        let _ = writeln!(out, "{obj}");
-    } else {
-        let _ = write!(out, "{}", stream.finish());
-        let _ = writeln!(out);
-    }
-    print_timings(&generation);
-    Ok(())
-}
-
-fn timings_json(g: &Generation) -> serde_json::Value {
-    engine::timings_json(g.prompt_n, g.prompt_ms, g.tokens.len(), g.gen_ms)
-}
-
-fn print_timings(g: &Generation) {
-    let t = timings_json(g);
-    eprintln!(
-        "llamafile: prompt {} tokens in {:.1} ms ({:.1} t/s); generated {} tokens in {:.1} ms ({:.1} t/s)",
-        t["prompt_n"], g.prompt_ms, t["prompt_per_second"].as_f64().unwrap_or(0.0), t["predicted_n"], g.gen_ms,
-        t["predicted_per_second"].as_f64().unwrap_or(0.0)
-    );
 }
 
 fn perplexity(engine: &Engine, args: &Args) -> Result<(), String> {

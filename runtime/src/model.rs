@@ -457,31 +457,33 @@ impl<'a> Model<'a> {
         cache: &mut KvCache,
         tokens: &[u32],
         pos0: usize,
-        logits: Logits,
+        rows: Rows,
+        output: Output,
     ) -> Vec<f32> {
         self.forward_batch(
             &mut [SeqInput {
                 cache,
                 tokens,
                 pos0,
+                rows,
             }],
-            logits,
+            output,
         )
     }
 
     /// Runs the tokens of several independent sequences through the model in one pass: the weight
     /// matrices are read once for all of them (continuous batching), each sequence attends only to
     /// its own cache. Each sequence's keys and values are written into its cache at `pos0..`.
-    /// Returns the logits of every token, sequence after sequence (`Logits::All`, n_tokens ×
-    /// n_vocab), or of each sequence's last token (`Logits::Last`, n_seqs × n_vocab).
-    pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], logits: Logits) -> Vec<f32> {
+    /// Returns the rows each sequence asks for (every token's, or its last token's), sequence after
+    /// sequence: logits (n_vocab wide) or final hidden states (n_embd wide).
+    pub fn forward_batch(&self, seqs: &mut [SeqInput<'_>], output: Output) -> Vec<f32> {
         // The whole pass runs on one of rayon's worker threads (`scope` moves it there from a
         // caller outside the pool): each of its ~200 parallel loops per token then starts from a
         // worker, whose idle peers are still spinning, instead of waking the pool from outside.
-        rayon::scope(|_| self.forward_on_pool(seqs, logits))
+        rayon::scope(|_| self.forward_on_pool(seqs, output))
     }
 
-    fn forward_on_pool(&self, seqs: &mut [SeqInput<'_>], logits: Logits) -> Vec<f32> {
+    fn forward_on_pool(&self, seqs: &mut [SeqInput<'_>], output: Output) -> Vec<f32> {
         let c = &self.config;
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let positions: Vec<usize> = seqs
@@ -604,23 +606,23 @@ impl<'a> Model<'a> {
             add_rows(&mut x, &proj, d);
         }
 
-        // The final norm and the (large) output projection only for the rows whose logits are wanted.
-        let x_out: Vec<f32> = match logits {
-            Logits::All | Logits::Hidden => x,
-            Logits::Last => {
-                let mut end = 0;
-                seqs.iter()
-                    .flat_map(|s| {
-                        end += s.tokens.len();
-                        x[(end - 1) * d..end * d].to_vec()
-                    })
-                    .collect()
-            }
-        };
+        // The final norm and the (large) output projection only for the rows asked for.
+        let mut x_out: Vec<f32> = Vec::with_capacity(x.len());
+        let mut end = 0;
+        for s in seqs.iter() {
+            let start = end;
+            end += s.tokens.len();
+            let first = match s.rows {
+                Rows::All => start,
+                Rows::Last => end - 1,
+            };
+            x_out.extend_from_slice(&x[first * d..end * d]);
+        }
+        drop(x);
         let rows = x_out.len() / d;
         let mut xn = vec![0.0f32; rows * d];
         rms_norm_rows(&x_out, &mut xn, d, &self.output_norm, c.rms_eps);
-        if logits == Logits::Hidden {
+        if output == Output::Hidden {
             return xn;
         }
         let mut out = vec![0.0f32; rows * c.n_vocab];
@@ -840,15 +842,25 @@ pub struct SeqInput<'c> {
     pub tokens: &'c [u32],
     /// Position of the first token; the cache holds this sequence's positions before it.
     pub pos0: usize,
+    /// Which of its tokens the pass returns a row for.
+    pub rows: Rows,
 }
 
-/// Which logits a forward pass returns.
+/// Which of a sequence's tokens a forward pass returns a row for: the last one's is what
+/// generation samples from; every one's is what prompt scoring and embeddings need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
+pub enum Rows {
     All,
     Last,
-    /// No logits: every token's final hidden state after the output norm (n_tokens × n_embd), the
-    /// vector llama.cpp pools into embeddings.
+}
+
+/// What a forward pass returns for each row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// n_vocab logits.
+    Logits,
+    /// No logits: the final hidden state after the output norm (n_embd), the vector llama.cpp
+    /// pools into embeddings.
     Hidden,
 }
 

@@ -201,6 +201,68 @@ fn n_minus_one_stops_at_a_full_context() {
     );
 }
 
+/// The command line and the server generate through the same scheduler and generator: with the
+/// same seed and sampling options they draw the same tokens. F32 weights, and the prompt read in
+/// one batch both ways: the same logits, so any difference is in the generation code.
+#[test]
+fn the_cli_and_the_server_draw_the_same_tokens_from_the_same_seed() {
+    use e2e::server::{request, Server};
+    const PROMPT: &str = "The weather today is";
+    const N: usize = 24;
+    let m = llama_synth("F32");
+    let cli = |seed: &str| {
+        json_stdout(&llamafile(&[
+            "-m",
+            m.to_str().unwrap(),
+            "-p",
+            PROMPT,
+            "-n",
+            &N.to_string(),
+            "-s",
+            seed,
+            "--temp",
+            "1.5",
+            "--top-k",
+            "0",
+            "--top-p",
+            "0.9",
+            "--min-p",
+            "0.02",
+            "--repeat-penalty",
+            "1.1",
+            "--json",
+        ]))
+    };
+    let (ours, other_seed) = (cli("1234"), cli("1235"));
+    assert_ne!(ours["text"], other_seed["text"], "the seed must matter");
+
+    let server = Server::start(&m, &[]);
+    let body = serde_json::json!({
+        "prompt": PROMPT, "max_tokens": N, "seed": 1234, "temperature": 1.5, "top_k": 0,
+        "top_p": 0.9, "min_p": 0.02, "repeat_penalty": 1.1,
+    });
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/completions",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        v["choices"][0]["text"], ours["text"],
+        "server and CLI drew differently"
+    );
+    // The CLI lists an end-of-generation token that ended the reply; the usage does not count it.
+    let ended_by_eog = usize::from(v["choices"][0]["finish_reason"] == "stop");
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() as usize + ended_by_eog,
+        ids(&ours["tokens"]).len(),
+        "{v}"
+    );
+}
+
 #[test]
 fn chat_keeps_the_conversation_and_exits_on_end_of_input() {
     let m = synth("Q4_0");

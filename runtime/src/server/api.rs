@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::json_schema::Schema;
-use super::scheduler::{Embedding, Finish, GenParams, PromptInput, Refusal, TokenLogprob, Usage};
 use crate::chat_template::ChatMessage;
-use crate::engine;
+use crate::generator::{Finish, GenParams, Sampled};
+use crate::json_schema::Schema;
 use crate::sampling::SamplerConfig;
+use crate::scheduler::{Embedding, PromptInput, Refusal, Usage};
 
 /// An error answered with OpenAI's error JSON: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,6 +303,7 @@ pub(crate) fn parse_generation(body: &[u8], endpoint: Endpoint) -> Result<GenReq
             stop,
             logprobs,
             json,
+            ..GenParams::default()
         },
         stream,
         include_usage,
@@ -590,11 +591,12 @@ pub(crate) fn usage_json(u: &Usage) -> Value {
     })
 }
 
-/// llama.cpp's `timings` object.
-pub(crate) fn timings_json(u: &Usage) -> Value {
-    // Only the tokens evaluated count: llama.cpp's prompt_n leaves out the cached ones.
-    let evaluated = u.prompt_tokens - u.cached_tokens;
-    engine::timings_json(evaluated, u.prompt_ms, u.completion_tokens, u.gen_ms)
+/// OpenAI's `finish_reason`: `stop` for every way the reply ends by itself.
+fn finish_reason(finish: &Finish) -> &'static str {
+    match finish {
+        Finish::EndOfGeneration(_) | Finish::StopString(_) | Finish::Constraint => "stop",
+        Finish::Length => "length",
+    }
 }
 
 /// Formats log-probabilities in the shape of the request's endpoint; keeps the running character
@@ -605,15 +607,16 @@ pub(crate) struct LogprobFormatter {
 }
 
 impl LogprobFormatter {
-    pub fn format(&mut self, endpoint: Endpoint, entries: &[TokenLogprob]) -> Value {
+    pub fn format(&mut self, endpoint: Endpoint, tokens: &[Sampled]) -> Value {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let entries: Vec<_> = tokens.iter().filter_map(|t| t.logprob.as_ref()).collect();
         match endpoint {
             Endpoint::Chat => {
                 let content: Vec<Value> = entries
                     .iter()
                     .map(|e| {
                         let top: Vec<Value> =
-                            e.top.iter().map(|(b, lp)| json!({"token": text(b), "logprob": lp, "bytes": b})).collect();
+                            e.top.iter().map(|c| json!({"token": text(&c.bytes), "logprob": c.logprob, "bytes": c.bytes})).collect();
                         json!({"token": text(&e.bytes), "logprob": e.logprob, "bytes": e.bytes, "top_logprobs": top})
                     })
                     .collect();
@@ -621,14 +624,19 @@ impl LogprobFormatter {
             }
             Endpoint::Completion => {
                 let mut offsets = Vec::new();
-                for e in entries {
+                for e in &entries {
                     offsets.push(self.offset);
                     self.offset += text(&e.bytes).chars().count();
                 }
                 let top: Vec<Value> = entries
                     .iter()
                     .map(|e| {
-                        Value::Object(e.top.iter().map(|(b, lp)| (text(b), json!(lp))).collect())
+                        Value::Object(
+                            e.top
+                                .iter()
+                                .map(|c| (text(&c.bytes), json!(c.logprob)))
+                                .collect(),
+                        )
                     })
                     .collect();
                 json!({
@@ -647,12 +655,12 @@ impl ResponseMeta {
     pub fn complete(
         &self,
         text: &str,
-        logprobs: &[TokenLogprob],
-        finish: Finish,
+        tokens: &[Sampled],
+        finish: &Finish,
         usage: &Usage,
     ) -> Value {
         let lp = if self.logprobs {
-            LogprobFormatter::default().format(self.endpoint, logprobs)
+            LogprobFormatter::default().format(self.endpoint, tokens)
         } else {
             Value::Null
         };
@@ -661,10 +669,10 @@ impl ResponseMeta {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "logprobs": lp,
-                "finish_reason": finish.as_str(),
+                "finish_reason": finish_reason(finish),
             }),
             Endpoint::Completion => {
-                json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish.as_str()})
+                json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason(finish)})
             }
         };
         json!({
@@ -675,7 +683,7 @@ impl ResponseMeta {
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [choice],
             "usage": usage_json(usage),
-            "timings": timings_json(usage),
+            "timings": usage.timings_json(),
         })
     }
 
@@ -685,10 +693,10 @@ impl ResponseMeta {
         text: Option<&str>,
         logprobs: Option<Value>,
         first: bool,
-        finish: Option<Finish>,
+        finish: Option<&Finish>,
     ) -> Value {
         let lp = logprobs.unwrap_or(Value::Null);
-        let finish_reason = finish.map_or(Value::Null, |f| json!(f.as_str()));
+        let finish_reason = finish.map_or(Value::Null, |f| json!(finish_reason(f)));
         let choice = match self.endpoint {
             Endpoint::Chat => {
                 let mut delta = Map::new();
@@ -714,7 +722,7 @@ impl ResponseMeta {
         let mut chunk = self.chunk_envelope();
         chunk["choices"] = json!([]);
         chunk["usage"] = usage_json(usage);
-        chunk["timings"] = timings_json(usage);
+        chunk["timings"] = usage.timings_json();
         chunk
     }
 
@@ -734,6 +742,7 @@ const SYSTEM_FINGERPRINT: &str = concat!("llamafile-rs-", env!("CARGO_PKG_VERSIO
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generator::{Candidate, TokenLogprob};
 
     fn gen(body: &str) -> Result<GenRequest, ApiError> {
         parse_generation(body.as_bytes(), Endpoint::Chat)
@@ -874,12 +883,20 @@ mod tests {
             prompt_ms: 1.0,
             gen_ms: 2.0,
         };
-        let lp = [TokenLogprob {
-            bytes: b"Hi".to_vec(),
-            logprob: -0.5,
-            top: vec![(b"Hi".to_vec(), -0.5), (b"Yo".to_vec(), -1.5)],
+        let candidate = |id, bytes: &[u8], logprob| Candidate {
+            id,
+            bytes: bytes.to_vec(),
+            logprob,
+        };
+        let lp = [Sampled {
+            id: 7,
+            logprob: Some(TokenLogprob {
+                bytes: b"Hi".to_vec(),
+                logprob: -0.5,
+                top: vec![candidate(7, b"Hi", -0.5), candidate(9, b"Yo", -1.5)],
+            }),
         }];
-        let v = meta.complete("Hi", &lp, Finish::Stop, &usage);
+        let v = meta.complete("Hi", &lp, &Finish::StopString("\n".into()), &usage);
         assert_eq!(v["choices"][0]["message"]["content"], "Hi");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(v["usage"]["total_tokens"], 5);

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::api::{self, ApiError, Endpoint, LogprobFormatter, ResponseMeta};
-use super::scheduler::{Event, GenJob, Job, Status};
+use crate::scheduler::{Client, Event, Job, Status};
 
 /// Request bodies larger than this are refused with 413.
 pub(crate) const MAX_BODY: usize = 8 << 20;
@@ -47,7 +46,7 @@ pub(crate) struct Shared {
     pub loopback: bool,
     /// How long a connection may idle or take to send its request.
     pub timeout: Duration,
-    pub jobs: Sender<Job>,
+    pub jobs: Client,
     pub status: Arc<Status>,
     pub parallel: usize,
     /// `/v1/models`'s `meta`, known once the model is loaded.
@@ -273,16 +272,18 @@ impl EventStream {
     fn format(&mut self, event: Event) -> String {
         let first = std::mem::replace(&mut self.first, false);
         match event {
-            Event::Delta { text, logprobs } => {
+            Event::Delta(delta) => {
                 let lp = self
                     .meta
                     .logprobs
-                    .then(|| self.logprobs.format(self.meta.endpoint, &logprobs));
-                sse(&self.meta.chunk(Some(&text), lp, first, None))
+                    .then(|| self.logprobs.format(self.meta.endpoint, &delta.tokens));
+                sse(&self.meta.chunk(Some(&delta.text), lp, first, None))
             }
+            // Not asked for by this API.
+            Event::PromptLogprobs(_) => String::new(),
             Event::Done { finish, usage } => {
                 self.done = true;
-                let mut out = sse(&self.meta.chunk(None, None, first, Some(finish)));
+                let mut out = sse(&self.meta.chunk(None, None, first, Some(&finish)));
                 if self.meta.include_usage {
                     out.push_str(&sse(&self.meta.usage_chunk(&usage)));
                 }
@@ -569,7 +570,7 @@ fn stopped() -> ApiError {
 }
 
 fn submit(shared: &Shared, job: Job) -> Result<(), ApiError> {
-    shared.jobs.send(job).map_err(|_| stopped())
+    shared.jobs.submit(job).map_err(|_| stopped())
 }
 
 /// The whole body, refused past [`MAX_BODY`] and when it does not arrive within the timeout.
@@ -660,15 +661,10 @@ async fn generate(
         logprobs: req.params.logprobs.is_some(),
         include_usage: req.include_usage,
     };
-    let (events, mut rx) = mpsc::unbounded_channel();
-    submit(
-        shared,
-        Job::Generate(GenJob {
-            prompt: req.prompt,
-            params: req.params,
-            events,
-        }),
-    )?;
+    let mut rx = shared
+        .jobs
+        .generate(req.prompt, req.params)
+        .map_err(|_| stopped())?;
     // The first event decides the status: an error before any output is answered as such.
     let first = rx.recv().await.ok_or_else(stopped)?;
     if let Event::Error(e) = first {
@@ -694,7 +690,7 @@ async fn generate(
         return Ok(r);
     }
     let mut text = String::new();
-    let mut logprobs = Vec::new();
+    let mut tokens = Vec::new();
     let mut next = Some(first);
     loop {
         let event = match next.take() {
@@ -702,17 +698,15 @@ async fn generate(
             None => rx.recv().await.ok_or_else(stopped)?,
         };
         match event {
-            Event::Delta {
-                text: t,
-                logprobs: l,
-            } => {
-                text.push_str(&t);
-                logprobs.extend(l);
+            Event::Delta(delta) => {
+                text.push_str(&delta.text);
+                tokens.extend(delta.tokens);
             }
+            Event::PromptLogprobs(_) => {}
             Event::Done { finish, usage } => {
                 return Ok(json_response(
                     200,
-                    &meta.complete(&text, &logprobs, finish, &usage),
+                    &meta.complete(&text, &tokens, &finish, &usage),
                 ))
             }
             Event::Error(e) => return Err(e.into()),

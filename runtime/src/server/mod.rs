@@ -1,18 +1,16 @@
 //! `--server`: an OpenAI-compatible HTTP API and a chat page, served by this binary.
 //!
 //! Two halves joined by a channel: the HTTP side (`http`, on a small tokio runtime) parses and
-//! checks requests and streams answers; the scheduler (`scheduler`, on the thread that calls
-//! [`Server::serve`]) owns the model's slots and batches every active request into one forward
+//! checks requests and streams answers; the scheduler (`crate::scheduler`, on the thread that
+//! calls [`Server::serve`]) owns the model's slots and batches every active request into one forward
 //! pass per step. The server binds before the model is needed, so that a caller can start it
 //! first: until `serve` runs, API requests get 503 and `/health` says the model is loading.
 
 pub(crate) mod api;
 mod http;
-pub(crate) mod json_schema;
-pub(crate) mod scheduler;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,7 +19,7 @@ use serde_json::json;
 use crate::chat_template::ChatTemplate;
 use crate::cli::Args;
 use crate::engine::Engine;
-use scheduler::{Event, GenJob, GenParams, Job, Pooling, PromptInput, Scheduler, Status};
+use crate::scheduler::{self, Client, Job, Pooling, Scheduler, Status};
 
 /// How the server listens and shares the model.
 #[derive(Clone, Debug)]
@@ -126,14 +124,14 @@ impl Server {
             tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| format!("server socket: {e}"))?
         };
-        let (tx, jobs) = mpsc::channel();
+        let (client, jobs) = scheduler::channel();
         let status = Arc::new(Status::default());
         let shared = Arc::new(http::Shared {
             model: opts.model_name.clone(),
             api_key: opts.api_key.as_deref().map(http::key_digest),
             loopback: addr.ip().is_loopback(),
             timeout: opts.timeout,
-            jobs: tx,
+            jobs: client,
             status: Arc::clone(&status),
             parallel: opts.parallel,
             model_meta: OnceLock::new(),
@@ -153,9 +151,7 @@ impl Server {
     /// A handle through which this process's own clients (the terminal chat of a bare launch)
     /// submit work to the same scheduler the HTTP side uses: one model, one KV pool.
     pub(crate) fn client(&self) -> Client {
-        Client {
-            jobs: self.shared.jobs.clone(),
-        }
+        self.shared.jobs.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -197,7 +193,7 @@ impl Server {
             max_queue: self.opts.max_queue,
             pooling: Pooling::from_gguf(g),
         };
-        let scheduler = Scheduler::new(engine, template, &cfg, Arc::clone(&self.status))?;
+        let scheduler = Scheduler::new(engine, Some(template), &cfg, Arc::clone(&self.status))?;
         let Server {
             runtime,
             jobs,
@@ -210,52 +206,6 @@ impl Server {
         drop(runtime);
         Ok(())
     }
-}
-
-/// A client of the scheduler inside this process.
-#[derive(Clone)]
-pub(crate) struct Client {
-    jobs: mpsc::Sender<Job>,
-}
-
-impl Client {
-    /// Starts a generation; its events arrive on the returned receiver, and dropping the receiver
-    /// stops it.
-    pub(crate) fn generate(
-        &self,
-        prompt: PromptInput,
-        params: GenParams,
-    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<Event>, String> {
-        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.jobs
-            .send(Job::Generate(GenJob {
-                prompt,
-                params,
-                events,
-            }))
-            .map_err(|_| "the model is not running".to_string())?;
-        Ok(rx)
-    }
-}
-
-/// The scheduler alone, without HTTP, running on a thread of `scope` for `-i`: the terminal chat
-/// generates through the same code as the server. It stops when the returned client is dropped.
-pub(crate) fn local_scheduler<'scope, 'env>(
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    engine: &'env Engine<'env>,
-    g: &'env gguf::Gguf<'env>,
-    chat_template: Option<&'env str>,
-) -> Result<Client, String> {
-    let template = ChatTemplate::for_model(&engine.tokenizer, g, chat_template)?;
-    let cfg = scheduler::Config {
-        parallel: 1,
-        max_queue: 1,
-        pooling: Pooling::from_gguf(g),
-    };
-    let scheduler = Scheduler::new(engine, template, &cfg, Arc::new(Status::default()))?;
-    let (jobs, rx) = mpsc::channel();
-    scope.spawn(move || scheduler.run(rx));
-    Ok(Client { jobs })
 }
 
 /// Opens `url` in the desktop's browser; failures (no desktop) are silent.

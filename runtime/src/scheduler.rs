@@ -1,23 +1,24 @@
-//! The model side of the server: one thread owns the slots (each a KV cache and the tokens it
-//! holds) and runs continuous batching. Every step gathers one token from each generating slot
-//! plus a chunk of the prompt of each slot still reading one, runs them through a single forward
-//! pass, and samples each slot's next token. Requests arrive as [`Job`]s over a channel and get
-//! their answers back over the channel each job carries; the HTTP side never touches the model.
+//! The batch scheduler: one thread owns the slots (each a KV cache and the tokens it holds) and
+//! runs continuous batching. Every step gathers one token from each generating slot plus a chunk
+//! of the prompt of each slot still reading one, runs them through a single forward pass, and
+//! hands each slot's logits to its [`Generator`]. Requests arrive as [`Job`]s over a channel and
+//! get their answers back over the channel each job carries. Every mode generates here: the
+//! one-shot command line and the terminal chat through a [`Client`], the HTTP side through the
+//! same channel; none of them touches the model. It knows no protocol: its requests, events and
+//! refusals are its own, and each edge converts them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokenizer::Utf8Stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc as events, oneshot};
 
-use super::json_schema::{JsonState, Schema};
 use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::engine::{common_prefix, Engine};
-use crate::model::{KvCache, Logits, SeqInput};
-use crate::sampling::{log_sum_exp, top_logprobs, Sampler, SamplerConfig};
+use crate::generator::{Candidate, Delta, Finish, GenParams, Generator, Next, Vocab};
+use crate::model::{KvCache, Output, Rows, SeqInput};
 
 /// Why the scheduler refused a job. It knows no protocol: each edge turns this into its own
 /// error (the HTTP side into 400 and 503 responses).
@@ -58,22 +59,11 @@ pub(crate) enum PromptInput {
     Tokens(Vec<u32>),
 }
 
-pub(crate) struct GenParams {
-    pub sampling: SamplerConfig,
-    /// Tokens to generate at most; `None`: until end of generation or a full context.
-    pub max_tokens: Option<usize>,
-    pub stop: Vec<String>,
-    /// Report each token's log-probability and this many alternatives.
-    pub logprobs: Option<usize>,
-    /// Constrain the output to JSON matching this schema.
-    pub json: Option<Arc<Schema>>,
-}
-
 pub(crate) struct GenJob {
     pub prompt: PromptInput,
     pub params: GenParams,
-    /// Dropped by the HTTP side when the client goes away: the generation then stops.
-    pub events: mpsc::UnboundedSender<Event>,
+    /// Dropped by the client when it goes away: the generation then stops.
+    pub events: events::UnboundedSender<Event>,
 }
 
 pub(crate) enum Job {
@@ -103,28 +93,6 @@ pub(crate) struct Embedding {
     pub n_tokens: usize,
 }
 
-/// A generated token's log-probability and the most likely alternatives, as (bytes, logprob).
-pub(crate) struct TokenLogprob {
-    pub bytes: Vec<u8>,
-    pub logprob: f32,
-    pub top: Vec<(Vec<u8>, f32)>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Finish {
-    Stop,
-    Length,
-}
-
-impl Finish {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "stop",
-            Finish::Length => "length",
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Usage {
     pub prompt_tokens: usize,
@@ -138,15 +106,31 @@ pub(crate) struct Usage {
 pub(crate) enum Event {
     /// The request failed before producing anything.
     Error(Refusal),
-    /// New text (never a partial UTF-8 character or part of a stop string) and its tokens' logprobs.
-    Delta {
-        text: String,
-        logprobs: Vec<TokenLogprob>,
-    },
+    /// The most likely tokens at each prompt position, in order, a batch of positions at a time
+    /// (when asked for with `prompt_logprobs`).
+    PromptLogprobs(Vec<Vec<Candidate>>),
+    Delta(Delta),
     Done {
         finish: Finish,
         usage: Usage,
     },
+}
+
+impl Usage {
+    /// llama.cpp's `timings` object, which its server and its command line both print. Only the
+    /// tokens evaluated count: llama.cpp's `prompt_n` leaves out the cached ones.
+    pub fn timings_json(&self) -> serde_json::Value {
+        let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+        let evaluated = self.prompt_tokens - self.cached_tokens;
+        serde_json::json!({
+            "prompt_n": evaluated,
+            "prompt_ms": self.prompt_ms,
+            "prompt_per_second": per_s(evaluated, self.prompt_ms),
+            "predicted_n": self.completion_tokens,
+            "predicted_ms": self.gen_ms,
+            "predicted_per_second": per_s(self.completion_tokens, self.gen_ms),
+        })
+    }
 }
 
 /// What `/health` reports; written by the scheduler, read by the HTTP side.
@@ -185,16 +169,10 @@ pub(crate) struct Config {
 
 struct Task {
     prompt: Vec<u32>,
-    max_new: usize,
-    sampler: Sampler,
-    json: Option<JsonState>,
-    stop: StopMatcher,
-    utf8: Utf8Stream,
-    logprobs: Option<usize>,
-    pending_logprobs: Vec<TokenLogprob>,
-    events: mpsc::UnboundedSender<Event>,
-    generated: usize,
-    /// The token sampled last, to be evaluated in the next step; `None` while reading the prompt.
+    generator: Generator,
+    prompt_logprobs: Option<usize>,
+    events: events::UnboundedSender<Event>,
+    /// The token chosen last, to be evaluated in the next step; `None` while reading the prompt.
     next: Option<u32>,
     cached: usize,
     started: Instant,
@@ -235,10 +213,10 @@ impl Queued {
 
 pub(crate) struct Scheduler<'e, 'a> {
     engine: &'e Engine<'a>,
-    template: ChatTemplate,
+    /// `None` where the mode reads raw prompts only (the one-shot command line).
+    template: Option<ChatTemplate>,
     pooling: Pooling,
-    /// Each token's bytes in generated text (control tokens: none), for output and the JSON mask.
-    pieces: Vec<Vec<u8>>,
+    vocab: Vocab<'e>,
     slots: Vec<Slot>,
     queue: VecDeque<Queued>,
     max_queue: usize,
@@ -251,7 +229,7 @@ impl<'e, 'a> Scheduler<'e, 'a> {
     /// The context `-c` is shared by the slots: each gets `n_ctx / parallel` positions.
     pub fn new(
         engine: &'e Engine<'a>,
-        template: ChatTemplate,
+        template: Option<ChatTemplate>,
         cfg: &Config,
         status: Arc<Status>,
     ) -> Result<Self, String> {
@@ -268,14 +246,11 @@ impl<'e, 'a> Scheduler<'e, 'a> {
                 last_used: 0,
             })
             .collect();
-        let pieces = (0..engine.n_vocab() as u32)
-            .map(|id| engine.tokenizer.token_to_piece(id, false))
-            .collect();
         Ok(Scheduler {
             engine,
             template,
             pooling: cfg.pooling,
-            pieces,
+            vocab: Vocab::new(&engine.tokenizer),
             slots,
             queue: VecDeque::new(),
             max_queue: cfg.max_queue,
@@ -400,7 +375,10 @@ impl<'e, 'a> Scheduler<'e, 'a> {
     }
 
     fn render(&self, messages: &[ChatMessage]) -> Result<String, Refusal> {
-        self.template
+        let template = self.template.as_ref().ok_or_else(|| {
+            Refusal::invalid("this mode takes raw prompts: it has no chat template")
+        })?;
+        template
             .render(messages, true)
             .map_err(|e| Refusal::invalid(e.to_string()))
     }
@@ -453,21 +431,18 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         let prompt = self.prompt_tokens(job.prompt)?;
         // At least one token must fit after the prompt.
         self.check_length(prompt.len(), 1)?;
-        let room = self.slot_ctx - prompt.len();
-        let p = job.params;
-        let sampler = Sampler::new(p.sampling, self.engine.n_vocab())
-            .map_err(|e| Refusal::invalid(e.to_string()))?;
+        let mut params = job.params;
+        if !params.use_whole_context {
+            let room = self.slot_ctx - prompt.len();
+            params.max_tokens = Some(params.max_tokens.map_or(room, |m| m.min(room)));
+        }
+        let prompt_logprobs = params.prompt_logprobs;
+        let generator = Generator::new(params, self.engine.n_vocab()).map_err(Refusal::invalid)?;
         Ok(Task {
             prompt,
-            max_new: p.max_tokens.map_or(room, |m| m.min(room)),
-            sampler,
-            json: p.json.map(JsonState::new),
-            stop: StopMatcher::new(p.stop),
-            utf8: Utf8Stream::new(),
-            logprobs: p.logprobs,
-            pending_logprobs: Vec::new(),
+            generator,
+            prompt_logprobs,
             events: job.events,
-            generated: 0,
             next: None,
             cached: 0,
             started: Instant::now(),
@@ -515,9 +490,13 @@ impl<'e, 'a> Scheduler<'e, 'a> {
             match q {
                 Queued::Generate(mut task) => {
                     // Keep the shared prefix; the last prompt token is always evaluated again,
-                    // since its logits are needed.
-                    let common =
-                        common_prefix(&slot.tokens, &task.prompt).min(task.prompt.len() - 1);
+                    // since its logits are needed, and every one when their logprobs are.
+                    let common = match task.prompt_logprobs {
+                        Some(_) => 0,
+                        None => {
+                            common_prefix(&slot.tokens, &task.prompt).min(task.prompt.len() - 1)
+                        }
+                    };
                     slot.tokens.truncate(common);
                     task.cached = common;
                     task.started = Instant::now();
@@ -540,7 +519,13 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         let mut pooled = vec![0.0f64; d];
         let mut last = Vec::new();
         for chunk in ids.chunks(self.engine.n_batch.max(1)) {
-            let hidden = model.forward(&mut slot.cache, chunk, slot.tokens.len(), Logits::Hidden);
+            let hidden = model.forward(
+                &mut slot.cache,
+                chunk,
+                slot.tokens.len(),
+                Rows::All,
+                Output::Hidden,
+            );
             for (t, row) in hidden.chunks_exact(d).enumerate() {
                 let take = match self.pooling {
                     Pooling::Mean => true,
@@ -573,10 +558,10 @@ impl<'e, 'a> Scheduler<'e, 'a> {
     /// chunks within the `-b` budget.
     fn step(&mut self) {
         let mut budget = self.engine.n_batch.max(1);
-        let mut plan: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut plan: Vec<(usize, Vec<u32>, Rows)> = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             if let Some(tok) = slot.task.as_ref().and_then(|t| t.next) {
-                plan.push((i, vec![tok]));
+                plan.push((i, vec![tok], Rows::Last));
                 budget = budget.saturating_sub(1);
             }
         }
@@ -587,116 +572,92 @@ impl<'e, 'a> Scheduler<'e, 'a> {
             let rest = &task.prompt[slot.tokens.len()..];
             let take = rest.len().min(budget);
             if take > 0 {
-                plan.push((i, rest[..take].to_vec()));
+                let rows = match task.prompt_logprobs {
+                    Some(_) => Rows::All,
+                    None => Rows::Last,
+                };
+                plan.push((i, rest[..take].to_vec(), rows));
                 budget -= take;
             }
         }
         if plan.is_empty() {
             return;
         }
-        plan.sort_by_key(|(i, _)| *i);
+        plan.sort_by_key(|(i, _, _)| *i);
         let logits = {
             let mut seqs = Vec::with_capacity(plan.len());
             let mut planned = plan.iter().peekable();
             for (i, slot) in self.slots.iter_mut().enumerate() {
-                if let Some((_, tokens)) = planned.next_if(|(j, _)| *j == i) {
+                if let Some((_, tokens, rows)) = planned.next_if(|(j, _, _)| *j == i) {
                     let pos0 = slot.tokens.len();
                     seqs.push(SeqInput {
                         cache: &mut slot.cache,
                         tokens,
                         pos0,
+                        rows: *rows,
                     });
                 }
             }
-            self.engine.model.forward_batch(&mut seqs, Logits::Last)
+            self.engine.model.forward_batch(&mut seqs, Output::Logits)
         };
         let n_vocab = self.engine.n_vocab();
-        for (k, (i, tokens)) in plan.into_iter().enumerate() {
+        let mut rows_of = logits.chunks_exact(n_vocab);
+        for (i, tokens, rows) in plan {
+            let n_rows = match rows {
+                Rows::All => tokens.len(),
+                Rows::Last => 1,
+            };
+            let seq_rows: Vec<&[f32]> = rows_of.by_ref().take(n_rows).collect();
             let slot = &mut self.slots[i];
             slot.tokens.extend_from_slice(&tokens);
             let Some(task) = slot.task.as_mut() else {
                 continue;
             };
             if task.next.is_none() {
+                if let Some(k) = task.prompt_logprobs {
+                    let top = seq_rows.iter().map(|row| self.vocab.candidates(row, k));
+                    let _ = task.events.send(Event::PromptLogprobs(top.collect()));
+                }
                 if slot.tokens.len() < task.prompt.len() {
                     continue;
                 }
                 task.prompt_done = Some(Instant::now());
             }
-            self.advance(i, &logits[k * n_vocab..(k + 1) * n_vocab]);
+            if let Some(last) = seq_rows.last() {
+                self.advance(i, last);
+            }
         }
     }
 
-    /// Samples slot `i`'s next token from `row` and sends what it adds.
+    /// Hands slot `i`'s logits `row` to its generator and sends what it adds.
     fn advance(&mut self, i: usize, row: &[f32]) {
-        let tokenizer = &self.engine.tokenizer;
         let slot = &mut self.slots[i];
         let Some(task) = slot.task.as_mut() else {
             return;
         };
-        let picked = match &task.json {
-            Some(state) => pick_constrained(
-                row,
-                state,
-                &mut task.sampler,
-                &slot.tokens,
-                &self.pieces,
-                |id| tokenizer.is_eog(id),
-            ),
-            None => Some(task.sampler.sample(row, &slot.tokens)),
-        };
-        let Some(tok) = picked.filter(|&t| !tokenizer.is_eog(t)) else {
-            self.finish(i, Finish::Stop);
-            return;
-        };
-        task.generated += 1;
-        task.next = Some(tok);
-        let piece = &self.pieces[tok as usize];
-        if let Some(state) = &mut task.json {
-            state.feed(piece);
+        let context_full = slot.tokens.len() >= self.slot_ctx;
+        let (delta, next) = task
+            .generator
+            .advance(row, &slot.tokens, &self.vocab, context_full);
+        if let Some(delta) = delta {
+            let _ = task.events.send(Event::Delta(delta));
         }
-        if let Some(k) = task.logprobs {
-            task.pending_logprobs.push(logprob_entry(row, tok, k, |id| {
-                tokenizer.token_to_piece(id, true)
-            }));
-        }
-        let text = task.utf8.push(piece);
-        let (out, stopped) = task.stop.push(&text);
-        if !out.is_empty() {
-            let logprobs = std::mem::take(&mut task.pending_logprobs);
-            let _ = task.events.send(Event::Delta {
-                text: out,
-                logprobs,
-            });
-        }
-        if stopped || task.json.as_ref().is_some_and(JsonState::is_complete) {
-            self.finish(i, Finish::Stop);
-        } else if task.generated >= task.max_new || slot.tokens.len() >= self.slot_ctx {
-            self.finish(i, Finish::Length);
+        match next {
+            Next::Token(tok) => task.next = Some(tok),
+            Next::Finished(finish) => self.finish(i, finish),
         }
     }
 
-    /// Ends slot `i`'s task: flushes held-back text and reports usage.
+    /// Ends slot `i`'s task and reports its usage.
     fn finish(&mut self, i: usize, finish: Finish) {
-        let Some(mut task) = self.slots[i].task.take() else {
+        let Some(task) = self.slots[i].task.take() else {
             return;
         };
-        let mut text = String::new();
-        if finish == Finish::Length || task.stop.found.is_none() {
-            let rest = task.utf8.finish();
-            let (out, _) = task.stop.push(&rest);
-            text.push_str(&out);
-            text.push_str(&task.stop.finish());
-        }
-        if !text.is_empty() || !task.pending_logprobs.is_empty() {
-            let logprobs = std::mem::take(&mut task.pending_logprobs);
-            let _ = task.events.send(Event::Delta { text, logprobs });
-        }
         let now = Instant::now();
         let prompt_done = task.prompt_done.unwrap_or(now);
         let usage = Usage {
             prompt_tokens: task.prompt.len(),
-            completion_tokens: task.generated,
+            completion_tokens: task.generator.generated(),
             cached_tokens: task.cached,
             prompt_ms: (prompt_done - task.started).as_secs_f64() * 1e3,
             gen_ms: (now - prompt_done).as_secs_f64() * 1e3,
@@ -705,223 +666,68 @@ impl<'e, 'a> Scheduler<'e, 'a> {
     }
 }
 
-fn logprob_entry(row: &[f32], tok: u32, k: usize, text: impl Fn(u32) -> Vec<u8>) -> TokenLogprob {
-    let lse = log_sum_exp(row);
-    TokenLogprob {
-        bytes: text(tok),
-        logprob: (f64::from(row[tok as usize]) - lse) as f32,
-        top: top_logprobs(row, k)
-            .into_iter()
-            .map(|(id, lp)| (text(id), lp))
-            .collect(),
+/// The sending end of a scheduler's job channel: how the HTTP side, the terminal chat and the
+/// one-shot command line reach the model.
+#[derive(Clone)]
+pub(crate) struct Client {
+    jobs: Sender<Job>,
+}
+
+/// The model is gone: the scheduler has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the model is not running")
     }
 }
 
-/// Candidates looked at when sampling (not greedy) under a JSON constraint: the mask is computed
-/// over the most likely tokens only, which is where sampling's top-k/top-p mass is.
-const CONSTRAINED_SAMPLING_POOL: usize = 256;
+impl Client {
+    pub fn submit(&self, job: Job) -> Result<(), Stopped> {
+        self.jobs.send(job).map_err(|_| Stopped)
+    }
 
-/// The next token under a JSON constraint: greedy takes the most likely token the validator
-/// accepts; sampling masks every other token among the most likely ones and samples among those
-/// left. End of generation is allowed once the document can end.
-fn pick_constrained(
-    row: &[f32],
-    state: &JsonState,
-    sampler: &mut Sampler,
-    history: &[u32],
-    pieces: &[Vec<u8>],
-    is_eog: impl Fn(u32) -> bool,
-) -> Option<u32> {
-    let cfg = sampler.config();
-    let greedy = cfg.temp <= 0.0
-        && (cfg.repeat_penalty == 1.0
-            && cfg.presence_penalty == 0.0
-            && cfg.frequency_penalty == 0.0);
-    let pool = if greedy { 1 } else { CONSTRAINED_SAMPLING_POOL };
-    let mut allowed = Vec::new();
-    let valid = |id: u32| {
-        if is_eog(id) {
-            state.can_end()
-        } else {
-            state.allows(&pieces[id as usize])
-        }
+    /// Starts a generation; its events arrive on the returned receiver, and dropping the receiver
+    /// stops it.
+    pub fn generate(
+        &self,
+        prompt: PromptInput,
+        params: GenParams,
+    ) -> Result<events::UnboundedReceiver<Event>, Stopped> {
+        let (events, rx) = events::unbounded_channel();
+        self.submit(Job::Generate(GenJob {
+            prompt,
+            params,
+            events,
+        }))?;
+        Ok(rx)
+    }
+}
+
+/// A job channel: the clients' end, and the end [`Scheduler::run`] serves until every client is
+/// dropped.
+pub(crate) fn channel() -> (Client, Receiver<Job>) {
+    let (jobs, rx) = mpsc::channel();
+    (Client { jobs }, rx)
+}
+
+/// A scheduler of one slot without HTTP, on a thread of `scope`: the one-shot command line
+/// (without a template: it reads raw prompts) and `-i` generate through it. It stops when the
+/// returned client and its clones are dropped.
+pub(crate) fn spawn_local<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    engine: &'env Engine<'env>,
+    template: Option<ChatTemplate>,
+    pooling: Pooling,
+) -> Result<Client, String> {
+    let cfg = Config {
+        parallel: 1,
+        max_queue: 1,
+        pooling,
     };
-    for_each_by_logit(row, |rank, id| {
-        if rank >= pool && !allowed.is_empty() {
-            return false;
-        }
-        if valid(id) {
-            allowed.push(id);
-        }
-        allowed.len() < pool || !greedy
-    });
-    match allowed.as_slice() {
-        [] => None,
-        [only] if greedy => Some(*only),
-        _ => {
-            let mut masked = vec![f32::NEG_INFINITY; row.len()];
-            for &id in &allowed {
-                masked[id as usize] = row[id as usize];
-            }
-            Some(sampler.sample(&masked, history))
-        }
-    }
-}
-
-/// Visits token ids from the most to the least likely (NaN and -inf logits never), until `visit`
-/// returns false. The first few hundred are selected and sorted; the rest only if needed.
-fn for_each_by_logit(row: &[f32], mut visit: impl FnMut(usize, u32) -> bool) {
-    const FIRST: usize = 256;
-    let desc = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    let mut ids: Vec<u32> = (0..row.len() as u32)
-        .filter(|&i| row[i as usize] > f32::NEG_INFINITY)
-        .collect();
-    let first = FIRST.min(ids.len());
-    if first < ids.len() {
-        ids.select_nth_unstable_by(first, desc);
-    }
-    ids[..first].sort_unstable_by(desc);
-    for (rank, &id) in ids[..first].iter().enumerate() {
-        if !visit(rank, id) {
-            return;
-        }
-    }
-    ids[first..].sort_unstable_by(desc);
-    for (rank, &id) in ids[first..].iter().enumerate() {
-        if !visit(first + rank, id) {
-            return;
-        }
-    }
-}
-
-/// Holds back generated text that may be the start of a stop string, and cuts the output at the
-/// first stop string found.
-struct StopMatcher {
-    stops: Vec<String>,
-    held: String,
-    found: Option<usize>,
-}
-
-impl StopMatcher {
-    fn new(stops: Vec<String>) -> Self {
-        StopMatcher {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
-            held: String::new(),
-            found: None,
-        }
-    }
-
-    /// Adds `text`; returns the text that can be shown now and whether a stop string was found
-    /// (the output ends before it).
-    fn push(&mut self, text: &str) -> (String, bool) {
-        if self.found.is_some() {
-            return (String::new(), true);
-        }
-        self.held.push_str(text);
-        if let Some(pos) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
-            self.found = Some(pos);
-            let out = self.held[..pos].to_string();
-            self.held.clear();
-            return (out, true);
-        }
-        // Keep the longest tail that some stop string starts with.
-        let keep_from = self
-            .held
-            .char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.held[i..])))
-            .unwrap_or(self.held.len());
-        let out = self.held[..keep_from].to_string();
-        self.held.drain(..keep_from);
-        (out, false)
-    }
-
-    /// The text still held back, when generation ends without a stop string.
-    fn finish(&mut self) -> String {
-        std::mem::take(&mut self.held)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_cut_the_output_and_partial_matches_wait() {
-        let mut m = StopMatcher::new(vec!["</end>".into(), "STOP".into()]);
-        assert_eq!(m.push("Hello </"), ("Hello ".to_string(), false));
-        assert_eq!(m.push("b> x ST"), ("</b> x ".to_string(), false));
-        assert_eq!(m.push("OP and more"), (String::new(), true));
-        let mut m = StopMatcher::new(vec!["\n\n".into()]);
-        assert_eq!(m.push("a\n"), ("a".to_string(), false));
-        assert_eq!(m.finish(), "\n");
-        let mut m = StopMatcher::new(vec!["é!".into()]);
-        assert_eq!(m.push("caféé"), ("café".to_string(), false));
-        assert_eq!(m.push("!"), (String::new(), true));
-        let mut none = StopMatcher::new(vec![String::new()]);
-        assert_eq!(none.push("text"), ("text".to_string(), false));
-    }
-
-    #[test]
-    fn logit_order_visits_best_first_and_skips_masked() {
-        let mut row: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32).collect();
-        row[5] = f32::NEG_INFINITY;
-        let mut seen = Vec::new();
-        for_each_by_logit(&row, |_, id| {
-            seen.push(id);
-            true
-        });
-        assert_eq!(seen.len(), 999);
-        assert!(!seen.contains(&5));
-        assert!(seen
-            .windows(2)
-            .all(|w| row[w[0] as usize] >= row[w[1] as usize]));
-    }
-
-    #[test]
-    fn constrained_greedy_takes_the_best_valid_token() {
-        let pieces: Vec<Vec<u8>> = ["x", "{", "}", " ", "\"a\"", "[", ""]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect();
-        let state = JsonState::new(Schema::any_object());
-        let cfg = SamplerConfig {
-            temp: 0.0,
-            ..SamplerConfig::default()
-        };
-        let mut sampler = Sampler::new(cfg, pieces.len()).unwrap();
-        // "x" and "[" are likelier but cannot start an object; token 6 (end of generation) cannot end yet.
-        let row = [9.0, 5.0, 1.0, 2.0, 0.0, 8.0, 10.0];
-        assert_eq!(
-            pick_constrained(&row, &state, &mut sampler, &[], &pieces, |id| id == 6),
-            Some(1)
-        );
-        let mut done = state.clone();
-        assert!(done.feed(b"{}"));
-        assert!(done.is_complete());
-        assert_eq!(
-            pick_constrained(&row, &done, &mut sampler, &[], &pieces, |id| id == 6),
-            Some(6)
-        );
-        // Sampling only ever draws valid tokens.
-        let cfg = SamplerConfig {
-            temp: 1.5,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: 7,
-            ..SamplerConfig::default()
-        };
-        let mut sampler = Sampler::new(cfg, pieces.len()).unwrap();
-        for _ in 0..50 {
-            let t =
-                pick_constrained(&row, &state, &mut sampler, &[], &pieces, |id| id == 6).unwrap();
-            assert!(t == 1 || t == 3, "{t}");
-        }
-    }
+    let scheduler = Scheduler::new(engine, template, &cfg, Arc::new(Status::default()))?;
+    let (client, rx) = channel();
+    scope.spawn(move || scheduler.run(rx));
+    Ok(client)
 }
