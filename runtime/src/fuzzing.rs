@@ -11,7 +11,7 @@ use tokenizer::{Tokenizer, Utf8Stream};
 use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::json_schema::JsonState;
 use crate::model::Model;
-use crate::server::api::{self, Endpoint};
+use crate::server::{llama_cpp, openai};
 
 /// The GGUF reader and everything the runtime reads from a parsed file: every metadata value and
 /// tensor info, the typed getters, the model's hyperparameters and tensors, the tokenizer.
@@ -158,8 +158,8 @@ pub fn chat_template(data: &[u8]) {
 /// Every request body parser of the server, and the JSON-schema validator a request may carry,
 /// fed with the body itself.
 pub fn server_request(data: &[u8]) {
-    for endpoint in [Endpoint::Chat, Endpoint::Completion] {
-        if let Ok(req) = api::parse_generation(data, endpoint) {
+    for parse in [openai::chat::parse, openai::completions::parse] {
+        if let Ok(req) = parse(data) {
             if let Some(schema) = req.params.json {
                 let mut state = JsonState::new(schema);
                 for &b in data {
@@ -171,8 +171,8 @@ pub fn server_request(data: &[u8]) {
             }
         }
     }
-    let _ = api::parse_embeddings(data).map(|r| r.inputs.len());
-    let _ = api::parse_tokenize(data).map(|r| r.text.len());
-    let _ = api::parse_detokenize(data);
-    let _ = api::parse_apply_template(data);
+    let _ = openai::embeddings::parse(data).map(|r| r.inputs.len());
+    let _ = llama_cpp::parse_tokenize(data).map(|r| r.text.len());
+    let _ = llama_cpp::parse_detokenize(data);
+    let _ = llama_cpp::parse_apply_template(data);
 }

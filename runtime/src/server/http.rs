@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
@@ -24,7 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::api::{self, ApiError, Endpoint, LogprobFormatter, ResponseMeta};
+use super::error::ApiError;
+use super::llama_cpp;
+use super::openai::chat::{self, ChatReply};
+use super::openai::completions::{self, CompletionReply};
+use super::openai::{embeddings, GenRequest};
+use super::reply::{Reply, SseFrame};
 use crate::scheduler::{Client, Event, Job, Status};
 
 /// Request bodies larger than this are refused with 413.
@@ -56,12 +61,6 @@ pub(crate) struct Shared {
 
 pub(crate) fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -234,65 +233,72 @@ impl http_body::Body for Body {
     }
 }
 
-/// The events of one streaming generation, formatted as OpenAI's chunks. Dropping it (the client
-/// went away) closes the channel, which stops the generation.
+/// The events of one streaming generation as server-sent events, in the frames its protocol's
+/// [`Reply`] makes: the writer knows the framing, not the format. Dropping it (the client went
+/// away) closes the channel, which stops the generation.
 pub(crate) struct EventStream {
     rx: mpsc::UnboundedReceiver<Event>,
-    meta: ResponseMeta,
-    logprobs: LogprobFormatter,
+    reply: Box<dyn Reply>,
     pending: Option<Event>,
-    first: bool,
     done: bool,
 }
 
-fn sse(v: &Value) -> String {
-    format!("data: {v}\n\n")
+/// The wire form of frames: an optional `event:` line, the data one `data:` line per line, and
+/// the blank line that ends an event.
+fn sse(frames: &[SseFrame]) -> String {
+    let mut out = String::new();
+    for frame in frames {
+        if let Some(name) = frame.event {
+            out.push_str("event: ");
+            out.push_str(name);
+            out.push('\n');
+        }
+        for line in frame.data.split('\n') {
+            out.push_str("data: ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl EventStream {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if self.done {
-            return Poll::Ready(None);
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let frames = match self.pending.take() {
+                Some(e) => self.frames(e),
+                None => match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(e)) => self.frames(e),
+                    Poll::Ready(None) => {
+                        self.done = true;
+                        let e = ApiError::internal("the generation ended unexpectedly");
+                        self.reply.error(&e)
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            // An event with nothing to send (one this protocol does not show) waits for the next.
+            if !frames.is_empty() {
+                return Poll::Ready(Some(Bytes::from(sse(&frames))));
+            }
         }
-        let event = match self.pending.take() {
-            Some(e) => e,
-            None => match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(e)) => e,
-                Poll::Ready(None) => {
-                    self.done = true;
-                    let e = ApiError::internal("the generation ended unexpectedly");
-                    return Poll::Ready(Some(Bytes::from(sse(&e.to_json()))));
-                }
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        Poll::Ready(Some(Bytes::from(self.format(event))))
     }
 
-    fn format(&mut self, event: Event) -> String {
-        let first = std::mem::replace(&mut self.first, false);
+    fn frames(&mut self, event: Event) -> Vec<SseFrame> {
         match event {
-            Event::Delta(delta) => {
-                let lp = self
-                    .meta
-                    .logprobs
-                    .then(|| self.logprobs.format(self.meta.endpoint, &delta.tokens));
-                sse(&self.meta.chunk(Some(&delta.text), lp, first, None))
-            }
-            // Not asked for by this API.
-            Event::PromptLogprobs(_) => String::new(),
+            Event::Delta(delta) => self.reply.delta(&delta),
+            Event::PromptLogprobs(_) => Vec::new(),
             Event::Done { finish, usage } => {
                 self.done = true;
-                let mut out = sse(&self.meta.chunk(None, None, first, Some(&finish)));
-                if self.meta.include_usage {
-                    out.push_str(&sse(&self.meta.usage_chunk(&usage)));
-                }
-                out.push_str("data: [DONE]\n\n");
-                out
+                self.reply.done(&finish, &usage)
             }
-            Event::Error(e) => {
+            Event::Error(refusal) => {
                 self.done = true;
-                sse(&ApiError::from(e).to_json())
+                self.reply.error(&refusal.into())
             }
         }
     }
@@ -511,26 +517,20 @@ async fn route(
     match route {
         Route::Models => Ok(models(shared)),
         Route::Chat => {
-            generate(
-                shared,
-                &read_body(shared, &parts.headers, body).await?,
-                Endpoint::Chat,
-            )
-            .await
+            let req = chat::parse(&read_body(shared, &parts.headers, body).await?)?;
+            let reply = ChatReply::new(&req, &shared.model);
+            generate(shared, req, Box::new(reply)).await
         }
         Route::Completions => {
-            generate(
-                shared,
-                &read_body(shared, &parts.headers, body).await?,
-                Endpoint::Completion,
-            )
-            .await
+            let req = completions::parse(&read_body(shared, &parts.headers, body).await?)?;
+            let reply = CompletionReply::new(&req, &shared.model);
+            generate(shared, req, Box::new(reply)).await
         }
         Route::Embeddings => {
             embeddings(shared, &read_body(shared, &parts.headers, body).await?).await
         }
         Route::Tokenize => {
-            let req = api::parse_tokenize(&read_body(shared, &parts.headers, body).await?)?;
+            let req = llama_cpp::parse_tokenize(&read_body(shared, &parts.headers, body).await?)?;
             let (reply, rx) = oneshot::channel();
             submit(
                 shared,
@@ -544,11 +544,12 @@ async fn route(
             let tokens = rx.await.map_err(|_| stopped())?;
             Ok(json_response(
                 200,
-                &api::tokenize_response(&tokens, req.with_pieces),
+                &llama_cpp::tokenize_response(&tokens, req.with_pieces),
             ))
         }
         Route::Detokenize => {
-            let tokens = api::parse_detokenize(&read_body(shared, &parts.headers, body).await?)?;
+            let tokens =
+                llama_cpp::parse_detokenize(&read_body(shared, &parts.headers, body).await?)?;
             let (reply, rx) = oneshot::channel();
             submit(shared, Job::Detokenize { tokens, reply })?;
             let text = rx.await.map_err(|_| stopped())??;
@@ -556,7 +557,7 @@ async fn route(
         }
         Route::ApplyTemplate => {
             let messages =
-                api::parse_apply_template(&read_body(shared, &parts.headers, body).await?)?;
+                llama_cpp::parse_apply_template(&read_body(shared, &parts.headers, body).await?)?;
             let (reply, rx) = oneshot::channel();
             submit(shared, Job::ApplyTemplate { messages, reply })?;
             let prompt = rx.await.map_err(|_| stopped())??;
@@ -640,27 +641,11 @@ fn models(shared: &Shared) -> Response<Body> {
     )
 }
 
-fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{:016x}", crate::sampling::random_seed())
-}
-
 async fn generate(
     shared: &Shared,
-    body: &[u8],
-    endpoint: Endpoint,
+    req: GenRequest,
+    reply: Box<dyn Reply>,
 ) -> Result<Response<Body>, ApiError> {
-    let req = api::parse_generation(body, endpoint)?;
-    let meta = ResponseMeta {
-        id: new_id(match endpoint {
-            Endpoint::Chat => "chatcmpl",
-            Endpoint::Completion => "cmpl",
-        }),
-        created: unix_now(),
-        model: shared.model.clone(),
-        endpoint,
-        logprobs: req.params.logprobs.is_some(),
-        include_usage: req.include_usage,
-    };
     let mut rx = shared
         .jobs
         .generate(req.prompt, req.params)
@@ -673,10 +658,8 @@ async fn generate(
     if req.stream {
         let stream = EventStream {
             rx,
-            meta,
-            logprobs: LogprobFormatter::default(),
+            reply,
             pending: Some(first),
-            first: true,
             done: false,
         };
         let mut r = Response::new(Body::Events(Box::new(stream)));
@@ -706,8 +689,8 @@ async fn generate(
             Event::Done { finish, usage } => {
                 return Ok(json_response(
                     200,
-                    &meta.complete(&text, &tokens, &finish, &usage),
-                ))
+                    &reply.whole(&text, &tokens, &finish, &usage),
+                ));
             }
             Event::Error(e) => return Err(e.into()),
         }
@@ -715,7 +698,7 @@ async fn generate(
 }
 
 async fn embeddings(shared: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> {
-    let req = api::parse_embeddings(body)?;
+    let req = embeddings::parse(body)?;
     let (reply, rx) = oneshot::channel();
     submit(
         shared,
@@ -727,7 +710,7 @@ async fn embeddings(shared: &Shared, body: &[u8]) -> Result<Response<Body>, ApiE
     let result = rx.await.map_err(|_| stopped())??;
     Ok(json_response(
         200,
-        &api::embeddings_response(&shared.model, &result, req.base64),
+        &embeddings::response(&shared.model, &result, req.base64),
     ))
 }
 

@@ -6,8 +6,12 @@
 //! pass per step. The server binds before the model is needed, so that a caller can start it
 //! first: until `serve` runs, API requests get 503 and `/health` says the model is loading.
 
-pub(crate) mod api;
+mod error;
 mod http;
+pub(crate) mod llama_cpp;
+pub(crate) mod openai;
+mod reply;
+mod request;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::mpsc::Receiver;
@@ -135,7 +139,7 @@ impl Server {
             status: Arc::clone(&status),
             parallel: opts.parallel,
             model_meta: OnceLock::new(),
-            created: http::unix_now(),
+            created: reply::unix_now(),
         });
         runtime.spawn(http::accept_loop(listener, Arc::clone(&shared)));
         Ok(Server {

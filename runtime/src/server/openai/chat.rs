@@ -1,0 +1,318 @@
+//! `/v1/chat/completions`: a conversation in, the assistant's reply out, whole or as
+//! `chat.completion.chunk` events.
+
+use serde_json::{json, Map, Value};
+
+use super::{finish_reason, parse_common, Envelope, GenRequest, DONE};
+use crate::chat_template::ChatMessage;
+use crate::generator::{Delta, Finish, Sampled};
+use crate::scheduler::{PromptInput, Usage};
+use crate::server::error::ApiError;
+use crate::server::reply::{Reply, SseFrame};
+use crate::server::request::{parse_object, short, Fields};
+
+pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
+    let obj = parse_object(body)?;
+    let f = Fields(&obj);
+    let prompt = PromptInput::Chat(parse_messages(f.get("messages"))?);
+    let logprobs = match f.bool("logprobs")? {
+        Some(true) => Some(f.int("top_logprobs", 0, 20)?.unwrap_or(0) as usize),
+        _ => None,
+    };
+    parse_common(&f, prompt, logprobs)
+}
+
+pub(crate) fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
+    let Some(Value::Array(list)) = v else {
+        return Err(ApiError::bad_request(
+            "`messages` must be an array of messages",
+        ));
+    };
+    if list.is_empty() {
+        return Err(ApiError::bad_request("`messages` is empty"));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| parse_message(i, m))
+        .collect()
+}
+
+fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
+    let Value::Object(m) = m else {
+        return Err(ApiError::bad_request(format!(
+            "`messages[{i}]` must be an object"
+        )));
+    };
+    let f = Fields(m);
+    let role = match f.string("role").map_err(|_| ApiError::bad_request(format!("`messages[{i}].role` must be a string")))? {
+        Some("developer") => "system",
+        Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`messages[{i}].role` must be system, developer, user, assistant or tool, got {other:?}"
+            )))
+        }
+        None => return Err(ApiError::bad_request(format!("`messages[{i}].role` is missing"))),
+    };
+    let content = match f.get("content") {
+        None => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                let kind = part.get("type").and_then(Value::as_str);
+                match (kind, part.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(text)) => texts.push(text),
+                    (Some("text"), None) => {
+                        return Err(ApiError::bad_request(format!("`messages[{i}].content[{j}].text` must be a string")))
+                    }
+                    (Some(other), _) => {
+                        return Err(ApiError::bad_request(format!(
+                            "`messages[{i}].content[{j}]`: content parts of type {other:?} are not supported; this server reads text"
+                        )))
+                    }
+                    (None, _) => return Err(ApiError::bad_request(format!("`messages[{i}].content[{j}].type` is missing"))),
+                }
+            }
+            // llama.cpp joins text parts with newlines.
+            texts.join("\n")
+        }
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "`messages[{i}].content` must be a string or an array of text parts, got {}",
+                short(v)
+            )))
+        }
+    };
+    Ok(ChatMessage {
+        role: role.to_string(),
+        content,
+    })
+}
+
+/// A chat answer's rendering.
+pub(crate) struct ChatReply {
+    envelope: Envelope,
+    logprobs: bool,
+    include_usage: bool,
+    /// No chunk sent yet: the first carries the role.
+    first: bool,
+}
+
+impl ChatReply {
+    pub fn new(req: &GenRequest, model: &str) -> Self {
+        ChatReply {
+            envelope: Envelope::new("chatcmpl", model),
+            logprobs: req.params.logprobs.is_some(),
+            include_usage: req.include_usage,
+            first: true,
+        }
+    }
+
+    fn logprobs_json(&self, tokens: &[Sampled]) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let content: Vec<Value> = tokens
+            .iter()
+            .filter_map(|t| t.logprob.as_ref())
+            .map(|e| {
+                let top: Vec<Value> = e
+                    .top
+                    .iter()
+                    .map(|c| json!({"token": text(&c.bytes), "logprob": c.logprob, "bytes": c.bytes}))
+                    .collect();
+                json!({"token": text(&e.bytes), "logprob": e.logprob, "bytes": e.bytes, "top_logprobs": top})
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    }
+
+    /// One chunk: new text, or the end.
+    fn chunk(&mut self, text: Option<&str>, logprobs: Value, finish: Option<&Finish>) -> Value {
+        let mut delta = Map::new();
+        if std::mem::replace(&mut self.first, false) {
+            delta.insert("role".into(), json!("assistant"));
+        }
+        if let Some(t) = text {
+            delta.insert("content".into(), json!(t));
+        }
+        let finish_reason = finish.map_or(Value::Null, |f| json!(finish_reason(f)));
+        let mut chunk = self.envelope.object(CHUNK);
+        chunk["choices"] = json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]);
+        chunk
+    }
+}
+
+const CHUNK: &str = "chat.completion.chunk";
+
+impl Reply for ChatReply {
+    fn delta(&mut self, delta: &Delta) -> Vec<SseFrame> {
+        let logprobs = self.logprobs_json(&delta.tokens);
+        vec![SseFrame::json(&self.chunk(
+            Some(&delta.text),
+            logprobs,
+            None,
+        ))]
+    }
+
+    fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
+        let mut frames = vec![SseFrame::json(&self.chunk(None, Value::Null, Some(finish)))];
+        if self.include_usage {
+            frames.push(SseFrame::json(&self.envelope.usage_chunk(CHUNK, usage)));
+        }
+        frames.push(SseFrame::data(DONE));
+        frames
+    }
+
+    fn error(&mut self, e: &ApiError) -> Vec<SseFrame> {
+        vec![SseFrame::json(&e.to_json())]
+    }
+
+    fn whole(&self, text: &str, tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {
+        let choice = json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": self.logprobs_json(tokens),
+            "finish_reason": finish_reason(finish),
+        });
+        self.envelope.whole("chat.completion", choice, usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generator::{Candidate, TokenLogprob};
+
+    fn gen(body: &str) -> Result<GenRequest, ApiError> {
+        parse(body.as_bytes())
+    }
+
+    #[test]
+    fn chat_requests_parse_with_defaults_and_options() {
+        let r = gen(r#"{"messages":[{"role":"developer","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+                       "temperature":0,"max_tokens":5,"stop":"\n","seed":-1,"stream":true,"stream_options":{"include_usage":true},
+                       "logprobs":true,"top_logprobs":3,"response_format":{"type":"json_object"},"tools":[],"user":"x"}"#)
+        .unwrap();
+        let PromptInput::Chat(m) = &r.prompt else {
+            panic!("chat")
+        };
+        assert_eq!(m[0], ChatMessage::new("system", "be brief"));
+        assert_eq!(m[1], ChatMessage::new("user", "a\nb"));
+        assert_eq!(r.params.sampling.temp, 0.0);
+        assert_eq!(r.params.sampling.seed, u64::MAX);
+        assert_eq!(r.params.max_tokens, Some(5));
+        assert_eq!(r.params.stop, vec!["\n"]);
+        assert_eq!(r.params.logprobs, Some(3));
+        assert!(r.params.json.is_some() && r.stream && r.include_usage);
+        let d = gen(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":null}"#).unwrap();
+        assert_eq!(
+            (d.params.max_tokens, d.stream, d.params.sampling.temp),
+            (None, false, 0.8)
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        for (body, word) in [
+            ("{", "not valid JSON"),
+            ("[1]", "JSON object"),
+            (r#"{"messages":[]}"#, "`messages` is empty"),
+            (r#"{"messages":"hi"}"#, "`messages`"),
+            (r#"{"messages":[{"content":"x"}]}"#, "role` is missing"),
+            (
+                r#"{"messages":[{"role":"wizard","content":"x"}]}"#,
+                "wizard",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                "image_url",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                "`temperature`",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":-1}"#,
+                "`temperature`",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "`max_tokens`",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#,
+                "`n`",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3,"logprobs":true,"top_p":7}"#,
+                "`top_p`",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"yaml"}}"#,
+                "yaml",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"date"}}}}"#,
+                "JSON schema",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"stop":[1]}"#,
+                "`stop`",
+            ),
+        ] {
+            let e = gen(body).err().unwrap_or_else(|| panic!("{body} parsed"));
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(word), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn answers_and_chunks_follow_openai() {
+        let req = gen(r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#).unwrap();
+        let mut reply = ChatReply::new(&req, "m");
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            cached_tokens: 1,
+            prompt_ms: 1.0,
+            gen_ms: 2.0,
+        };
+        let candidate = |id, bytes: &[u8], logprob| Candidate {
+            id,
+            bytes: bytes.to_vec(),
+            logprob,
+        };
+        let tokens = vec![Sampled {
+            id: 7,
+            logprob: Some(TokenLogprob {
+                bytes: b"Hi".to_vec(),
+                logprob: -0.5,
+                top: vec![candidate(7, b"Hi", -0.5), candidate(9, b"Yo", -1.5)],
+            }),
+        }];
+        let v = reply.whole("Hi", &tokens, &Finish::StopString("\n".into()), &usage);
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["choices"][0]["message"]["content"], "Hi");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["usage"]["total_tokens"], 5);
+        assert_eq!(
+            v["choices"][0]["logprobs"]["content"][0]["top_logprobs"][1]["token"],
+            "Yo"
+        );
+        let frames = reply.delta(&Delta {
+            text: "Hi".into(),
+            tokens,
+        });
+        let c: Value = serde_json::from_str(&frames[0].data).unwrap();
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["choices"][0]["delta"]["role"], "assistant");
+        let end = reply.done(&Finish::Length, &usage);
+        assert_eq!(end.last().unwrap().data, "[DONE]");
+        let c: Value = serde_json::from_str(&end[0].data).unwrap();
+        assert_eq!(c["choices"][0]["finish_reason"], "length");
+        assert!(c["choices"][0]["delta"].get("role").is_none());
+    }
+}

@@ -1,0 +1,245 @@
+//! OpenAI's API: chat completions, completions and embeddings, one module each. What chat and
+//! completions share is here: the sampling and limit fields, structured output, the usage object
+//! and the envelope of every response.
+
+pub(crate) mod chat;
+pub(crate) mod completions;
+pub(crate) mod embeddings;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::reply::{new_id, unix_now};
+use super::request::{short, Fields};
+use crate::generator::{Finish, GenParams};
+use crate::json_schema::Schema;
+use crate::sampling::SamplerConfig;
+use crate::scheduler::{PromptInput, Usage};
+
+/// A generation request, parsed.
+pub(crate) struct GenRequest {
+    pub prompt: PromptInput,
+    pub params: GenParams,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Upper bound on `max_tokens` worth stating; the context clamps it anyway.
+const MAX_TOKENS_LIMIT: i64 = 1 << 40;
+
+/// The fields chat and completions share (all but the prompt and the shape of `logprobs`).
+fn parse_common(
+    f: &Fields,
+    prompt: PromptInput,
+    logprobs: Option<usize>,
+) -> Result<GenRequest, ApiError> {
+    f.int("n", 1, 1)
+        .map_err(|_| ApiError::bad_request("`n` must be 1: one choice per request"))?;
+    if f.bool("echo")? == Some(true) {
+        return Err(ApiError::bad_request("`echo` is not supported"));
+    }
+    if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request("`suffix` is not supported"));
+    }
+
+    let mut sampling = SamplerConfig::default();
+    if let Some(t) = f.number("temperature", 0.0, 100.0)? {
+        sampling.temp = t;
+    }
+    if let Some(p) = f.number("top_p", 0.0, 1.0)? {
+        sampling.top_p = p;
+    }
+    if let Some(k) = f.int("top_k", i64::from(i32::MIN), i64::from(i32::MAX))? {
+        sampling.top_k = k as i32;
+    }
+    if let Some(p) = f.number("min_p", 0.0, 1.0)? {
+        sampling.min_p = p;
+    }
+    if let Some(p) = f.number("presence_penalty", -2.0, 2.0)? {
+        sampling.presence_penalty = p;
+    }
+    if let Some(p) = f.number("frequency_penalty", -2.0, 2.0)? {
+        sampling.frequency_penalty = p;
+    }
+    if let Some(p) = f.number("repeat_penalty", 0.0, 100.0)? {
+        sampling.repeat_penalty = p;
+    }
+    if let Some(n) = f.int("repeat_last_n", -1, i64::from(i32::MAX))? {
+        sampling.repeat_last_n = n as i32;
+    }
+    if let Some(v) = f.get("seed") {
+        sampling.seed = match (v.as_u64(), v.as_i64()) {
+            (Some(u), _) => u,
+            (None, Some(i)) => i as u64,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "`seed` must be an integer, got {}",
+                    short(v)
+                )))
+            }
+        };
+    }
+
+    let mut max_tokens = None;
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(n) = f.int(key, 1, MAX_TOKENS_LIMIT)? {
+            max_tokens = Some(n as usize);
+        }
+    }
+    // llama.cpp's name; -1 means no limit.
+    if let Some(n) = f.int("n_predict", -1, MAX_TOKENS_LIMIT)? {
+        max_tokens = usize::try_from(n).ok().filter(|&n| n > 0).or(max_tokens);
+    }
+
+    let stop = match f.get("stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= 16 => a
+            .iter()
+            .map(|s| {
+                s.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::bad_request("`stop` must be a string or a list of strings")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`stop` must be a string or a list of at most 16 strings",
+            ))
+        }
+    };
+
+    let json = parse_response_format(f)?;
+    let stream = f.bool("stream")?.unwrap_or(false);
+    let include_usage = match f.get("stream_options") {
+        None => false,
+        Some(Value::Object(o)) => Fields(o).bool("include_usage")?.unwrap_or(false),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "`stream_options` must be an object, got {}",
+                short(v)
+            )))
+        }
+    };
+    Ok(GenRequest {
+        prompt,
+        params: GenParams {
+            sampling,
+            max_tokens,
+            stop,
+            logprobs,
+            json,
+            ..GenParams::default()
+        },
+        stream,
+        include_usage,
+    })
+}
+
+/// `response_format` (`{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {"schema": ...}}`,
+/// or llama.cpp's `{"type": "json_object", "schema": ...}`) and llama.cpp's top-level `json_schema`.
+fn parse_response_format(f: &Fields) -> Result<Option<Arc<Schema>>, ApiError> {
+    let compile = |s: &Value| {
+        Schema::compile(s).map_err(|e| ApiError::bad_request(format!("JSON schema: {e}")))
+    };
+    if let Some(schema) = f.get("json_schema") {
+        return compile(schema).map(Some);
+    }
+    let Some(rf) = f.get("response_format") else {
+        return Ok(None);
+    };
+    let Value::Object(rf) = rf else {
+        return Err(ApiError::bad_request("`response_format` must be an object"));
+    };
+    let rf = Fields(rf);
+    match rf.string("type")? {
+        None | Some("text") => Ok(None),
+        Some("json_object") => match rf.get("schema") {
+            Some(schema) => compile(schema).map(Some),
+            None => Ok(Some(Schema::any_object())),
+        },
+        Some("json_schema") => {
+            let schema = match rf.get("json_schema") {
+                Some(Value::Object(js)) => js.get("schema").or(rf.get("schema")),
+                _ => rf.get("schema"),
+            };
+            let schema = schema.ok_or_else(|| {
+                ApiError::bad_request("`response_format.json_schema.schema` is missing")
+            })?;
+            compile(schema).map(Some)
+        }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`response_format.type` must be text, json_object or json_schema, got {other:?}"
+        ))),
+    }
+}
+
+/// What every response of one request shares: its id, creation time and model.
+pub(crate) struct Envelope {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl Envelope {
+    pub fn new(prefix: &str, model: &str) -> Self {
+        Envelope {
+            id: new_id(prefix),
+            created: unix_now(),
+            model: model.to_string(),
+        }
+    }
+
+    /// The fields every response object starts with.
+    fn object(&self, object: &str) -> Value {
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        })
+    }
+
+    /// The last chunk of a stream with `stream_options.include_usage`: no choices, the usage.
+    fn usage_chunk(&self, object: &str, usage: &Usage) -> Value {
+        let mut chunk = self.object(object);
+        chunk["choices"] = json!([]);
+        chunk["usage"] = usage_json(usage);
+        chunk["timings"] = usage.timings_json();
+        chunk
+    }
+
+    /// A whole answer: its one choice, the usage and llama.cpp's timings.
+    fn whole(&self, object: &str, choice: Value, usage: &Usage) -> Value {
+        let mut v = self.object(object);
+        v["choices"] = json!([choice]);
+        v["usage"] = usage_json(usage);
+        v["timings"] = usage.timings_json();
+        v
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+/// `finish_reason`: `stop` for every way the reply ends by itself.
+fn finish_reason(finish: &Finish) -> &'static str {
+    match finish {
+        Finish::EndOfGeneration(_) | Finish::StopString(_) | Finish::Constraint => "stop",
+        Finish::Length => "length",
+    }
+}
+
+/// The end of an OpenAI stream.
+const DONE: &str = "[DONE]";
+
+const SYSTEM_FINGERPRINT: &str = concat!("llamafile-rs-", env!("CARGO_PKG_VERSION"));

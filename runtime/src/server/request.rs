@@ -1,0 +1,97 @@
+//! Typed access to a JSON request body's fields, shared by every protocol: each wrong field is
+//! refused with a message naming it.
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// The body as a JSON object.
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// Typed access to a request's fields; `null` counts as absent, as OpenAI's API treats it.
+pub(crate) struct Fields<'a>(pub &'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn number(&self, key: &str, min: f64, max: f64) -> Result<Option<f32>, ApiError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.as_f64() {
+            Some(x) if x >= min && x <= max => Ok(Some(x as f32)),
+            _ => Err(ApiError::bad_request(format!(
+                "`{key}` must be a number from {min} to {max}, got {}",
+                short(v)
+            ))),
+        }
+    }
+
+    pub fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.as_i64() {
+            Some(x) if x >= min && x <= max => Ok(Some(x)),
+            _ => Err(ApiError::bad_request(format!(
+                "`{key}` must be an integer from {min} to {max}, got {}",
+                short(v)
+            ))),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_bool().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("`{key}` must be true or false, got {}", short(v)))
+        })
+    }
+
+    pub fn string(&self, key: &str) -> Result<Option<&'a str>, ApiError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_str().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("`{key}` must be a string, got {}", short(v)))
+        })
+    }
+}
+
+/// A value for an error message, cut short.
+pub(crate) fn short(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(60) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s,
+    }
+}
+
+/// Token ids: non-negative integers that fit 32 bits.
+pub(crate) fn token_ids(v: &[Value], what: &str) -> Result<Vec<u32>, ApiError> {
+    v.iter()
+        .map(|t| {
+            t.as_u64()
+                .and_then(|t| u32::try_from(t).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "`{what}` must hold token ids (non-negative integers), got {}",
+                        short(t)
+                    ))
+                })
+        })
+        .collect()
+}
