@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::chat_template::ChatTemplate;
 use crate::cli::{self, Args};
 use crate::engine::Engine;
 use crate::generator::GenParams;
+use crate::messages::ChatMessage;
 use crate::scheduler::{self, Client, Event, Pooling, PromptInput};
 use crate::server::Server;
 
@@ -72,10 +73,7 @@ fn converse(client: Client, args: &Args) -> Result<(), String> {
     let max_tokens = usize::try_from(args.n_predict).ok();
     let mut messages = Vec::new();
     if let Some(sys) = &args.system_prompt {
-        messages.push(ChatMessage {
-            role: "system".into(),
-            content: sys.clone(),
-        });
+        messages.push(ChatMessage::new("system", sys.clone()));
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -88,10 +86,7 @@ fn converse(client: Client, args: &Args) -> Result<(), String> {
         if line.trim().is_empty() {
             continue;
         }
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content: line,
-        });
+        messages.push(ChatMessage::new("user", line));
         let params = GenParams {
             sampling: sampling.clone(),
             max_tokens,
@@ -127,10 +122,7 @@ fn converse(client: Client, args: &Args) -> Result<(), String> {
                 eprintln!("llamafile: {e}");
                 messages.pop();
             }
-            None => messages.push(ChatMessage {
-                role: "assistant".into(),
-                content: reply,
-            }),
+            None => messages.push(ChatMessage::new("assistant", reply)),
         }
     }
     Ok(())

@@ -14,24 +14,8 @@ use std::fmt::Write as _;
 
 use minijinja::value::Kwargs;
 use minijinja::{context, AutoEscape, Environment, Error, ErrorKind, Value};
-use serde::Serialize;
 
-/// One turn of a conversation. Serialized as a map, so templates can write `message['role']` or
-/// `message.content`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
+use crate::messages::ChatMessage;
 
 /// Why a template could not be compiled or rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -610,6 +594,44 @@ mod tests {
         assert_eq!(
             t.render(&conversation(false), false).unwrap(),
             format!("{default_system}{turns}")
+        );
+    }
+
+    /// Tool calls and results reach the template as transformers passes them: Qwen's template
+    /// writes the call's arguments as an object, and wraps the results in one user turn.
+    #[test]
+    fn qwen25_template_renders_tool_calls_and_results() {
+        let t = ChatTemplate::from_source(QWEN_TEMPLATE, "<|endoftext|>", "<|im_end|>").unwrap();
+        let mut call = ChatMessage::new("assistant", "");
+        call.content.clear();
+        call.tool_calls = ["Paris", "Oslo"]
+            .iter()
+            .enumerate()
+            .map(|(i, city)| crate::messages::ToolCall {
+                id: format!("call_{i}"),
+                name: "get_weather".into(),
+                arguments: serde_json::json!({"city": city}),
+            })
+            .collect();
+        let result = |id: &str, text: &str| {
+            let mut m = ChatMessage::new("tool", text);
+            m.tool_call_id = Some(id.into());
+            m
+        };
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Weather?"),
+            call,
+            result("call_0", "18 C"),
+            result("call_1", "9 C"),
+        ];
+        assert_eq!(
+            t.render(&messages, true).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWeather?<|im_end|>\n\
+             <|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n\
+             <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call><|im_end|>\n\
+             <|im_start|>user\n<tool_response>\n18 C\n</tool_response>\n<tool_response>\n9 C\n</tool_response><|im_end|>\n\
+             <|im_start|>assistant\n"
         );
     }
 

@@ -8,8 +8,9 @@
 use gguf::{Gguf, Value};
 use tokenizer::{Tokenizer, Utf8Stream};
 
-use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::chat_template::ChatTemplate;
 use crate::json_schema::JsonState;
+use crate::messages::ChatMessage;
 use crate::model::Model;
 use crate::server::{llama_cpp, openai};
 

@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub(crate) mod generator;
 pub(crate) mod json_schema;
 pub mod load;
+pub mod messages;
 pub mod model;
 pub mod sampling;
 pub(crate) mod scheduler;

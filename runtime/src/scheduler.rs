@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc as events, oneshot};
 
-use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::chat_template::ChatTemplate;
 use crate::engine::{common_prefix, Engine};
 use crate::generator::{Candidate, Delta, Finish, GenParams, Generator, Next, Vocab};
+use crate::messages::ChatMessage;
 use crate::model::{KvCache, Output, Rows, SeqInput};
 
 /// Why the scheduler refused a job. It knows no protocol: each edge turns this into its own

@@ -253,6 +253,59 @@ fn parallel_clients_get_the_answers_they_get_alone_and_the_cli_gets() {
     );
 }
 
+/// An agent's conversation (an assistant turn that called a tool, the tool's result) reaches the
+/// model's own template with the call and the result in it, as the model was trained to read
+/// them; a call whose arguments are not JSON is refused naming the field.
+#[test]
+fn tool_calls_and_results_reach_the_models_template() {
+    let _serial = serial();
+    let server = qwen_server(&[]);
+    let messages = json!([
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_7", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_7", "content": "18 C and sunny"},
+    ]);
+    let r = post(
+        server.addr,
+        "/apply-template",
+        None,
+        &json!({"messages": messages}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let prompt = r.json()["prompt"].as_str().expect("prompt").to_string();
+    assert!(
+        prompt.ends_with(
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n\
+             <|im_start|>user\n<tool_response>\n18 C and sunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        ),
+        "{prompt}"
+    );
+    // The same conversation is answered by the chat endpoint.
+    let r = post(
+        server.addr,
+        "/v1/chat/completions",
+        None,
+        &json!({"messages": messages, "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut bad = messages.clone();
+    bad[1]["tool_calls"][0]["function"]["arguments"] = json!("{\"city\":");
+    let r = post(
+        server.addr,
+        "/v1/chat/completions",
+        None,
+        &json!({"messages": bad}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body
+            .contains("messages[1].tool_calls[0].function.arguments"),
+        "{}",
+        r.body
+    );
+}
+
 #[test]
 fn limits_errors_and_hostile_clients() {
     let _serial = serial();

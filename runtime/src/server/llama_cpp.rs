@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::openai::chat::parse_messages;
 use super::request::{parse_object, token_ids, Fields};
-use crate::chat_template::ChatMessage;
+use crate::messages::ChatMessage;
 
 pub(crate) struct TokenizeRequest {
     pub text: String,

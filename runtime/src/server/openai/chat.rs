@@ -4,8 +4,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{finish_reason, parse_common, Envelope, GenRequest, DONE};
-use crate::chat_template::ChatMessage;
 use crate::generator::{Delta, Finish, Sampled};
+use crate::messages::{ChatMessage, ContentPart, ToolCall};
 use crate::scheduler::{PromptInput, Usage};
 use crate::server::error::ApiError;
 use crate::server::reply::{Reply, SseFrame};
@@ -55,28 +55,13 @@ fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
         None => return Err(ApiError::bad_request(format!("`messages[{i}].role` is missing"))),
     };
     let content = match f.get("content") {
-        None => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => {
-            let mut texts = Vec::new();
-            for (j, part) in parts.iter().enumerate() {
-                let kind = part.get("type").and_then(Value::as_str);
-                match (kind, part.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(text)) => texts.push(text),
-                    (Some("text"), None) => {
-                        return Err(ApiError::bad_request(format!("`messages[{i}].content[{j}].text` must be a string")))
-                    }
-                    (Some(other), _) => {
-                        return Err(ApiError::bad_request(format!(
-                            "`messages[{i}].content[{j}]`: content parts of type {other:?} are not supported; this server reads text"
-                        )))
-                    }
-                    (None, _) => return Err(ApiError::bad_request(format!("`messages[{i}].content[{j}].type` is missing"))),
-                }
-            }
-            // llama.cpp joins text parts with newlines.
-            texts.join("\n")
-        }
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![ContentPart::Text(s.clone())],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, part)| parse_part(i, j, part))
+            .collect::<Result<_, _>>()?,
         Some(v) => {
             return Err(ApiError::bad_request(format!(
                 "`messages[{i}].content` must be a string or an array of text parts, got {}",
@@ -84,9 +69,110 @@ fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
             )))
         }
     };
+    let tool_calls = match (role, f.get("tool_calls")) {
+        (_, None) => Vec::new(),
+        ("assistant", Some(Value::Array(calls))) => calls
+            .iter()
+            .enumerate()
+            .map(|(j, call)| parse_tool_call(i, j, call))
+            .collect::<Result<_, _>>()?,
+        ("assistant", Some(v)) => {
+            return Err(ApiError::bad_request(format!(
+                "`messages[{i}].tool_calls` must be an array of tool calls, got {}",
+                short(v)
+            )))
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(format!(
+                "`messages[{i}].tool_calls`: only assistant messages carry tool calls"
+            )))
+        }
+    };
+    let field = |key: &str| {
+        f.string(key)
+            .map_err(|_| ApiError::bad_request(format!("`messages[{i}].{key}` must be a string")))
+            .map(|v| v.map(str::to_string))
+    };
     Ok(ChatMessage {
         role: role.to_string(),
         content,
+        tool_calls,
+        tool_call_id: field("tool_call_id")?,
+        name: field("name")?,
+    })
+}
+
+fn parse_part(i: usize, j: usize, part: &Value) -> Result<ContentPart, ApiError> {
+    let kind = part.get("type").and_then(Value::as_str);
+    match (kind, part.get("text").and_then(Value::as_str)) {
+        (Some("text"), Some(text)) => Ok(ContentPart::Text(text.to_string())),
+        (Some("text"), None) => Err(ApiError::bad_request(format!(
+            "`messages[{i}].content[{j}].text` must be a string"
+        ))),
+        (Some(other), _) => Err(ApiError::bad_request(format!(
+            "`messages[{i}].content[{j}]`: content parts of type {other:?} are not supported; this server reads text"
+        ))),
+        (None, _) => Err(ApiError::bad_request(format!(
+            "`messages[{i}].content[{j}].type` is missing"
+        ))),
+    }
+}
+
+/// `{"id", "type": "function", "function": {"name", "arguments"}}`, the arguments a JSON text
+/// (OpenAI's form) or already an object.
+fn parse_tool_call(i: usize, j: usize, call: &Value) -> Result<ToolCall, ApiError> {
+    let at = |field: &str| format!("`messages[{i}].tool_calls[{j}]{field}`");
+    let bad = |field: &str, what: &str| ApiError::bad_request(format!("{} {what}", at(field)));
+    let Value::Object(call) = call else {
+        return Err(bad("", "must be an object"));
+    };
+    let f = Fields(call);
+    match f.get("type") {
+        None => {}
+        Some(Value::String(t)) if t == "function" => {}
+        Some(v) => {
+            return Err(bad(
+                ".type",
+                &format!("must be \"function\", got {}", short(v)),
+            ))
+        }
+    }
+    let id = f
+        .string("id")
+        .map_err(|_| bad(".id", "must be a string"))?
+        .unwrap_or_default()
+        .to_string();
+    let Some(Value::Object(function)) = f.get("function") else {
+        return Err(bad(
+            ".function",
+            "must be an object with `name` and `arguments`",
+        ));
+    };
+    let function = Fields(function);
+    let name = match function.string("name") {
+        Ok(Some(name)) => name.to_string(),
+        _ => return Err(bad(".function.name", "must be a string")),
+    };
+    let arguments = match function.get("arguments") {
+        None => Value::Object(Default::default()),
+        Some(Value::String(text)) => serde_json::from_str(text).map_err(|e| {
+            bad(
+                ".function.arguments",
+                &format!("must be a JSON text, but it does not parse: {e}"),
+            )
+        })?,
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(v) => {
+            return Err(bad(
+                ".function.arguments",
+                &format!("must be a JSON text or an object, got {}", short(v)),
+            ))
+        }
+    };
+    Ok(ToolCall {
+        id,
+        name,
+        arguments,
     })
 }
 
@@ -200,7 +286,10 @@ mod tests {
             panic!("chat")
         };
         assert_eq!(m[0], ChatMessage::new("system", "be brief"));
-        assert_eq!(m[1], ChatMessage::new("user", "a\nb"));
+        assert_eq!(
+            (m[1].role.as_str(), m[1].text()),
+            ("user", "a\nb".to_string())
+        );
         assert_eq!(r.params.sampling.temp, 0.0);
         assert_eq!(r.params.sampling.seed, u64::MAX);
         assert_eq!(r.params.max_tokens, Some(5));
@@ -265,6 +354,53 @@ mod tests {
         ] {
             let e = gen(body).err().unwrap_or_else(|| panic!("{body} parsed"));
             assert_eq!(e.status, 400);
+            assert!(e.message.contains(word), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn tool_calls_and_tool_results_are_kept() {
+        let r = gen(r#"{"messages":[{"role":"user","content":"weather?"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
+              "function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}}]},
+            {"role":"tool","tool_call_id":"call_1","name":"get_weather","content":"18 C"}]}"#)
+        .unwrap();
+        let PromptInput::Chat(m) = &r.prompt else {
+            panic!("chat")
+        };
+        assert_eq!(
+            m[1].tool_calls,
+            [ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: serde_json::json!({"city": "Paris"}),
+            }]
+        );
+        assert_eq!(m[1].text(), "");
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("call_1"));
+        assert_eq!(
+            (m[2].name.as_deref(), m[2].text()),
+            (Some("get_weather"), "18 C".into())
+        );
+        for (body, word) in [
+            (
+                r#"{"messages":[{"role":"user","content":"x","tool_calls":[]}]}"#,
+                "only assistant messages",
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{oops"}}]}]}"#,
+                "`messages[0].tool_calls[0].function.arguments` must be a JSON text",
+            ),
+            (
+                r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":"{}"}}]}]}"#,
+                "`messages[0].tool_calls[0].function.name`",
+            ),
+            (
+                r#"{"messages":[{"role":"tool","content":"x","tool_call_id":7}]}"#,
+                "`messages[0].tool_call_id` must be a string",
+            ),
+        ] {
+            let e = gen(body).err().unwrap_or_else(|| panic!("{body} parsed"));
             assert!(e.message.contains(word), "{body}: {}", e.message);
         }
     }
