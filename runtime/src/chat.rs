@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::chat_template::ChatTemplate;
-use crate::cli::{self, Args};
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::generator::GenParams;
 use crate::messages::ChatMessage;
@@ -28,17 +28,17 @@ const POLL: Duration = Duration::from_millis(5);
 pub fn run(
     engine: &Engine<'_>,
     g: &gguf::Gguf<'_>,
-    args: &Args,
+    cfg: &Config,
     server: Option<Server>,
 ) -> Result<(), String> {
     std::thread::scope(|scope| {
-        let chat_template = args.chat_template.as_deref();
+        let chat_template = cfg.chat.template.as_deref();
         let Some(server) = server else {
             let template = ChatTemplate::for_model(&engine.tokenizer, g, chat_template)?;
             let client =
                 scheduler::spawn_local(scope, engine, Some(template), Pooling::from_gguf(g))?;
             // Dropping the client when the chat ends stops the scheduler, and the scope ends.
-            return converse(client, args);
+            return converse(client, cfg);
         };
         let client = server.client();
         scope.spawn(move || {
@@ -47,7 +47,7 @@ pub fn run(
             }
         });
         // The server runs until the process ends: the chat ending ends both.
-        std::process::exit(match converse(client, args) {
+        std::process::exit(match converse(client, cfg) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("llamafile: error: {e}");
@@ -57,7 +57,7 @@ pub fn run(
     })
 }
 
-fn converse(client: Client, args: &Args) -> Result<(), String> {
+fn converse(client: Client, cfg: &Config) -> Result<(), String> {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -69,10 +69,10 @@ fn converse(client: Client, args: &Args) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     }
-    let sampling = cli::sampler_config(args);
-    let max_tokens = usize::try_from(args.n_predict).ok();
+    let sampling = &cfg.sampling;
+    let max_tokens = cfg.chat.max_tokens;
     let mut messages = Vec::new();
-    if let Some(sys) = &args.system_prompt {
+    if let Some(sys) = &cfg.chat.system_prompt {
         messages.push(ChatMessage::new("system", sys.clone()));
     }
     let stdin = std::io::stdin();

@@ -8,31 +8,39 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::cli::{self, Args};
+use crate::config::CompletionConfig;
 use crate::engine::Engine;
 use crate::generator::{Candidate, Finish, GenParams, Sampled};
+use crate::sampling::SamplerConfig;
 use crate::scheduler::{self, Event, Pooling, PromptInput, Usage};
 
 /// The log-probabilities `--prompt-logprobs` gives when `--top-logprobs` does not say how many.
 const DEFAULT_PROMPT_LOGPROBS: usize = 10;
 
-/// Continues `prompt` as the flags say and prints the result on stdout (timings on stderr).
-pub fn run(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
+/// Continues the prompt, sampling as `sampling` says, and prints the result on stdout (one JSON
+/// object with `json`; timings on stderr).
+pub fn run(
+    engine: &Engine,
+    cfg: &CompletionConfig,
+    sampling: &SamplerConfig,
+    json: bool,
+) -> Result<(), String> {
+    let prompt = &cfg.prompt;
     let ids = engine.tokenize_prompt(prompt);
     let params = GenParams {
-        sampling: cli::sampler_config(args),
+        sampling: sampling.clone(),
         // -1: until end of generation or a full context; -2: until a full context.
-        max_tokens: usize::try_from(args.n_predict).ok(),
-        ends_at_eog: args.n_predict != -2,
+        max_tokens: usize::try_from(cfg.n_predict).ok(),
+        ends_at_eog: cfg.n_predict != -2,
         use_whole_context: true,
-        logprobs: args.top_logprobs.filter(|_| args.json),
-        prompt_logprobs: (args.json && args.prompt_logprobs)
-            .then(|| args.top_logprobs.unwrap_or(DEFAULT_PROMPT_LOGPROBS)),
+        logprobs: cfg.top_logprobs.filter(|_| json),
+        prompt_logprobs: (json && cfg.prompt_logprobs)
+            .then(|| cfg.top_logprobs.unwrap_or(DEFAULT_PROMPT_LOGPROBS)),
         ..GenParams::default()
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if !args.json && !args.no_display_prompt {
+    if !json && cfg.display_prompt {
         let _ = write!(out, "{prompt}");
         let _ = out.flush();
     }
@@ -57,7 +65,7 @@ pub fn run(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
                         result.prompt_logprobs.extend(rows.iter().map(|r| pairs(r)));
                     }
                     Some(Event::Delta(delta)) => {
-                        if !args.json {
+                        if !json {
                             let _ = out.write_all(delta.text.as_bytes());
                             let _ = out.flush();
                         }
@@ -69,7 +77,7 @@ pub fn run(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
                         if let Finish::EndOfGeneration(t) = &finish {
                             let piece = engine.tokenizer.token_to_piece(t.id, false);
                             let piece = String::from_utf8_lossy(&piece);
-                            if !args.json {
+                            if !json {
                                 let _ = out.write_all(piece.as_bytes());
                             }
                             result.text.push_str(&piece);
@@ -83,7 +91,7 @@ pub fn run(engine: &Engine, args: &Args, prompt: &str) -> Result<(), String> {
             }
         })?;
     }
-    if args.json {
+    if json {
         let _ = writeln!(out, "{}", result.to_json(&ids));
     } else {
         let _ = writeln!(out);

@@ -58,7 +58,8 @@ pub fn payload(data: &[u8]) {
     let _ = payload::fuzzing::read_all(data).map_err(|e| e.to_string());
 }
 
-/// The `.args` parser; what parses must survive quoting and parsing again unchanged.
+/// The `.args` parser, then the flag parser on its words; what parses must survive quoting and
+/// parsing again unchanged.
 pub fn args(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -72,6 +73,8 @@ pub fn args(data: &[u8]) {
         Ok(&words),
         "{quoted:?}"
     );
+    // Whatever the words, the flag parser answers (a run, help, version or an error).
+    let _ = crate::flags::parse(words);
 }
 
 /// A tokenizer over arbitrary text: ids inside the vocabulary, streaming detokenization equal to

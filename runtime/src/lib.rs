@@ -3,9 +3,10 @@
 pub mod bench;
 pub mod chat;
 pub mod chat_template;
-pub mod cli;
 pub mod completion;
+pub mod config;
 pub mod engine;
+pub mod flags;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod generator;

@@ -1,18 +1,18 @@
 //! `llamafile`: runs a GGUF model, on its own or packed inside this very executable.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
 use serde_json::json;
 
 use runtime::bench::BenchPlan;
-use runtime::cli::{self, Args};
+use runtime::config::{Config, Mode};
 use runtime::engine::Engine;
+use runtime::flags::{self, Parsed};
 use runtime::load::{self, ModelSource, PayloadFile};
 use runtime::model::Model;
-use runtime::server::{Options, Server};
+use runtime::server::{self, Server};
 use tokenizer::Tokenizer;
 
 fn main() -> ExitCode {
@@ -52,24 +52,36 @@ fn start() -> Result<(), String> {
         Some(defaults) => payload::merge_args(&defaults, &raw),
         None => raw,
     };
-    let args = match Args::try_parse_from(std::iter::once(argv0).chain(cli::normalize(user))) {
-        Ok(a) => a,
-        Err(e) => e.exit(),
+    let args = match flags::parse(user) {
+        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Help) => {
+            print!("{}", flags::help());
+            std::process::exit(0);
+        }
+        Ok(Parsed::Version) => {
+            println!("{}", flags::version());
+            std::process::exit(0);
+        }
+        // A mistake in the words, as clap and llama.cpp report it: exit status 2.
+        Err(e) => {
+            eprintln!("llamafile: error: {e}");
+            std::process::exit(2);
+        }
     };
-    run(args, self_file.as_ref())
+    run(&Config::resolve(*args)?, self_file.as_ref())
 }
 
-fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
-    let threads = args.threads.unwrap_or_else(runtime::physical_cores).max(1);
+fn run(cfg: &Config, self_file: Option<&PayloadFile>) -> Result<(), String> {
+    let threads = cfg.threads;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
         .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
-    if matches!(args.n_gpu_layers, Some(n) if n != 0) {
+    if cfg.gpu_layers {
         eprintln!("llamafile: no GPU support in this build; -ngl ignored, running on the CPU");
     }
 
-    let source = ModelSource::open(args.model.as_deref(), self_file)?;
+    let source = ModelSource::open(cfg.model.as_deref(), self_file)?;
     let g = source.gguf()?;
     // The model first: an unsupported architecture is the more useful message.
     let model = Model::load(&g).map_err(|e| format!("{}: {e}", source.name()))?;
@@ -85,20 +97,17 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
         ));
     }
     let n_ctx_train = model.config.n_ctx_train;
-    let bench_plan = args.bench.then(|| bench_plan(&args)).transpose()?;
-    let n_ctx = if let Some(plan) = &bench_plan {
+    let n_ctx = match &cfg.mode {
         // As llama-bench: the context holds exactly what a test evaluates.
-        (plan.n_prompt + plan.n_gen).max(1)
-    } else if args.ctx_size == 0 {
-        n_ctx_train
-    } else {
-        args.ctx_size.min(n_ctx_train)
+        Mode::Bench(plan) => (plan.n_prompt + plan.n_gen).max(1),
+        _ if cfg.ctx_size == 0 => n_ctx_train,
+        _ => cfg.ctx_size.min(n_ctx_train),
     };
     let engine = Engine {
         model,
         tokenizer,
         n_ctx,
-        n_batch: args.batch_size.max(1),
+        n_batch: cfg.batch_size,
     };
     eprintln!(
         "llamafile: {} ({} layers, {} threads, {}, context {n_ctx})",
@@ -108,60 +117,33 @@ fn run(args: Args, self_file: Option<&PayloadFile>) -> Result<(), String> {
         kernels::isa_name()
     );
 
-    if let Some(plan) = bench_plan {
-        return bench(&engine, &plan, &args, source.name(), threads);
+    match &cfg.mode {
+        Mode::Bench(plan) => bench(&engine, plan, cfg.json, source.name(), threads),
+        Mode::Server => runtime::server::run(&engine, &g, cfg, source.name()),
+        Mode::Bare => bare_launch(&engine, &g, cfg, source.name()),
+        Mode::Perplexity(file) => perplexity(&engine, file, cfg.json),
+        Mode::Chat => runtime::chat::run(&engine, &g, cfg, None),
+        Mode::Tokenize(prompt) => {
+            let ids = engine.tokenize_prompt(prompt);
+            println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
+            Ok(())
+        }
+        Mode::Complete(completion) => {
+            runtime::completion::run(&engine, completion, &cfg.sampling, cfg.json)
+        }
     }
-    if args.server {
-        return runtime::server::run(&engine, &g, &args, source.name());
-    }
-    if is_bare(&args) {
-        return bare_launch(&engine, &g, &args, source.name());
-    }
-    if args.perplexity {
-        return perplexity(&engine, &args);
-    }
-    if args.interactive {
-        return runtime::chat::run(&engine, &g, &args, None);
-    }
-    let prompt = prompt_text(&args)?;
-    if args.tokenize {
-        let ids = engine.tokenize_prompt(&prompt);
-        println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
-        return Ok(());
-    }
-    runtime::completion::run(&engine, &args, &prompt)
-}
-
-/// `--bench`'s sizes: -p and -n are token counts there, as in llama-bench.
-fn bench_plan(args: &Args) -> Result<BenchPlan, String> {
-    let n_prompt = match args.prompt.as_deref() {
-        None => 512,
-        Some(p) => p
-            .parse()
-            .map_err(|_| format!("--bench: -p is the prompt length in tokens, not {p:?}"))?,
-    };
-    let n_gen = match args.n_predict {
-        -1 => 128,
-        n => usize::try_from(n)
-            .map_err(|_| format!("--bench: -n is the tokens to generate, not {n}"))?,
-    };
-    Ok(BenchPlan {
-        n_prompt,
-        n_gen,
-        repetitions: args.repetitions,
-    })
 }
 
 /// Prints llama-bench's table (or, with --json, its JSON array) for this model.
 fn bench(
     engine: &Engine,
     plan: &BenchPlan,
-    args: &Args,
+    json: bool,
     name: &str,
     threads: usize,
 ) -> Result<(), String> {
     let results = runtime::bench::run(engine, plan);
-    if args.json {
+    if json {
         let all: Vec<_> = results.iter().map(|r| r.to_json(name, threads)).collect();
         println!("{}", serde_json::Value::Array(all));
         return Ok(());
@@ -179,60 +161,32 @@ fn bench(
     Ok(())
 }
 
-/// No prompt and no mode: what a double-click or a plain `./model.llamafile` does.
-fn is_bare(args: &Args) -> bool {
-    args.prompt.is_none()
-        && args.file.is_none()
-        && !args.tokenize
-        && !args.perplexity
-        && !args.bench
-        && !args.interactive
-}
-
 /// In a terminal: the terminal chat, with the server answering the browser and API clients beside
 /// it on the same slots. Without one (launched from a desktop): the server, and the browser opened
 /// on it.
 fn bare_launch(
     engine: &Engine,
     g: &gguf::Gguf,
-    args: &Args,
-    model_name: &str,
+    cfg: &Config,
+    model_path: &str,
 ) -> Result<(), String> {
     if !std::io::stdin().is_terminal() {
-        return runtime::server::run(engine, g, args, model_name);
+        return runtime::server::run(engine, g, cfg, model_path);
     }
-    let server = Server::bind(Options::from_args(args, model_name))?;
+    let server = Server::bind(cfg.server.clone(), &server::model_name(model_path))?;
     eprintln!(
         "llamafile: chat page and OpenAI-compatible API at {}",
         server.url()
     );
-    runtime::chat::run(engine, g, args, Some(server))
+    runtime::chat::run(engine, g, cfg, Some(server))
 }
 
-fn prompt_text(args: &Args) -> Result<String, String> {
-    let text = match (&args.prompt, &args.file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?
-        }
-        (None, None) => String::new(),
-    };
-    Ok(if args.no_escape {
-        text
-    } else {
-        cli::process_escapes(&text)
-    })
-}
-
-fn perplexity(engine: &Engine, args: &Args) -> Result<(), String> {
-    let Some(path) = &args.file else {
-        return Err("--perplexity needs the text: -f FILE".into());
-    };
+fn perplexity(engine: &Engine, path: &Path, json: bool) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let r = engine.perplexity(&text, engine.n_ctx, |i, n, ppl| {
         eprintln!("[{i}/{n}] perplexity {ppl:.4}")
     })?;
-    if args.json {
+    if json {
         println!(
             "{}",
             json!({"perplexity": r.perplexity, "chunks": r.chunks, "tokens": r.tokens, "isa": kernels::isa_name()})

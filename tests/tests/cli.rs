@@ -263,6 +263,39 @@ fn the_cli_and_the_server_draw_the_same_tokens_from_the_same_seed() {
     );
 }
 
+/// The flags come from one table: `--help` lists every spelling, a typo is named with the flag
+/// meant, and mistakes in the words exit with status 2 before any model is read.
+#[test]
+fn help_and_flag_mistakes_come_from_the_flag_table() {
+    let help = llamafile(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for spelling in [
+        "-ngl, --n-gpu-layers",
+        "-i, -cnv, --interactive",
+        "--ctx-size",
+        "[default: 4096]",
+    ] {
+        assert!(text.contains(spelling), "{spelling} not in:\n{text}");
+    }
+    for (words, message) in [
+        (
+            &["--temprature", "0"][..],
+            "unknown flag --temprature; did you mean --temperature?",
+        ),
+        (&["-c"][..], "-c needs a value: -c N"),
+        (&["-n", "many"][..], "-n \"many\": invalid digit"),
+    ] {
+        let out = Command::new(bin("llamafile"))
+            .args(words)
+            .output()
+            .expect("run llamafile");
+        assert_eq!(out.status.code(), Some(2), "{words:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{words:?}: {stderr}");
+    }
+}
+
 #[test]
 fn chat_keeps_the_conversation_and_exits_on_end_of_input() {
     let m = synth("Q4_0");

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::chat_template::ChatTemplate;
-use crate::cli::Args;
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::scheduler::{self, Client, Job, Pooling, Scheduler, Status};
 
@@ -38,26 +38,14 @@ pub struct Options {
     pub max_queue: usize,
     /// Seconds a connection may idle, take to send a request, or leave its answer unread.
     pub timeout: Duration,
-    /// The model's name in `/v1/models` and in responses.
-    pub model_name: String,
 }
 
-impl Options {
-    pub fn from_args(args: &Args, model_path: &str) -> Options {
-        let model_name = std::path::Path::new(model_path).file_name().map_or_else(
-            || model_path.to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        Options {
-            host: args.host.clone(),
-            port: args.port,
-            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-            parallel: args.parallel.max(1),
-            max_queue: args.max_queue,
-            timeout: Duration::from_secs(args.timeout.max(1)),
-            model_name,
-        }
-    }
+/// The model's name in `/v1/models` and in responses: its file's name.
+pub fn model_name(model_path: &str) -> String {
+    std::path::Path::new(model_path).file_name().map_or_else(
+        || model_path.to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// A listening server whose model side has not started yet.
@@ -93,8 +81,8 @@ fn bind(host: &str, port: u16) -> Result<TcpListener, String> {
 
 impl Server {
     /// Listens on `opts.host`, at `opts.port` or, when that is taken, the next free port (said on
-    /// stderr), and starts answering HTTP.
-    pub fn bind(opts: Options) -> Result<Server, String> {
+    /// stderr), and starts answering HTTP for the model called `model_name`.
+    pub fn bind(opts: Options, model_name: &str) -> Result<Server, String> {
         let mut port = opts.port;
         let listener = loop {
             match bind(&opts.host, port) {
@@ -131,7 +119,7 @@ impl Server {
         let (client, jobs) = scheduler::channel();
         let status = Arc::new(Status::default());
         let shared = Arc::new(http::Shared {
-            model: opts.model_name.clone(),
+            model: model_name.to_string(),
             api_key: opts.api_key.as_deref().map(http::key_digest),
             loopback: addr.ip().is_loopback(),
             timeout: opts.timeout,
@@ -234,10 +222,10 @@ pub fn open_browser(url: &str) {
 pub fn run(
     engine: &Engine<'_>,
     g: &gguf::Gguf<'_>,
-    args: &Args,
+    cfg: &Config,
     model_path: &str,
 ) -> Result<(), String> {
-    let server = Server::bind(Options::from_args(args, model_path))?;
+    let server = Server::bind(cfg.server.clone(), &model_name(model_path))?;
     let url = server.url();
     eprintln!("llamafile: server listening at {url}");
     if !server.local_addr().ip().is_loopback() && server.opts.api_key.is_none() {
@@ -246,8 +234,8 @@ pub fn run(
             server.opts.host
         );
     }
-    if !args.nobrowser {
+    if !cfg.no_browser {
         open_browser(&url);
     }
-    server.serve(engine, g, args.chat_template.as_deref())
+    server.serve(engine, g, cfg.chat.template.as_deref())
 }

@@ -1,0 +1,556 @@
+//! Command-line flags, each defined once. [`FLAGS`] lists every flag: its spellings (as llama.cpp
+//! and llamafile spell them, one-dash multi-letter ones such as `-ngl` included), the value it
+//! takes, its default, its help, and what it sets in [`Args`]. The parser, `--help` and the
+//! compatibility table all read the table; [`crate::config`] then resolves the parsed [`Args`]
+//! into the configuration the modes read.
+//!
+//! The parser matches whole words, so `-ngl` is one flag, not `-n gl`. A flag's value is the next
+//! word whatever it looks like (`-n -1`, `-p "-x"`), or follows `=` in `--name=value`. A flag given
+//! twice takes its last value, so the user's words override a llamafile's `.args` defaults.
+
+use std::path::PathBuf;
+
+/// What the command line said, flag by flag (defaults applied). Read by [`crate::config`] only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Args {
+    pub model: Option<PathBuf>,
+    pub prompt: Option<String>,
+    pub file: Option<PathBuf>,
+    pub n_predict: i64,
+    pub ctx_size: usize,
+    pub batch_size: usize,
+    pub threads: Option<usize>,
+    pub seed: Option<i64>,
+    pub temp: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub n_gpu_layers: Option<i64>,
+    pub color: bool,
+    pub no_display_prompt: bool,
+    pub no_escape: bool,
+    pub json: bool,
+    pub top_logprobs: Option<usize>,
+    pub prompt_logprobs: bool,
+    pub tokenize: bool,
+    pub perplexity: bool,
+    pub bench: bool,
+    pub repetitions: usize,
+    pub interactive: bool,
+    pub chat_template: Option<String>,
+    pub system_prompt: Option<String>,
+    pub server: bool,
+    pub host: String,
+    pub port: u16,
+    pub nobrowser: bool,
+    pub api_key: Option<String>,
+    pub parallel: usize,
+    pub max_queue: usize,
+    pub timeout: u64,
+}
+
+/// How a flag sets its field.
+#[derive(Clone, Copy)]
+pub enum Setter {
+    /// A switch: present or not.
+    Switch(fn(&mut Args)),
+    /// Takes a value, named in help by the string.
+    Value(&'static str, fn(&mut Args, &str) -> Result<(), String>),
+}
+
+/// One flag.
+pub struct Flag {
+    /// Every spelling, the short ones first.
+    pub names: &'static [&'static str],
+    pub set: Setter,
+    /// The value applied before the user's words, shown in help.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+fn number<T: std::str::FromStr>(v: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim().parse::<T>().map_err(|e| e.to_string())
+}
+
+macro_rules! value {
+    ($meta:literal, $field:ident, text) => {
+        Setter::Value($meta, |a, v| {
+            a.$field = Some(v.into());
+            Ok(())
+        })
+    };
+    ($meta:literal, $field:ident, some) => {
+        Setter::Value($meta, |a, v| {
+            a.$field = Some(number(v)?);
+            Ok(())
+        })
+    };
+    ($meta:literal, $field:ident) => {
+        Setter::Value($meta, |a, v| {
+            a.$field = number(v)?;
+            Ok(())
+        })
+    };
+}
+
+macro_rules! switch {
+    ($field:ident) => {
+        Setter::Switch(|a| a.$field = true)
+    };
+}
+
+/// Every flag, in the order `--help` lists them.
+pub static FLAGS: &[Flag] = &[
+    Flag {
+        names: &["-m", "--model"],
+        set: value!("FNAME", model, text),
+        default: None,
+        help: "Model file: a .gguf, or a .llamafile whose GGUF is used.",
+    },
+    Flag {
+        names: &["-p", "--prompt"],
+        set: value!("PROMPT", prompt, text),
+        default: None,
+        help: "Prompt text.",
+    },
+    Flag {
+        names: &["-f", "--file"],
+        set: value!("FNAME", file, text),
+        default: None,
+        help: "Read the prompt (or, with --perplexity, the text) from a file.",
+    },
+    Flag {
+        names: &["-n", "--n-predict", "--n_predict"],
+        set: value!("N", n_predict),
+        default: Some("-1"),
+        help: "Tokens to generate: -1 until end of generation or a full context, -2 until a full context.",
+    },
+    Flag {
+        names: &["-c", "--ctx-size", "--ctx_size"],
+        set: value!("N", ctx_size),
+        default: Some("4096"),
+        help: "Context size in tokens; 0 means the model's trained context length.",
+    },
+    Flag {
+        names: &["-b", "--batch-size", "--batch_size"],
+        set: value!("N", batch_size),
+        default: Some("512"),
+        help: "Tokens per forward pass while processing a prompt.",
+    },
+    Flag {
+        names: &["-t", "-tb", "--threads"],
+        set: value!("N", threads, some),
+        default: None,
+        help: "Threads; defaults to the number of physical cores.",
+    },
+    Flag {
+        names: &["-s", "--seed"],
+        set: value!("SEED", seed, some),
+        default: None,
+        help: "Random seed; unset or negative, a new one each run.",
+    },
+    Flag {
+        names: &["--temp", "--temperature"],
+        set: value!("T", temp),
+        default: Some("0.8"),
+        help: "Sampling temperature; 0 picks the most likely token (greedy).",
+    },
+    Flag {
+        names: &["--top-k", "--top_k"],
+        set: value!("N", top_k),
+        default: Some("40"),
+        help: "Sample among the N most likely tokens; 0: all.",
+    },
+    Flag {
+        names: &["--top-p", "--top_p"],
+        set: value!("P", top_p),
+        default: Some("0.95"),
+        help: "Sample among the most likely tokens whose probabilities add up to P.",
+    },
+    Flag {
+        names: &["--min-p", "--min_p"],
+        set: value!("P", min_p),
+        default: Some("0.05"),
+        help: "Drop tokens less likely than P times the most likely one.",
+    },
+    Flag {
+        names: &["--repeat-penalty", "--repeat_penalty"],
+        set: value!("X", repeat_penalty),
+        default: Some("1.0"),
+        help: "Penalize tokens among the last --repeat-last-n; 1.0: off.",
+    },
+    Flag {
+        names: &["--repeat-last-n", "--repeat_last_n"],
+        set: value!("N", repeat_last_n),
+        default: Some("64"),
+        help: "Tokens the repetition penalties look back on; -1: the whole context.",
+    },
+    Flag {
+        names: &["--presence-penalty", "--presence_penalty"],
+        set: value!("X", presence_penalty),
+        default: Some("0.0"),
+        help: "Penalty on tokens already present; 0: off.",
+    },
+    Flag {
+        names: &["--frequency-penalty", "--frequency_penalty"],
+        set: value!("X", frequency_penalty),
+        default: Some("0.0"),
+        help: "Penalty growing with how often a token appeared; 0: off.",
+    },
+    Flag {
+        names: &["-ngl", "--n-gpu-layers", "--gpu-layers", "--n_gpu_layers"],
+        set: value!("N", n_gpu_layers, some),
+        default: None,
+        help: "Layers to offload to a GPU. Accepted for compatibility; this runtime runs on the CPU.",
+    },
+    Flag {
+        names: &["--color"],
+        set: switch!(color),
+        default: None,
+        help: "Accepted for compatibility with llama.cpp's command line.",
+    },
+    Flag {
+        names: &["--no-display-prompt", "--silent-prompt"],
+        set: switch!(no_display_prompt),
+        default: None,
+        help: "Print only the generated text, not the prompt.",
+    },
+    Flag {
+        names: &["--no-escape"],
+        set: switch!(no_escape),
+        default: None,
+        help: "Take the prompt literally instead of turning \\n, \\t, \\\\ ... into characters (llama.cpp's default).",
+    },
+    Flag {
+        names: &["--json"],
+        set: switch!(json),
+        default: None,
+        help: "Print one JSON object with token ids, text, timings and log-probabilities.",
+    },
+    Flag {
+        names: &["--top-logprobs"],
+        set: value!("K", top_logprobs, some),
+        default: None,
+        help: "With --json: the K most likely tokens at each generated step.",
+    },
+    Flag {
+        names: &["--prompt-logprobs"],
+        set: switch!(prompt_logprobs),
+        default: None,
+        help: "With --json: the most likely next tokens at every prompt position (K from --top-logprobs, default 10).",
+    },
+    Flag {
+        names: &["--tokenize"],
+        set: switch!(tokenize),
+        default: None,
+        help: "Print the prompt's token ids as a JSON array and exit.",
+    },
+    Flag {
+        names: &["--perplexity"],
+        set: switch!(perplexity),
+        default: None,
+        help: "Compute perplexity over the text of -f, in chunks of -c tokens.",
+    },
+    Flag {
+        names: &["--bench"],
+        set: switch!(bench),
+        default: None,
+        help: "Measure prompt processing and generation speed as llama-bench does: -p is the prompt length (default 512) and -n the tokens generated (default 128), 0 skips a test.",
+    },
+    Flag {
+        names: &["-r", "--repetitions"],
+        set: value!("N", repetitions),
+        default: Some("5"),
+        help: "With --bench: timed runs of each test.",
+    },
+    Flag {
+        names: &["-i", "-cnv", "--interactive", "--chat", "--conversation"],
+        set: switch!(interactive),
+        default: None,
+        help: "Interactive chat in the terminal.",
+    },
+    Flag {
+        names: &["--chat-template"],
+        set: value!("NAME", chat_template, text),
+        default: None,
+        help: "Chat template by name (mistral, llama2, chatml, gemma, llama3) instead of the model's own.",
+    },
+    Flag {
+        names: &["-sys", "--system-prompt"],
+        set: value!("TEXT", system_prompt, text),
+        default: None,
+        help: "System prompt for chat.",
+    },
+    Flag {
+        names: &["--server"],
+        set: switch!(server),
+        default: None,
+        help: "Serve the OpenAI-compatible API and the chat page over HTTP.",
+    },
+    Flag {
+        names: &["--host"],
+        set: Setter::Value("ADDR", |a, v| {
+            a.host = v.into();
+            Ok(())
+        }),
+        default: Some("127.0.0.1"),
+        help: "Address the server listens on; anything but loopback exposes it to the network (use --api-key).",
+    },
+    Flag {
+        names: &["--port"],
+        set: value!("PORT", port),
+        default: Some("8080"),
+        help: "Port the server listens on; when it is taken, the next free one. 0: any free port.",
+    },
+    Flag {
+        names: &["--nobrowser"],
+        set: switch!(nobrowser),
+        default: None,
+        help: "Do not open the chat page in a browser.",
+    },
+    Flag {
+        names: &["--api-key"],
+        set: value!("KEY", api_key, text),
+        default: None,
+        help: "Require `Authorization: Bearer KEY` on the server's API.",
+    },
+    Flag {
+        names: &["-np", "--parallel"],
+        set: value!("N", parallel),
+        default: Some("1"),
+        help: "Requests the server generates for at once (slots, batched together); they share -c.",
+    },
+    Flag {
+        names: &["--max-queue"],
+        set: value!("N", max_queue),
+        default: Some("64"),
+        help: "Requests that may wait for a free slot; beyond that the server answers 503.",
+    },
+    Flag {
+        names: &["--timeout"],
+        set: value!("SECONDS", timeout),
+        default: Some("60"),
+        help: "Seconds a server connection may stay idle, take to send its request, or leave its answer unread.",
+    },
+];
+
+const HELP_NAMES: &[&str] = &["-h", "--help"];
+const VERSION_NAMES: &[&str] = &["-V", "--version"];
+
+/// What the words asked for.
+#[derive(Debug, PartialEq)]
+pub enum Parsed {
+    Run(Box<Args>),
+    Help,
+    Version,
+}
+
+/// Parses the words after the program name.
+pub fn parse(words: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut args = Args::default();
+    for flag in FLAGS {
+        if let (Some(default), Setter::Value(_, set)) = (flag.default, flag.set) {
+            set(&mut args, default).expect("the defaults of FLAGS parse");
+        }
+    }
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        if HELP_NAMES.contains(&word.as_str()) {
+            return Ok(Parsed::Help);
+        }
+        if VERSION_NAMES.contains(&word.as_str()) {
+            return Ok(Parsed::Version);
+        }
+        if !word.starts_with('-') || word == "-" {
+            return Err(format!(
+                "unexpected argument {word:?}: give the model with -m and the prompt with -p"
+            ));
+        }
+        let (name, inline) = match word.split_once('=') {
+            Some((name, value)) if word.starts_with("--") => (name, Some(value.to_string())),
+            _ => (word.as_str(), None),
+        };
+        let Some(flag) = find(name) else {
+            return Err(match suggestion(name) {
+                Some(near) => format!("unknown flag {name}; did you mean {near}?"),
+                None => format!("unknown flag {name}; see --help"),
+            });
+        };
+        match flag.set {
+            Setter::Switch(set) if inline.is_none() => set(&mut args),
+            Setter::Switch(_) => return Err(format!("{name} takes no value")),
+            Setter::Value(meta, set) => {
+                let Some(value) = inline.or_else(|| words.next()) else {
+                    return Err(format!("{name} needs a value: {name} {meta}"));
+                };
+                set(&mut args, &value).map_err(|e| format!("{name} {value:?}: {e}"))?;
+            }
+        }
+    }
+    Ok(Parsed::Run(Box::new(args)))
+}
+
+fn find(name: &str) -> Option<&'static Flag> {
+    FLAGS.iter().find(|f| f.names.contains(&name))
+}
+
+/// The spelling nearest to an unknown one, when it is near enough to be a typo.
+fn suggestion(name: &str) -> Option<&'static str> {
+    let all = FLAGS
+        .iter()
+        .flat_map(|f| f.names.iter())
+        .chain(HELP_NAMES)
+        .chain(VERSION_NAMES);
+    let (distance, best) = all.map(|n| (edit_distance(name, n), *n)).min()?;
+    (distance <= (name.len() / 3).max(2)).then_some(best)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `--help`: every flag of the table with its value, default and help.
+pub fn help() -> String {
+    let mut out = String::from(
+        "Runs a GGUF language model on the CPU.\n\nUsage: llamafile [OPTIONS]\n\nOptions:\n",
+    );
+    let spelled = |f: &Flag| {
+        let names = f.names.join(", ");
+        match f.set {
+            Setter::Switch(_) => names,
+            Setter::Value(meta, _) => format!("{names} {meta}"),
+        }
+    };
+    // Spellings longer than the column put the help on the next line.
+    const COLUMN: usize = 28;
+    for f in FLAGS {
+        let default = f
+            .default
+            .map_or(String::new(), |d| format!(" [default: {d}]"));
+        let names = spelled(f);
+        if names.len() > COLUMN {
+            out.push_str(&format!(
+                "  {names}\n  {:COLUMN$}  {}{default}\n",
+                "", f.help
+            ));
+        } else {
+            out.push_str(&format!("  {names:COLUMN$}  {}{default}\n", f.help));
+        }
+    }
+    for (names, help) in [(HELP_NAMES, "Print help"), (VERSION_NAMES, "Print version")] {
+        out.push_str(&format!("  {:COLUMN$}  {help}\n", names.join(", ")));
+    }
+    out
+}
+
+/// `--version`.
+pub fn version() -> String {
+    format!("llamafile {}", env!("CARGO_PKG_VERSION"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(words: &[&str]) -> Result<Args, String> {
+        match parse(words.iter().map(|w| w.to_string()))? {
+            Parsed::Run(args) => Ok(*args),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_table() {
+        let a = run(&[]).unwrap();
+        assert_eq!(
+            (a.n_predict, a.ctx_size, a.batch_size, a.temp, a.top_k),
+            (-1, 4096, 512, 0.8, 40)
+        );
+        assert_eq!(
+            (a.host.as_str(), a.port, a.parallel),
+            ("127.0.0.1", 8080, 1)
+        );
+        assert_eq!((a.seed, a.threads, a.model), (None, None, None));
+    }
+
+    #[test]
+    fn every_spelling_is_one_flag_and_the_last_value_wins() {
+        let a = run(&[
+            "-ngl", "35", "-cnv", "-sys", "be brief", "-tb", "3", "-np", "2",
+        ])
+        .unwrap();
+        assert_eq!(a.n_gpu_layers, Some(35));
+        assert!(a.interactive);
+        assert_eq!(a.system_prompt.as_deref(), Some("be brief"));
+        assert_eq!((a.threads, a.parallel), (Some(3), 2));
+        let a = run(&[
+            "-c",
+            "64",
+            "--ctx-size=128",
+            "-n",
+            "-2",
+            "-p",
+            "-x",
+            "--top_k",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!((a.ctx_size, a.n_predict, a.top_k), (128, -2, 5));
+        assert_eq!(a.prompt.as_deref(), Some("-x"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |words: &[&str]| run(words).unwrap_err();
+        assert_eq!(
+            err(&["--ctx-sise", "8"]),
+            "unknown flag --ctx-sise; did you mean --ctx-size?"
+        );
+        assert_eq!(
+            err(&["--frobnicate"]),
+            "unknown flag --frobnicate; see --help"
+        );
+        assert_eq!(err(&["-c"]), "-c needs a value: -c N");
+        assert!(err(&["-c", "lots"]).starts_with("-c \"lots\": invalid digit"));
+        assert_eq!(err(&["--json=yes"]), "--json takes no value");
+        assert!(err(&["model.gguf"]).contains("unexpected argument \"model.gguf\""));
+    }
+
+    #[test]
+    fn help_lists_every_spelling_once() {
+        let text = help();
+        let mut seen = std::collections::HashSet::new();
+        for f in FLAGS {
+            for name in f.names {
+                assert!(seen.insert(*name), "{name} is defined twice");
+                assert!(text.contains(name), "{name} missing from help");
+            }
+            if let Some(d) = f.default {
+                assert!(text.contains(&format!("[default: {d}]")));
+            }
+        }
+        assert_eq!(parse(["--help".to_string()]), Ok(Parsed::Help));
+        assert_eq!(parse(["-V".to_string()]), Ok(Parsed::Version));
+    }
+}
