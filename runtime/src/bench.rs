@@ -125,7 +125,7 @@ pub fn run(engine: &Engine, plan: &BenchPlan) -> Vec<BenchResult> {
 
 fn eval(engine: &Engine, session: &mut crate::engine::Session, tokens: &[u32]) {
     engine
-        .eval(session, tokens, Rows::Last)
+        .eval(session, tokens, Rows::Last, |_, _| {})
         .expect("the bench context was sized to hold every token it evaluates");
 }
 

@@ -64,14 +64,17 @@ impl<'a> Engine<'a> {
         self.model.config.n_vocab
     }
 
-    /// Appends `tokens` to the session, evaluating them in batches of `n_batch`; returns the
-    /// logits of every token (`Rows::All`, n × n_vocab) or of the last one.
+    /// Appends `tokens` to the session, evaluating them in batches of `n_batch`, and hands each
+    /// batch's logits to `each` with the batch's offset in `tokens`: every token's row
+    /// (`Rows::All`, n × n_vocab) or the batch's last. A batch's logits are dropped before the
+    /// next is evaluated, so memory stays at one batch's whatever the length.
     pub fn eval(
         &self,
         s: &mut Session,
         tokens: &[u32],
         rows: Rows,
-    ) -> Result<Vec<f32>, ContextFull> {
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> Result<(), ContextFull> {
         let needed = s.tokens.len() + tokens.len();
         if needed > self.n_ctx {
             return Err(ContextFull {
@@ -79,18 +82,15 @@ impl<'a> Engine<'a> {
                 needed,
             });
         }
-        let mut out = Vec::new();
-        for batch in tokens.chunks(self.n_batch.max(1)) {
+        let n_batch = self.n_batch.max(1);
+        for (i, batch) in tokens.chunks(n_batch).enumerate() {
             let logits =
                 self.model
                     .forward(&mut s.cache, batch, s.tokens.len(), rows, Output::Logits);
             s.tokens.extend_from_slice(batch);
-            match rows {
-                Rows::All => out.extend_from_slice(&logits),
-                Rows::Last => out = logits,
-            }
+            each(i * n_batch, &logits);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The prompt's token ids the way llama.cpp's CLI makes them: BOS as the metadata says, special
@@ -144,15 +144,19 @@ impl<'a> Engine<'a> {
             }
             let chunk_tokens = chunk_tokens.to_vec();
             session.truncate(0);
-            let logits = self
-                .eval(&mut session, &chunk_tokens, Rows::All)
-                .map_err(|e| e.to_string())?;
-            for j in first..n_chunk_ctx - 1 {
-                let row = &logits[j * n_vocab..(j + 1) * n_vocab];
-                let target = tokens[start + j + 1] as usize;
-                nll -= f64::from(row[target]) - log_sum_exp(row);
-                count += 1;
-            }
+            // Scored batch by batch: a chunk's logits (n_ctx × n_vocab, gigabytes at long
+            // contexts) are never held at once.
+            self.eval(&mut session, &chunk_tokens, Rows::All, |offset, logits| {
+                for (k, row) in logits.chunks_exact(n_vocab).enumerate() {
+                    let j = offset + k;
+                    if j >= first && j + 1 < n_chunk_ctx {
+                        let target = tokens[start + j + 1] as usize;
+                        nll -= f64::from(row[target]) - log_sum_exp(row);
+                        count += 1;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
             progress(chunk + 1, n_chunks, (nll / count as f64).exp());
         }
         Ok(Perplexity {
