@@ -24,6 +24,8 @@ pub(crate) struct GenParams {
     /// Report this many most likely tokens at every prompt position (the prompt is then
     /// evaluated whole, no cached prefix reused).
     pub prompt_logprobs: Option<usize>,
+    /// Added to these tokens' logits before anything else sees them.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Constrain the output to JSON matching this schema.
     pub json: Option<Arc<Schema>>,
     /// Whether an end-of-generation token ends the reply; when not (the command line's `-n -2`),
@@ -44,6 +46,7 @@ impl Default for GenParams {
             stop: Vec::new(),
             logprobs: None,
             prompt_logprobs: None,
+            logit_bias: Vec::new(),
             json: None,
             ends_at_eog: true,
             use_whole_context: false,
@@ -140,6 +143,7 @@ pub(crate) struct Generator {
     stop: StopMatcher,
     utf8: Utf8Stream,
     logprobs: Option<usize>,
+    logit_bias: Vec<(u32, f32)>,
     ends_at_eog: bool,
     max_new: usize,
     generated: usize,
@@ -155,6 +159,7 @@ impl Generator {
             stop: StopMatcher::new(params.stop),
             utf8: Utf8Stream::new(),
             logprobs: params.logprobs,
+            logit_bias: params.logit_bias,
             ends_at_eog: params.ends_at_eog,
             max_new: params.max_tokens.unwrap_or(usize::MAX),
             generated: 0,
@@ -180,6 +185,17 @@ impl Generator {
         if self.generated >= self.max_new {
             return self.finish(Finish::Length);
         }
+        let biased;
+        let row = if self.logit_bias.is_empty() {
+            row
+        } else {
+            let mut copy = row.to_vec();
+            for &(id, bias) in &self.logit_bias {
+                copy[id as usize] += bias;
+            }
+            biased = copy;
+            &biased
+        };
         let tokenizer = vocab.tokenizer;
         let picked = match &self.json {
             Some(state) => pick_constrained(

@@ -5,9 +5,11 @@
 //! Supported: `type` (object, array, string, number, integer, boolean, null, or a list of them),
 //! `properties`, `required`, `additionalProperties`, `items`, `enum`, `const`, `anyOf`/`oneOf`
 //! (whose branches must start with different characters, e.g. a string or null), `allOf` with one
-//! schema, and local `$ref`s (`#/$defs/...`, recursion included). Annotations (`title`,
-//! `description`, ...) and the keywords that only narrow a value (`minLength`, `pattern`, `format`,
-//! `minimum`, `minItems`, ...) are accepted but not enforced.
+//! schema, local `$ref`s (`#/$defs/...`, recursion included), `minLength`/`maxLength` on strings
+//! (in characters) and `minItems`/`maxItems` on arrays. Annotations (`title`, `description`,
+//! `format`, `default`, ...) are accepted and, as JSON Schema has it, not asserted. The other
+//! keywords that narrow a value (`pattern`, `minimum`, `multipleOf`, `uniqueItems`, ...) are
+//! refused with an error naming them, since the output could not be held to them.
 //!
 //! An object with `properties` and no `additionalProperties` takes only those keys, so that the
 //! model stays on the schema's keys. Every prefix the validator accepts can still be completed:
@@ -68,8 +70,10 @@ enum Node {
     },
     Array {
         items: NodeId,
+        count: Bounds,
     },
-    String,
+    /// Characters of the string.
+    String(Bounds),
     Number {
         integer: bool,
     },
@@ -78,6 +82,49 @@ enum Node {
     /// One of these schemas, told apart by the value's first byte.
     Union(Vec<NodeId>),
 }
+
+/// `minLength`/`maxLength`, `minItems`/`maxItems`: a count's bounds, both inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bounds {
+    min: u32,
+    max: u32,
+}
+
+impl Bounds {
+    const ANY: Bounds = Bounds {
+        min: 0,
+        max: u32::MAX,
+    };
+}
+
+/// Keywords that narrow a value beyond what the decoder can enforce: refused by name rather than
+/// accepted and ignored.
+const UNENFORCED: &[&str] = &[
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "patternProperties",
+    "propertyNames",
+    "dependentRequired",
+    "dependentSchemas",
+    "dependencies",
+    "contains",
+    "minContains",
+    "maxContains",
+    "prefixItems",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "not",
+    "if",
+    "then",
+    "else",
+];
 
 /// A compiled schema; shared by the validators of every request that uses it.
 #[derive(Debug)]
@@ -152,7 +199,10 @@ impl<'v> Compiler<'v> {
                 props: Vec::new(),
                 additional: Some(ANY),
             },
-            Node::Array { items: ANY },
+            Node::Array {
+                items: ANY,
+                count: Bounds::ANY,
+            },
         ];
         Compiler {
             root,
@@ -201,7 +251,7 @@ impl<'v> Compiler<'v> {
             Node::Any => ByteSet::of(b"{[\"-0123456789tfn"),
             Node::Object { .. } => ByteSet::of(b"{"),
             Node::Array { .. } => ByteSet::of(b"["),
-            Node::String => ByteSet::of(b"\""),
+            Node::String(_) => ByteSet::of(b"\""),
             Node::Number { .. } => ByteSet::of(NUMBER_START),
             Node::Literals(lits) => lits
                 .iter()
@@ -241,6 +291,16 @@ impl<'v> Compiler<'v> {
                 ))
             }
         };
+        if let Some(keyword) = UNENFORCED.iter().find(|k| match obj.get(**k) {
+            // `uniqueItems: false` asks for nothing.
+            Some(Value::Bool(false)) => **k != "uniqueItems",
+            Some(_) => true,
+            None => false,
+        }) {
+            return Err(format!(
+                "`{keyword}` is not supported: the output could not be held to it"
+            ));
+        }
         if let Some(r) = obj.get("$ref") {
             return self.reference(r);
         }
@@ -311,9 +371,13 @@ impl<'v> Compiler<'v> {
                     Some(s) => self.node(s, depth + 1)?,
                     None => ANY,
                 };
-                self.push(Node::Array { items })
+                let count = bounds(obj, "minItems", "maxItems")?;
+                self.push(Node::Array { items, count })
             }
-            "string" => self.push(Node::String),
+            "string" => {
+                let length = bounds(obj, "minLength", "maxLength")?;
+                self.push(Node::String(length))
+            }
             "number" => self.push(Node::Number { integer: false }),
             "integer" => self.push(Node::Number { integer: true }),
             "boolean" => Ok(BOOL),
@@ -417,6 +481,35 @@ impl<'v> Compiler<'v> {
     }
 }
 
+/// A count's bounds from a pair of keywords (`minLength`/`maxLength`, `minItems`/`maxItems`).
+fn bounds(
+    obj: &serde_json::Map<String, Value>,
+    min_key: &str,
+    max_key: &str,
+) -> Result<Bounds, String> {
+    let read = |key: &str, absent: u32| match obj.get(key) {
+        None => Ok(absent),
+        Some(v) => v
+            .as_u64()
+            .map(|n| n.min(u64::from(u32::MAX)) as u32)
+            .ok_or(format!(
+                "`{key}` must be a non-negative integer, got {}",
+                short(v)
+            )),
+    };
+    let b = Bounds {
+        min: read(min_key, 0)?,
+        max: read(max_key, u32::MAX)?,
+    };
+    if b.min > b.max {
+        return Err(format!(
+            "`{min_key}` {} is above `{max_key}` {}",
+            b.min, b.max
+        ));
+    }
+    Ok(b)
+}
+
 /// `#`, `#/$defs/Name`, `#/definitions/Name`, or any JSON pointer into the schema document.
 fn resolve_pointer<'v>(root: &'v Value, r: &str) -> Result<&'v Value, String> {
     let Some(pointer) = r.strip_prefix('#') else {
@@ -483,6 +576,8 @@ enum StrSt {
     Escape,
     /// Hex digits of a `\u` escape still to come.
     Hex(u8),
+    /// A `\u` escape's first digit was `d`: the second must keep it below the surrogates.
+    HexAfterD,
     /// Continuation bytes of a UTF-8 character still to come; the next one lies in lo..=hi.
     Utf8 {
         need: u8,
@@ -523,12 +618,18 @@ enum Frame {
     Array {
         items: NodeId,
         st: ArrSt,
+        /// Elements so far, within `bounds`.
+        count: u32,
+        bounds: Bounds,
     },
     /// A string; `key` is the text so far when it is a key whose schema depends on it.
     Str {
         is_key: bool,
         key: Option<Vec<u8>>,
         st: StrSt,
+        /// Characters so far, within `length`.
+        chars: u32,
+        length: Bounds,
     },
     Num {
         integer: bool,
@@ -706,6 +807,8 @@ impl JsonState {
                                 is_key: true,
                                 key,
                                 st: StrSt::Plain,
+                                chars: 0,
+                                length: Bounds::ANY,
                             }
                         };
                         self.stack.push(frame);
@@ -719,30 +822,52 @@ impl JsonState {
                     _ => Step::Rejected,
                 }
             }
-            Frame::Array { items, st } => match *st {
+            Frame::Array {
+                items,
+                st,
+                count,
+                bounds,
+            } => match *st {
                 _ if is_ws(b) => ok(self.whitespace(b)),
-                ArrSt::First if b == b']' => {
+                ArrSt::First | ArrSt::Next if b == b']' => {
+                    if *count < bounds.min {
+                        return Step::Rejected;
+                    }
                     self.stack.pop();
                     Step::Consumed
                 }
                 ArrSt::First | ArrSt::Elem => {
+                    if *count >= bounds.max {
+                        return Step::Rejected;
+                    }
                     let items = *items;
                     *st = ArrSt::Next;
+                    *count += 1;
                     ok(self.start_value(items, b, depth + 1))
                 }
-                ArrSt::Next if b == b',' => {
+                ArrSt::Next if b == b',' && *count < bounds.max => {
                     *st = ArrSt::Elem;
-                    Step::Consumed
-                }
-                ArrSt::Next if b == b']' => {
-                    self.stack.pop();
                     Step::Consumed
                 }
                 ArrSt::Next => Step::Rejected,
             },
-            Frame::Str { is_key, key, st } => {
+            Frame::Str {
+                is_key,
+                key,
+                st,
+                chars,
+                length,
+            } => {
+                // A character starts with a plain byte, a backslash or a UTF-8 lead byte.
+                let starts_char = matches!(*st, StrSt::Plain) && b != b'"';
+                if starts_char && *chars >= length.max {
+                    return Step::Rejected;
+                }
                 let next = match (*st, b) {
                     (StrSt::Plain, b'"') => {
+                        if *chars < length.min {
+                            return Step::Rejected;
+                        }
                         let (is_key, key) = (*is_key, key.take());
                         self.stack.pop();
                         return ok(!is_key || self.key_done(key.as_deref()));
@@ -791,6 +916,11 @@ impl JsonState {
                     }
                     (StrSt::Escape, b'u') => StrSt::Hex(4),
                     (StrSt::Escape, _) => return Step::Rejected,
+                    // \uD800 to \uDFFF are UTF-16 surrogates, which strict readers refuse
+                    // unpaired: characters beyond the BMP are written as UTF-8 instead.
+                    (StrSt::Hex(4), b'd' | b'D') => StrSt::HexAfterD,
+                    (StrSt::HexAfterD, b'0'..=b'7') => StrSt::Hex(2),
+                    (StrSt::HexAfterD, _) => return Step::Rejected,
                     (StrSt::Hex(n), h) if h.is_ascii_hexdigit() => {
                         if n == 1 {
                             StrSt::Plain
@@ -813,6 +943,9 @@ impl JsonState {
                     (StrSt::Utf8 { .. }, _) => return Step::Rejected,
                 };
                 *st = next;
+                if starts_char {
+                    *chars += 1;
+                }
                 if let Some(k) = key {
                     k.push(b);
                 }
@@ -958,6 +1091,8 @@ impl JsonState {
                                 is_key: false,
                                 key: None,
                                 st: StrSt::Plain,
+                                chars: 0,
+                                length: Bounds::ANY,
                             },
                             depth,
                         )
@@ -971,14 +1106,18 @@ impl JsonState {
                 seen: vec![false; props.len()],
                 st: ObjSt::First,
             },
-            Node::Array { items } => Frame::Array {
+            Node::Array { items, count } => Frame::Array {
                 items: *items,
                 st: ArrSt::First,
+                count: 0,
+                bounds: *count,
             },
-            Node::String => Frame::Str {
+            Node::String(length) => Frame::Str {
                 is_key: false,
                 key: None,
                 st: StrSt::Plain,
+                chars: 0,
+                length: *length,
             },
             Node::Number { integer } => return self.start_number(*integer, b, depth),
             Node::Literals(lits) => {
@@ -1174,10 +1313,57 @@ mod tests {
             (json!({"type": "date"}), "unknown type"),
             (json!({"allOf": [{}, {}]}), "allOf"),
             (json!(false), "matches nothing"),
+            (json!({"type": "string", "pattern": "^a+$"}), "`pattern`"),
+            (
+                json!({"properties": {"age": {"type": "integer", "minimum": 0}}}),
+                "`minimum`",
+            ),
+            (
+                json!({"type": "array", "uniqueItems": true}),
+                "`uniqueItems`",
+            ),
+            (
+                json!({"type": "string", "minLength": 3, "maxLength": 2}),
+                "`minLength` 3 is above `maxLength` 2",
+            ),
+            (json!({"type": "string", "maxLength": -1}), "`maxLength`"),
         ] {
             let e = Schema::compile(&schema).unwrap_err();
             assert!(e.contains(word), "{schema}: {e}");
         }
+    }
+
+    #[test]
+    fn string_lengths_count_characters_and_array_lengths_count_items() {
+        let state = |schema: Value| JsonState::new(Schema::compile(&schema).unwrap());
+        let accepts = |schema: Value, doc: &str| {
+            let mut st = state(schema);
+            st.feed(doc.as_bytes()) && st.is_complete()
+        };
+        let name = json!({"type": "string", "minLength": 2, "maxLength": 3});
+        // Escapes and multi-byte characters are one character each.
+        for ok in [r#""ab""#, r#""a\n""#, r#""é\u00e9ü""#] {
+            assert!(accepts(name.clone(), ok), "{ok}");
+        }
+        for bad in [r#""a""#, r#""abcd""#, r#""""#, r#""ééé!""#] {
+            assert!(!accepts(name.clone(), bad), "{bad}");
+        }
+        let list =
+            json!({"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2});
+        assert!(accepts(list.clone(), "[1]") && accepts(list.clone(), "[1, 2]"));
+        assert!(!accepts(list.clone(), "[]") && !accepts(list.clone(), "[1,2,3]"));
+        // At the limit only the end may come.
+        let mut st = state(list);
+        assert!(st.feed(b"[1,2"));
+        assert!(!st.allows(b",") && st.allows(b"]"));
+        // Unpaired UTF-16 surrogates, which strict readers refuse, are never written.
+        assert!(!accepts(json!({"type": "string"}), r#""\ud83d\ude00""#));
+        assert!(accepts(json!({"type": "string"}), r#""\u00e9\uD7FF""#));
+        // `format` is an annotation, accepted and not asserted, as JSON Schema has it.
+        assert!(accepts(
+            json!({"type": "string", "format": "date-time"}),
+            r#""x""#
+        ));
     }
 
     /// A tiny deterministic generator (xorshift) for the random walks below.
@@ -1201,8 +1387,8 @@ mod tests {
             "properties": {
                 "id": {"type": "integer"},
                 "ok": {"type": "boolean"},
-                "name": {"type": "string"},
-                "list": {"type": "array", "items": {"type": "number"}},
+                "name": {"type": "string", "minLength": 2, "maxLength": 5},
+                "list": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3},
                 "kind": {"enum": ["x", "yz"]}
             },
             "required": ["id", "kind"]
@@ -1256,6 +1442,14 @@ mod tests {
                 "{v}"
             );
             assert!(o["kind"] == "x" || o["kind"] == "yz", "{v}");
+            if let Some(name) = o.get("name") {
+                let n = name.as_str().expect("a string").chars().count();
+                assert!((2..=5).contains(&n), "{v}");
+            }
+            if let Some(list) = o.get("list") {
+                let n = list.as_array().expect("an array").len();
+                assert!((1..=3).contains(&n), "{v}");
+            }
             for k in o.keys() {
                 assert!(
                     ["id", "ok", "name", "list", "kind"].contains(&k.as_str()),

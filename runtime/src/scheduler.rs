@@ -433,6 +433,9 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         // At least one token must fit after the prompt.
         self.check_length(prompt.len(), 1)?;
         let mut params = job.params;
+        let biased: Vec<u32> = params.logit_bias.iter().map(|&(id, _)| id).collect();
+        self.check_ids(&biased)
+            .map_err(|e| Refusal::invalid(format!("logit_bias: {e}")))?;
         if !params.use_whole_context {
             let room = self.slot_ctx - prompt.len();
             params.max_tokens = Some(params.max_tokens.map_or(room, |m| m.min(room)));

@@ -306,6 +306,88 @@ fn tool_calls_and_results_reach_the_models_template() {
     );
 }
 
+/// Fields that change the answer are honoured or refused, never dropped: `logit_bias` moves the
+/// greedy choice both ways, a schema's `minLength` holds, and `tools` (until tool calling lands)
+/// and schema keywords the decoder cannot enforce are refused naming them.
+#[test]
+fn fields_that_change_the_answer_are_honoured_or_refused() {
+    let _serial = serial();
+    let server = qwen_server(&[]);
+    let complete = |extra: Value| {
+        let mut body = json!({"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "logprobs": 1});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let r = post(server.addr, "/v1/completions", None, &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+    let id_of = |text: &str| {
+        let r = post(server.addr, "/tokenize", None, &json!({"content": text}));
+        let ids = r.json()["tokens"].as_array().unwrap().clone();
+        assert_eq!(ids.len(), 1, "{text:?} is one token: {ids:?}");
+        ids[0].as_u64().unwrap()
+    };
+    let plain = complete(json!({}));
+    let first = plain["choices"][0]["logprobs"]["tokens"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // -100 bans the greedy first token; +100 forces another everywhere.
+    let banned = complete(json!({"logit_bias": {id_of(&first).to_string(): -100}}));
+    assert_ne!(
+        banned["choices"][0]["logprobs"]["tokens"][0],
+        first.as_str(),
+        "{banned}"
+    );
+    let forced = complete(json!({"logit_bias": {id_of(" banana").to_string(): 100}}));
+    assert_eq!(
+        forced["choices"][0]["text"], " banana banana banana",
+        "{forced}"
+    );
+
+    // minLength holds even where the model would rather stop sooner.
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string", "minLength": 12}},
+                        "required": ["name"], "additionalProperties": false});
+    let r = post(
+        server.addr,
+        "/v1/chat/completions",
+        None,
+        &json!({"messages": [{"role": "user", "content": "What is your name? Answer in JSON."}],
+                "max_tokens": 40, "temperature": 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer: Value = serde_json::from_str(&content(&r.json())).expect("JSON answer");
+    assert!(
+        answer["name"].as_str().unwrap().chars().count() >= 12,
+        "{answer}"
+    );
+
+    for (extra, word) in [
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+            "`tools`",
+        ),
+        (
+            json!({"logit_bias": {"999999999": 5}}),
+            "logit_bias: token id 999999999",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a+"}}}}),
+            "`pattern`",
+        ),
+    ] {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let r = post(server.addr, "/v1/chat/completions", None, &body);
+        assert_eq!(r.status, 400, "{extra}: {}", r.body);
+        assert!(r.body.contains(word), "{extra}: {}", r.body);
+    }
+}
+
 #[test]
 fn limits_errors_and_hostile_clients() {
     let _serial = serial();

@@ -406,6 +406,31 @@ mod tests {
     }
 
     #[test]
+    fn fields_that_change_the_answer_are_honoured_or_refused() {
+        let r = gen(r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"15":100,"7":-100.0},
+                       "tools":[],"tool_choice":"none","parallel_tool_calls":false,"user":"u","store":false}"#)
+        .unwrap();
+        let mut bias = r.params.logit_bias.clone();
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, [(7, -100.0), (15, 100.0)]);
+        for (body, word) in [
+            (
+                r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
+                "`tools`: tool calling",
+            ),
+            (r#""tool_choice":"required""#, "`tool_choice` \"required\""),
+            (r#""functions":[{"name":"f"}]"#, "`functions`"),
+            (r#""logit_bias":{"abc":1}"#, "\"abc\" is not a token id"),
+            (r#""logit_bias":{"5":101}"#, "from -100 to 100"),
+            (r#""logit_bias":[[5,1]]"#, "must map token ids"),
+        ] {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"x"}}],{body}}}"#);
+            let e = gen(&body).err().unwrap_or_else(|| panic!("{body} parsed"));
+            assert!(e.message.contains(word), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn answers_and_chunks_follow_openai() {
         let req = gen(r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#).unwrap();
         let mut reply = ChatReply::new(&req, "m");

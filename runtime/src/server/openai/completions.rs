@@ -147,6 +147,8 @@ mod tests {
         assert!(e.message.contains("one prompt"));
         let e = parse(br#"{"prompt":[1,-2]}"#).err().unwrap();
         assert!(e.message.contains("token ids"));
+        let e = parse(br#"{"prompt":"x","best_of":3}"#).err().unwrap();
+        assert!(e.message.contains("`best_of`"));
     }
 
     #[test]

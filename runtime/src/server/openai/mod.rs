@@ -43,6 +43,9 @@ fn parse_common(
     if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("`suffix` is not supported"));
     }
+    f.int("best_of", 1, 1)
+        .map_err(|_| ApiError::bad_request("`best_of` must be 1: one choice per request"))?;
+    refuse_tools(f)?;
 
     let mut sampling = SamplerConfig::default();
     if let Some(t) = f.number("temperature", 0.0, 100.0)? {
@@ -111,6 +114,7 @@ fn parse_common(
         }
     };
 
+    let logit_bias = parse_logit_bias(f)?;
     let json = parse_response_format(f)?;
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
@@ -130,12 +134,72 @@ fn parse_common(
             max_tokens,
             stop,
             logprobs,
+            logit_bias,
             json,
             ..GenParams::default()
         },
         stream,
         include_usage,
     })
+}
+
+/// Tool calling is not served yet (#15): a request that offers tools, or asks for a call, is
+/// refused rather than answered as if it had not.
+fn refuse_tools(f: &Fields) -> Result<(), ApiError> {
+    let offered = |key: &str| {
+        matches!(f.get(key), Some(Value::Array(a)) if !a.is_empty())
+            || matches!(f.get(key), Some(v) if !v.is_array())
+    };
+    for key in ["tools", "functions"] {
+        if offered(key) {
+            return Err(ApiError::bad_request(format!(
+                "`{key}`: tool calling is not supported yet; send the request without it"
+            )));
+        }
+    }
+    for key in ["tool_choice", "function_call"] {
+        match f.get(key) {
+            None => {}
+            Some(Value::String(s)) if s == "none" || s == "auto" => {}
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "`{key}` {}: tool calling is not supported yet",
+                    short(v)
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `logit_bias`: token ids (as the object's keys, OpenAI's form) and a bias from -100 to 100 added
+/// to each one's logit; -100 all but bans a token, 100 all but forces it.
+fn parse_logit_bias(f: &Fields) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(v) = f.get("logit_bias") else {
+        return Ok(Vec::new());
+    };
+    let Value::Object(map) = v else {
+        return Err(ApiError::bad_request(format!(
+            "`logit_bias` must map token ids to biases, got {}",
+            short(v)
+        )));
+    };
+    map.iter()
+        .map(|(id, bias)| {
+            let id = id.parse::<u32>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "`logit_bias`: the key {id:?} is not a token id"
+                ))
+            })?;
+            match bias.as_f64() {
+                Some(b) if (-100.0..=100.0).contains(&b) => Ok((id, b as f32)),
+                _ => Err(ApiError::bad_request(format!(
+                    "`logit_bias`: the bias of token {id} must be a number from -100 to 100, got {}",
+                    short(bias)
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// `response_format` (`{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {"schema": ...}}`,
