@@ -6,6 +6,7 @@
 //! know no protocol; each edge turns them into its own format. Tool-call detection (#15) belongs
 //! here too: it watches the text as the stop strings do, and ends the reply with its own finish.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use tokenizer::{Tokenizer, Utf8Stream};
@@ -54,19 +55,37 @@ impl Default for GenParams {
     }
 }
 
-/// What the generator needs to know of the vocabulary, worked out once per model.
+/// What the generator needs to know of the vocabulary.
 pub(crate) struct Vocab<'t> {
     pub tokenizer: &'t Tokenizer,
-    /// Each token's bytes in generated text (control tokens: none), for output and the JSON mask.
-    pub pieces: Vec<Vec<u8>>,
+    /// Every token's bytes in generated text, for the JSON constraint's mask: worked out the first
+    /// time a constrained request comes (152k tokens take milliseconds, which a one-shot
+    /// completion's time to first token would otherwise pay).
+    pieces: OnceCell<Vec<Vec<u8>>>,
 }
 
 impl<'t> Vocab<'t> {
     pub fn new(tokenizer: &'t Tokenizer) -> Self {
-        let pieces = (0..tokenizer.n_vocab() as u32)
-            .map(|id| tokenizer.token_to_piece(id, false))
-            .collect();
-        Vocab { tokenizer, pieces }
+        Vocab {
+            tokenizer,
+            pieces: OnceCell::new(),
+        }
+    }
+
+    /// A token's bytes in generated text (control tokens: none).
+    fn piece(&self, id: u32) -> Vec<u8> {
+        match self.pieces.get() {
+            Some(pieces) => pieces[id as usize].clone(),
+            None => self.tokenizer.token_to_piece(id, false),
+        }
+    }
+
+    fn pieces(&self) -> &[Vec<u8>] {
+        self.pieces.get_or_init(|| {
+            (0..self.tokenizer.n_vocab() as u32)
+                .map(|id| self.tokenizer.token_to_piece(id, false))
+                .collect()
+        })
     }
 
     /// The `k` most likely tokens of `row`, with their log-probabilities and their bytes as
@@ -203,7 +222,7 @@ impl Generator {
                 state,
                 &mut self.sampler,
                 history,
-                &vocab.pieces,
+                vocab.pieces(),
                 |id| tokenizer.is_eog(id),
             ),
             None => Some(self.sampler.sample(row, history)),
@@ -224,11 +243,11 @@ impl Generator {
         }
         self.generated += 1;
         self.pending.push(sampled);
-        let piece = &vocab.pieces[tok as usize];
+        let piece = vocab.piece(tok);
         if let Some(state) = &mut self.json {
-            state.feed(piece);
+            state.feed(&piece);
         }
-        let text = self.utf8.push(piece);
+        let text = self.utf8.push(&piece);
         let (text, stopped) = self.stop.push(&text);
         let delta = (!text.is_empty()).then(|| Delta {
             text,
