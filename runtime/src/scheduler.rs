@@ -185,8 +185,42 @@ struct Slot {
     /// The tokens whose keys and values `cache` holds, in order.
     tokens: Vec<u32>,
     task: Option<Task>,
+    /// An embeddings request this slot serves, a slice per step (never with `task`).
+    embedding: Option<EmbedTask>,
     last_used: u64,
 }
+
+impl Slot {
+    fn is_free(&self) -> bool {
+        self.task.is_none() && self.embedding.is_none()
+    }
+}
+
+/// An embeddings request in progress. Each step evaluates a slice of it between the generating
+/// slots' tokens, so that a long request does not stall their streams: several inputs at once as
+/// sequences of one forward pass, each in a KV cache of its own length, dropped when it is done.
+struct EmbedTask {
+    inputs: Vec<Vec<u32>>,
+    /// The next input not yet started.
+    next: usize,
+    /// Inputs being read.
+    active: Vec<EmbedInput>,
+    done: Vec<Option<Embedding>>,
+    reply: oneshot::Sender<Result<Vec<Embedding>, Refusal>>,
+}
+
+struct EmbedInput {
+    index: usize,
+    cache: KvCache,
+    /// Tokens evaluated so far.
+    pos: usize,
+    /// The hidden states pooled so far.
+    pooled: Vec<f64>,
+}
+
+/// Tokens of an embeddings request evaluated per step while other slots generate: small enough
+/// that a stream's next token waits well under a second, large enough to batch well.
+const EMBED_TOKENS_BESIDE_GENERATION: usize = 64;
 
 enum Queued {
     Generate(Box<Task>),
@@ -244,6 +278,7 @@ impl<'e, 'a> Scheduler<'e, 'a> {
                 cache: engine.model.new_cache(slot_ctx),
                 tokens: Vec::new(),
                 task: None,
+                embedding: None,
                 last_used: 0,
             })
             .collect();
@@ -282,16 +317,17 @@ impl<'e, 'a> Scheduler<'e, 'a> {
             self.drop_abandoned();
             self.start_queued();
             self.step();
+            self.embed_step();
             self.publish_status();
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.slots.iter().all(|s| s.task.is_none())
+        self.queue.is_empty() && self.slots.iter().all(Slot::is_free)
     }
 
     fn publish_status(&self) {
-        let busy = self.slots.iter().filter(|s| s.task.is_some()).count();
+        let busy = self.slots.iter().filter(|s| !s.is_free()).count();
         self.status.busy_slots.store(busy, Ordering::Relaxed);
         self.status
             .queued
@@ -299,7 +335,7 @@ impl<'e, 'a> Scheduler<'e, 'a> {
     }
 
     fn free_slots(&self) -> usize {
-        self.slots.iter().filter(|s| s.task.is_none()).count()
+        self.slots.iter().filter(|s| s.is_free()).count()
     }
 
     fn accept(&mut self, job: Job) {
@@ -460,6 +496,9 @@ impl<'e, 'a> Scheduler<'e, 'a> {
             if slot.task.as_ref().is_some_and(|t| t.events.is_closed()) {
                 slot.task = None;
             }
+            if slot.embedding.as_ref().is_some_and(|e| e.reply.is_closed()) {
+                slot.embedding = None;
+            }
         }
         self.queue.retain(|q| !q.abandoned());
     }
@@ -470,7 +509,7 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.task.is_none())
+            .filter(|(_, s)| s.is_free())
             .max_by_key(|(_, s)| {
                 (
                     common_prefix(&s.tokens, tokens),
@@ -507,54 +546,124 @@ impl<'e, 'a> Scheduler<'e, 'a> {
                     slot.task = Some(*task);
                 }
                 Queued::Embed { inputs, reply } => {
-                    let result = inputs.iter().map(|ids| self.embed(i, ids)).collect();
-                    let _ = reply.send(Ok(result));
+                    slot.embedding = Some(EmbedTask {
+                        next: 0,
+                        active: Vec::new(),
+                        done: (0..inputs.len()).map(|_| None).collect(),
+                        inputs,
+                        reply,
+                    });
                 }
             }
         }
     }
 
-    /// Evaluates `ids` in slot `i` (whose cache then holds them) and pools the final hidden states.
-    fn embed(&mut self, i: usize, ids: &[u32]) -> Embedding {
+    /// Evaluates the next slice of one embeddings request: up to `-b` tokens when nothing else
+    /// runs, fewer beside generating slots; as many inputs at once as fit.
+    fn embed_step(&mut self) {
+        let Some(i) = self.slots.iter().position(|s| s.embedding.is_some()) else {
+            return;
+        };
+        let generating = self.slots.iter().any(|s| s.task.is_some());
+        let n_batch = self.engine.n_batch.max(1);
+        let mut budget = if generating {
+            EMBED_TOKENS_BESIDE_GENERATION.min(n_batch)
+        } else {
+            n_batch
+        };
         let model = &self.engine.model;
         let d = model.config.n_embd;
-        let slot = &mut self.slots[i];
-        slot.tokens.clear();
-        let mut pooled = vec![0.0f64; d];
-        let mut last = Vec::new();
-        for chunk in ids.chunks(self.engine.n_batch.max(1)) {
-            let hidden = model.forward(
-                &mut slot.cache,
-                chunk,
-                slot.tokens.len(),
-                Rows::All,
-                Output::Hidden,
-            );
-            for (t, row) in hidden.chunks_exact(d).enumerate() {
-                let take = match self.pooling {
+        let pooling = self.pooling;
+        let Some(task) = self.slots[i].embedding.as_mut() else {
+            return;
+        };
+        // Start inputs while the slice has room: each gets a cache of its own length.
+        let mut planned: usize = task
+            .active
+            .iter()
+            .map(|a| task.inputs[a.index].len() - a.pos)
+            .sum();
+        while planned < budget && task.next < task.inputs.len() {
+            let len = task.inputs[task.next].len();
+            task.active.push(EmbedInput {
+                index: task.next,
+                cache: model.new_cache(len),
+                pos: 0,
+                pooled: vec![0.0; d],
+            });
+            task.next += 1;
+            planned += len;
+        }
+        let rows = match pooling {
+            Pooling::Last => Rows::Last,
+            Pooling::Mean | Pooling::First => Rows::All,
+        };
+        let mut slices = Vec::with_capacity(task.active.len());
+        let hidden = {
+            let mut seqs = Vec::with_capacity(task.active.len());
+            for a in task.active.iter_mut() {
+                if budget == 0 {
+                    break;
+                }
+                let ids = &task.inputs[a.index];
+                let take = (ids.len() - a.pos).min(budget);
+                budget -= take;
+                slices.push((a.pos, take));
+                seqs.push(SeqInput {
+                    cache: &mut a.cache,
+                    tokens: &ids[a.pos..a.pos + take],
+                    pos0: a.pos,
+                    rows,
+                });
+            }
+            model.forward_batch(&mut seqs, Output::Hidden)
+        };
+        let mut out = hidden.chunks_exact(d);
+        for (a, &(pos0, take)) in task.active.iter_mut().zip(&slices) {
+            let n_rows = match rows {
+                Rows::All => take,
+                Rows::Last => 1,
+            };
+            for (t, row) in out.by_ref().take(n_rows).enumerate() {
+                let keep = match pooling {
                     Pooling::Mean => true,
-                    Pooling::First => slot.tokens.is_empty() && t == 0,
-                    Pooling::Last => false,
+                    Pooling::First => pos0 == 0 && t == 0,
+                    // Only the slice's last row was computed; the input's last one is kept.
+                    Pooling::Last => {
+                        a.pooled.fill(0.0);
+                        true
+                    }
                 };
-                if take {
-                    pooled
+                if keep {
+                    a.pooled
                         .iter_mut()
                         .zip(row)
                         .for_each(|(p, &v)| *p += f64::from(v));
                 }
             }
-            last = hidden[hidden.len() - d..].to_vec();
-            slot.tokens.extend_from_slice(chunk);
+            a.pos += take;
         }
-        if self.pooling == Pooling::Last {
-            pooled = last.iter().map(|&v| f64::from(v)).collect();
-        }
-        // Euclidean normalization, llama.cpp's default for embeddings (the mean's scale cancels).
-        let norm = pooled.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-        Embedding {
-            vector: pooled.iter().map(|&v| (v * scale) as f32).collect(),
-            n_tokens: ids.len(),
+        let inputs = &task.inputs;
+        let done = &mut task.done;
+        task.active.retain(|a| {
+            let n_tokens = inputs[a.index].len();
+            if a.pos < n_tokens {
+                return true;
+            }
+            // Euclidean normalization, llama.cpp's default for embeddings (the mean's scale
+            // cancels).
+            let norm = a.pooled.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+            done[a.index] = Some(Embedding {
+                vector: a.pooled.iter().map(|&v| (v * scale) as f32).collect(),
+                n_tokens,
+            });
+            false
+        });
+        if task.active.is_empty() && task.next == task.inputs.len() {
+            if let Some(task) = self.slots[i].embedding.take() {
+                let _ = task.reply.send(Ok(task.done.into_iter().flatten().collect()));
+            }
         }
     }
 

@@ -388,6 +388,95 @@ fn fields_that_change_the_answer_are_honoured_or_refused() {
     }
 }
 
+/// A long embeddings request is evaluated a slice at a time between the generating slots'
+/// tokens: a stream running beside 512 inputs keeps flowing, and the vectors are those the inputs
+/// get alone.
+#[test]
+fn a_stream_keeps_flowing_beside_a_long_embeddings_request() {
+    use std::io::BufRead;
+    let _serial = serial();
+    let server = qwen_server(&["--parallel", "2"]);
+    let addr = server.addr;
+    let body = json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 3000, "temperature": 0,
+                      "stream": true})
+    .to_string();
+    let mut stream = e2e::server::connect(addr);
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Each data line's arrival time, read on a thread until the connection is dropped.
+    let (tx, arrivals) = std::sync::mpsc::channel::<Instant>();
+    let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    std::thread::spawn(move || {
+        for line in reader.lines() {
+            match line {
+                Ok(l) if l.starts_with("data: {") => {
+                    if tx.send(Instant::now()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    arrivals
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the stream starts");
+
+    let inputs: Vec<String> = (0..512).map(|i| format!("item number {i}")).collect();
+    let started = Instant::now();
+    let r = post(addr, "/v1/embeddings", None, &json!({"input": inputs}));
+    let ended = Instant::now();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let during: Vec<Instant> = arrivals
+        .try_iter()
+        .filter(|t| *t >= started && *t <= ended)
+        .collect();
+    let gaps = std::iter::once(started)
+        .chain(during.iter().copied())
+        .chain(std::iter::once(ended))
+        .collect::<Vec<_>>();
+    let longest = gaps.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!(
+        "embeddings of 512 inputs took {:?}; {} stream chunks meanwhile, longest gap {longest:?}",
+        ended - started,
+        during.len()
+    );
+    assert!(longest < Duration::from_secs(1), "longest gap {longest:?}");
+    drop(stream);
+
+    // Sliced or not, an input's vector is the one it gets alone.
+    let batch = r.json();
+    assert_eq!(batch["data"].as_array().unwrap().len(), 512);
+    let alone = post(
+        addr,
+        "/v1/embeddings",
+        None,
+        &json!({"input": "item number 7"}),
+    )
+    .json();
+    let vector = |v: &Value| -> Vec<f64> {
+        v["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (vector(&batch["data"][7]), vector(&alone["data"][0]));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-4, "largest difference {diff}");
+}
+
 #[test]
 fn limits_errors_and_hostile_clients() {
     let _serial = serial();
