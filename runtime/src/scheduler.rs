@@ -662,7 +662,9 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         });
         if task.active.is_empty() && task.next == task.inputs.len() {
             if let Some(task) = self.slots[i].embedding.take() {
-                let _ = task.reply.send(Ok(task.done.into_iter().flatten().collect()));
+                let _ = task
+                    .reply
+                    .send(Ok(task.done.into_iter().flatten().collect()));
             }
         }
     }

@@ -477,6 +477,49 @@ fn a_stream_keeps_flowing_beside_a_long_embeddings_request() {
     assert!(diff < 1e-4, "largest difference {diff}");
 }
 
+/// A client that leaves frees its slot at once, whether it was streaming or waiting for the whole
+/// answer: the next request does not wait for a generation nobody will read.
+#[test]
+fn clients_that_leave_free_their_slot() {
+    let _serial = serial();
+    let server = qwen_server(&["--parallel", "1"]);
+    let addr = server.addr;
+    for stream in [false, true] {
+        let body = json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 2000,
+                          "temperature": 0, "stream": stream})
+        .to_string();
+        let mut s = e2e::server::connect(addr);
+        write!(
+            s,
+            "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        wait_for("the slot to be taken", Duration::from_secs(10), || {
+            health(addr)["slots_processing"] == 1
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        drop(s);
+        // 2000 tokens would take the model most of a minute.
+        let t = Instant::now();
+        wait_for("the slot to be freed", Duration::from_secs(5), || {
+            health(addr)["slots_idle"] == 1
+        });
+        let r = post(
+            addr,
+            "/v1/completions",
+            None,
+            &json!({"prompt": "Hello", "max_tokens": 2}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        eprintln!(
+            "stream {stream}: slot free and the next answer in {:?}",
+            t.elapsed()
+        );
+    }
+}
+
 #[test]
 fn limits_errors_and_hostile_clients() {
     let _serial = serial();
