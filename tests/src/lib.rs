@@ -44,6 +44,43 @@ pub fn llamafile(args: &[&str]) -> Output {
     out
 }
 
+/// A Python with the `openai` package (and what `tests/python/requirements.txt` lists), in a venv
+/// under `target/` made on first use: the official client, as users run it.
+pub fn python_with_openai() -> PathBuf {
+    let venv = workspace().join("target/py-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let out = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .expect("run python3 (install python3)");
+        assert!(
+            out.status.success(),
+            "python3 -m venv failed (on Debian: apt-get install python3-venv):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(workspace().join("tests/python/requirements.txt"))
+        .output()
+        .expect("run pip");
+    assert!(
+        out.status.success(),
+        "pip install -r tests/python/requirements.txt failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python
+}
+
 /// Parses stdout as one JSON value (the last non-empty line).
 pub fn json_stdout(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);

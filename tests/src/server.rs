@@ -121,6 +121,12 @@ impl Server {
         kb * 1024
     }
 
+    /// Kills the server, as a machine that dies would lose it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Fails the test unless the server still answers and its process is alive.
     pub fn assert_up(&mut self) {
         assert!(

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use e2e::server::{
     assert_idle_connections_close, dribble, parse_reply, request, serial, Reply, Server,
 };
-use e2e::{agreement, bin, models_dir, workspace};
+use e2e::{agreement, bin, models_dir, python_with_openai, workspace};
 use serde_json::{json, Value};
 
 /// The Qwen model, on the given extra flags.
@@ -77,43 +77,6 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// A Python virtual environment with the official `openai` package (target/py-venv), created on
-/// first use.
-fn python_with_openai() -> PathBuf {
-    let venv = workspace().join("target/py-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let out = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .output()
-            .expect("run python3 (install python3)");
-        assert!(
-            out.status.success(),
-            "python3 -m venv failed (on Debian: apt-get install python3-venv):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(workspace().join("tests/python/requirements.txt"))
-        .output()
-        .expect("run pip");
-    assert!(
-        out.status.success(),
-        "pip install -r tests/python/requirements.txt failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    python
 }
 
 #[test]

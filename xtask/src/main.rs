@@ -45,7 +45,7 @@ const COMMANDS: &[(&str, &str, Run)] = &[
     ),
     (
         "test",
-        "check prerequisites, fetch the models, build, run the whole suite [--skip browser|aarch64] [-- ARGS]",
+        "check prerequisites, fetch the models, build, run the whole suite [--skip browser|proxy|aarch64] [-- ARGS]",
         test::run,
     ),
 ];

@@ -2,8 +2,9 @@
 //! second: a few file lookups and one `rustc --print sysroot`), and installed with apt when this
 //! runs as root on Debian, as CI does; otherwise the error names the exact command to run.
 //!
-//! Each group can be left out only by name (`--skip browser`, `--skip aarch64`); the tests that
-//! need it are then not run, and the summary says so. The base group cannot be left out: the
+//! Each group can be left out only by name (`--skip browser`, `--skip proxy`, `--skip aarch64`);
+//! the tests that need it are then not run, and the summary says so. The base group cannot be left
+//! out: the
 //! models are fetched with pip and made with Python, and the packer's tests run the launcher under
 //! each shell.
 
@@ -49,6 +50,15 @@ pub const GROUPS: &[Group] = &[
         skippable: true,
     },
     Group {
+        name: "proxy",
+        needed_by: "the test of two servers behind nginx, one killed mid-run (README's configuration)",
+        packages: "nginx",
+        arm64: false,
+        missing: proxy_missing,
+        tests: &["behind_nginx"],
+        skippable: true,
+    },
+    Group {
         name: "aarch64",
         needed_by: "the aarch64 runtime (built with Debian's cross toolchain, run under qemu) and the NEON kernels' tests",
         packages: dist::CROSS_PACKAGES,
@@ -83,6 +93,11 @@ fn base_missing() -> Option<String> {
 fn browser_missing() -> Option<String> {
     let exe = std::env::var_os("LLAMAFILE_CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
     (!Path::new(&exe).is_file()).then(|| Path::new(&exe).display().to_string())
+}
+
+/// Debian's nginx, in /usr/sbin (which a user's PATH may lack) or on PATH.
+fn proxy_missing() -> Option<String> {
+    (!Path::new("/usr/sbin/nginx").is_file() && !dist::on_path("nginx")).then(|| "nginx".into())
 }
 
 fn aarch64_missing() -> Option<String> {

@@ -2,7 +2,8 @@
 //! (README.md, .ci/run).
 //!
 //! First the prerequisites (`prerequisites`: installed with apt when root, else the command to
-//! run is printed; `--skip browser` / `--skip aarch64` leave out the tests that need them). Then
+//! run is printed; `--skip browser` / `--skip proxy` / `--skip aarch64` leave out the tests that
+//! need them). Then
 //! the test models are fetched or made when missing, and the real binaries the end-to-end tests
 //! run are built (the aarch64 runtime by `cargo xtask dist`), in the release profile the tests are
 //! built in too. The whole suite runs on the best kernels this CPU has; then the tests that go
@@ -20,7 +21,7 @@ use crate::prerequisites::{self, GROUPS};
 use crate::{dist, fetch_models};
 
 const USAGE: &str =
-    "usage: cargo xtask test [--skip browser] [--skip aarch64] [-- CARGO TEST ARGS]";
+    "usage: cargo xtask test [--skip browser] [--skip proxy] [--skip aarch64] [-- CARGO TEST ARGS]";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut skip = Vec::new();
