@@ -11,6 +11,7 @@ mod fuzz;
 mod llama_synth;
 mod prerequisites;
 mod sha256;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -42,6 +43,11 @@ const COMMANDS: &[(&str, &str, Run)] = &[
         "fuzz",
         "run the fuzz targets in fuzz/, N seconds each [--seconds N] [--target NAME]...",
         fuzz::run,
+    ),
+    (
+        "soak",
+        "mixed clients against the server for ten minutes, with the report [--seconds N]",
+        soak::run,
     ),
     (
         "test",

@@ -173,7 +173,7 @@ fn aarch64_kernels(root: &Path, mut env: Vec<(&'static str, OsString)>) -> Resul
     Ok("the kernels' tests as aarch64 code under qemu-aarch64 (neon)".into())
 }
 
-fn cargo(
+pub(crate) fn cargo(
     root: &Path,
     cargo: &OsString,
     args: &[&str],
