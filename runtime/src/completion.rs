@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::generator::{Candidate, Finish, GenParams, Sampled};
 use crate::sampling::SamplerConfig;
 use crate::scheduler::{self, Event, Pooling, PromptInput, Usage};
+use crate::timings::timings_json;
 
 /// The log-probabilities `--prompt-logprobs` gives when `--top-logprobs` does not say how many.
 const DEFAULT_PROMPT_LOGPROBS: usize = 10;
@@ -125,7 +126,7 @@ impl Completion {
             "prompt_tokens": prompt,
             "tokens": self.tokens,
             "text": self.text,
-            "timings": self.usage.timings_json(),
+            "timings": timings_json(&self.usage),
             "isa": kernels::isa_name(),
         });
         if self.want_logprobs {
@@ -144,7 +145,7 @@ fn pairs(candidates: &[Candidate]) -> Vec<(u32, f32)> {
 }
 
 fn print_timings(usage: &Usage) {
-    let t = usage.timings_json();
+    let t = timings_json(usage);
     let number = |key: &str| t[key].as_f64().unwrap_or(0.0);
     eprintln!(
         "llamafile: prompt {} tokens in {:.1} ms ({:.1} t/s); generated {} tokens in {:.1} ms ({:.1} t/s)",

@@ -17,6 +17,7 @@ pub mod model;
 pub mod sampling;
 pub(crate) mod scheduler;
 pub mod server;
+pub(crate) mod timings;
 
 /// Physical cores (llama.cpp's default thread count): hyper-threads share one core's arithmetic
 /// units, so counting them slows matrix multiplication down.

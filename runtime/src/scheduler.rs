@@ -117,23 +117,6 @@ pub(crate) enum Event {
     },
 }
 
-impl Usage {
-    /// llama.cpp's `timings` object, which its server and its command line both print. Only the
-    /// tokens evaluated count: llama.cpp's `prompt_n` leaves out the cached ones.
-    pub fn timings_json(&self) -> serde_json::Value {
-        let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-        let evaluated = self.prompt_tokens - self.cached_tokens;
-        serde_json::json!({
-            "prompt_n": evaluated,
-            "prompt_ms": self.prompt_ms,
-            "prompt_per_second": per_s(evaluated, self.prompt_ms),
-            "predicted_n": self.completion_tokens,
-            "predicted_ms": self.gen_ms,
-            "predicted_per_second": per_s(self.completion_tokens, self.gen_ms),
-        })
-    }
-}
-
 /// What `/health` reports; written by the scheduler, read by the HTTP side.
 #[derive(Default)]
 pub(crate) struct Status {

@@ -17,6 +17,7 @@ use crate::generator::{Finish, GenParams};
 use crate::json_schema::Schema;
 use crate::sampling::SamplerConfig;
 use crate::scheduler::{PromptInput, Usage};
+use crate::timings::timings_json;
 
 /// A generation request, parsed.
 pub(crate) struct GenRequest {
@@ -272,7 +273,7 @@ impl Envelope {
         let mut chunk = self.object(object);
         chunk["choices"] = json!([]);
         chunk["usage"] = usage_json(usage);
-        chunk["timings"] = usage.timings_json();
+        chunk["timings"] = timings_json(usage);
         chunk
     }
 
@@ -281,7 +282,7 @@ impl Envelope {
         let mut v = self.object(object);
         v["choices"] = json!([choice]);
         v["usage"] = usage_json(usage);
-        v["timings"] = usage.timings_json();
+        v["timings"] = timings_json(usage);
         v
     }
 }
