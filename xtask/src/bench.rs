@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::{dist, fetch_models, llama_synth};
+use crate::{dist, fetch_models, llama_synth, prerequisites};
 
 /// The llama.cpp inside llama-cpp-python 0.3.36 (commit 0c1e570), as in the figures.
 const LLAMA_CPP_PYTHON: &str = "0.3.36";
@@ -253,11 +253,7 @@ fn llama_cpp() -> Result<PathBuf, String> {
     if bin.join("llama-bench").is_file() && bin.join("llama-completion").is_file() {
         return Ok(bin);
     }
-    if !crate::dist::on_path("cmake") {
-        return Err(
-            "building llama.cpp needs cmake and a C++ compiler: apt-get install cmake g++".into(),
-        );
-    }
+    prerequisites::install_missing(&[&prerequisites::LLAMA_CPP_BUILD], "bench")?;
     let src = cache.join(format!(
         "llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp"
     ));

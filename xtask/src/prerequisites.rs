@@ -1,6 +1,7 @@
-//! What `cargo xtask test` needs besides Rust, checked before anything is built (in well under a
-//! second: a few file lookups and one `rustc --print sysroot`), and installed with apt when this
-//! runs as root on Debian, as CI does; otherwise the error names the exact command to run.
+//! What `cargo xtask test` (and `cargo xtask bench`, to build llama.cpp) needs besides Rust,
+//! checked before anything is built (in well under a second: a few file lookups and one
+//! `rustc --print sysroot`), and installed with apt when this runs as root on Debian, as CI does;
+//! otherwise the error names the exact command to run.
 //!
 //! Each group can be left out only by name (`--skip browser`, `--skip proxy`, `--skip aarch64`);
 //! the tests that need it are then not run, and the summary says so. The base group cannot be left
@@ -136,7 +137,32 @@ pub fn ensure(skip: &[String]) -> Result<(), String> {
         .iter()
         .filter(|g| !skip.iter().any(|s| s == g.name))
         .collect();
-    let missing: Vec<(&Group, String)> = wanted
+    install_missing(&wanted, "test")
+}
+
+/// What `cargo xtask bench` needs to build llama.cpp for the comparison.
+pub const LLAMA_CPP_BUILD: Group = Group {
+    name: "llama.cpp",
+    needed_by: "building llama.cpp's llama-bench and llama-completion to compare against",
+    packages: "cmake g++",
+    arm64: false,
+    missing: llama_cpp_build_missing,
+    tests: &[],
+    skippable: false,
+};
+
+fn llama_cpp_build_missing() -> Option<String> {
+    let tools: Vec<&str> = ["cmake", "c++"]
+        .into_iter()
+        .filter(|t| !dist::on_path(t))
+        .collect();
+    (!tools.is_empty()).then(|| tools.join(", "))
+}
+
+/// Installs what `groups` lack when root with apt, else fails with the command that would;
+/// `task` (`test`, `bench`) names the xtask command in the messages.
+pub fn install_missing(groups: &[&Group], task: &str) -> Result<(), String> {
+    let missing: Vec<(&Group, String)> = groups
         .iter()
         .filter_map(|g| (g.missing)().map(|what| (*g, what)))
         .collect();
@@ -155,7 +181,7 @@ pub fn ensure(skip: &[String]) -> Result<(), String> {
         .collect();
     if is_root() && dist::on_path("apt-get") {
         eprintln!(
-            "xtask test: installing what is missing:\n{}\n  $ {command}",
+            "xtask {task}: installing what is missing:\n{}\n  $ {command}",
             report.join("\n")
         );
         let status = Command::new("sh")
@@ -189,12 +215,12 @@ pub fn ensure(skip: &[String]) -> Result<(), String> {
         String::new()
     } else {
         format!(
-            "\nor leave those tests out: cargo xtask test {}",
+            "\nor leave those tests out: cargo xtask {task} {}",
             skippable.join(" ")
         )
     };
     Err(format!(
-        "the tests need what is not installed:\n{}\non Debian or Ubuntu, install it with:\n  sudo sh -c '{command}'{or_skip}",
+        "cargo xtask {task} needs what is not installed:\n{}\non Debian or Ubuntu, install it with:\n  sudo sh -c '{command}'{or_skip}",
         report.join("\n")
     ))
 }
