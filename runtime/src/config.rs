@@ -26,8 +26,6 @@ pub struct Config {
     pub sampling: SamplerConfig,
     pub chat: ChatConfig,
     pub server: Options,
-    /// `--nobrowser`.
-    pub no_browser: bool,
 }
 
 /// What a run does.
@@ -108,8 +106,8 @@ impl Config {
                 parallel: args.parallel.max(1),
                 max_queue: args.max_queue,
                 timeout: Duration::from_secs(args.timeout.max(1)),
+                open_browser: !args.nobrowser,
             },
-            no_browser: args.nobrowser,
             model: args.model,
         })
     }

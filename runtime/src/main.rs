@@ -119,7 +119,13 @@ fn run(cfg: &Config, self_file: Option<&PayloadFile>) -> Result<(), String> {
 
     match &cfg.mode {
         Mode::Bench(plan) => bench(&engine, plan, cfg.json, source.name(), threads),
-        Mode::Server => runtime::server::run(&engine, &g, cfg, source.name()),
+        Mode::Server => runtime::server::run(
+            &engine,
+            &g,
+            &cfg.server,
+            cfg.chat.template.as_deref(),
+            source.name(),
+        ),
         Mode::Bare => bare_launch(&engine, &g, cfg, source.name()),
         Mode::Perplexity(file) => perplexity(&engine, file, cfg.json),
         Mode::Chat => runtime::chat::run(&engine, &g, cfg, None),
@@ -171,7 +177,13 @@ fn bare_launch(
     model_path: &str,
 ) -> Result<(), String> {
     if !std::io::stdin().is_terminal() {
-        return runtime::server::run(engine, g, cfg, model_path);
+        return runtime::server::run(
+            engine,
+            g,
+            &cfg.server,
+            cfg.chat.template.as_deref(),
+            model_path,
+        );
     }
     let server = Server::bind(cfg.server.clone(), &server::model_name(model_path))?;
     eprintln!(

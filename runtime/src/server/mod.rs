@@ -21,7 +21,6 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::chat_template::ChatTemplate;
-use crate::config::Config;
 use crate::engine::Engine;
 use crate::scheduler::{self, Client, Job, Pooling, Scheduler, Status};
 
@@ -38,6 +37,8 @@ pub struct Options {
     pub max_queue: usize,
     /// Seconds a connection may idle, take to send a request, or leave its answer unread.
     pub timeout: Duration,
+    /// `run` opens the chat page in the desktop's browser (not with `--nobrowser`).
+    pub open_browser: bool,
 }
 
 /// The model's name in `/v1/models` and in responses: its file's name.
@@ -218,14 +219,16 @@ pub fn open_browser(url: &str) {
     }
 }
 
-/// `llamafile --server`: listens, prints the URL, opens the browser unless `--nobrowser`, serves.
+/// `llamafile --server`: listens, prints the URL, opens the browser if asked, serves with the
+/// built-in template `chat_template` names, or the model's own.
 pub fn run(
     engine: &Engine<'_>,
     g: &gguf::Gguf<'_>,
-    cfg: &Config,
+    opts: &Options,
+    chat_template: Option<&str>,
     model_path: &str,
 ) -> Result<(), String> {
-    let server = Server::bind(cfg.server.clone(), &model_name(model_path))?;
+    let server = Server::bind(opts.clone(), &model_name(model_path))?;
     let url = server.url();
     eprintln!("llamafile: server listening at {url}");
     if !server.local_addr().ip().is_loopback() && server.opts.api_key.is_none() {
@@ -234,8 +237,8 @@ pub fn run(
             server.opts.host
         );
     }
-    if !cfg.no_browser {
+    if opts.open_browser {
         open_browser(&url);
     }
-    server.serve(engine, g, cfg.chat.template.as_deref())
+    server.serve(engine, g, chat_template)
 }
