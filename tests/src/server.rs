@@ -273,6 +273,21 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Posts `body` as JSON to `path` on a connection of its own (`Connection: close`) and returns
+/// the connection unread, for tests that watch an answer arrive (streams) or hang up on it.
+pub fn send_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> TcpStream {
+    let mut s = connect(addr);
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    s
+}
+
 /// Sends `head` (the request line and headers, without the blank line; `Host` and
 /// `Connection: close` are added) and `body`, then reads until the server closes the connection:
 /// the server must end it.

@@ -4,13 +4,13 @@
 //! openai client works through the proxy before and after. Needs Debian's nginx (`cargo xtask
 //! test` installs it, or `--skip proxy` leaves this out).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::server::{request, serial, Server};
+use e2e::server::{request, send_json, serial, Server};
 use e2e::{llama_synth, python_with_openai, workspace};
 use serde_json::{json, Value};
 
@@ -161,20 +161,12 @@ fn two_servers_behind_nginx_fail_over_when_one_dies() {
     openai_client(&python, proxy);
 
     // A long stream, then the server generating it dies.
-    let body = json!({"prompt": "Once upon a time", "max_tokens": 2000, "temperature": 0,
-                      "stream": true})
-    .to_string();
-    let mut stream = TcpStream::connect(proxy).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.1\r\nHost: {proxy}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let stream = send_json(
+        proxy,
+        "/v1/completions",
+        &json!({"prompt": "Once upon a time", "max_tokens": 2000, "temperature": 0,
+                "stream": true}),
+    );
     let mut lines = BufReader::new(stream.try_clone().unwrap()).lines();
     let first_data = lines
         .by_ref()

@@ -360,17 +360,12 @@ fn a_stream_keeps_flowing_beside_a_long_embeddings_request() {
     let _serial = serial();
     let server = qwen_server(&["--parallel", "2"]);
     let addr = server.addr;
-    let body = json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 3000, "temperature": 0,
-                      "stream": true})
-    .to_string();
-    let mut stream = e2e::server::connect(addr);
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let stream = e2e::server::send_json(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 3000, "temperature": 0,
+                "stream": true}),
+    );
     // Each data line's arrival time, read on a thread until the connection is dropped.
     let (tx, arrivals) = std::sync::mpsc::channel::<Instant>();
     let reader = std::io::BufReader::new(stream.try_clone().unwrap());
@@ -448,17 +443,12 @@ fn clients_that_leave_free_their_slot() {
     let server = qwen_server(&["--parallel", "1"]);
     let addr = server.addr;
     for stream in [false, true] {
-        let body = json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 2000,
-                          "temperature": 0, "stream": stream})
-        .to_string();
-        let mut s = e2e::server::connect(addr);
-        write!(
-            s,
-            "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        let s = e2e::server::send_json(
+            addr,
+            "/v1/completions",
+            &json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 2000,
+                    "temperature": 0, "stream": stream}),
+        );
         wait_for("the slot to be taken", Duration::from_secs(10), || {
             health(addr)["slots_processing"] == 1
         });

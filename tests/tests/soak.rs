@@ -5,13 +5,13 @@
 //! the suite; `cargo xtask soak` runs it for ten minutes (`LLAMAFILE_SOAK_SECONDS`).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::models_dir;
-use e2e::server::{connect, request, serial, Server};
+use e2e::server::{request, send_json, serial, Server};
 use serde_json::{json, Value};
 
 /// Clients at once: more than the slots, so that requests also queue.
@@ -49,18 +49,13 @@ fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
 /// A streamed chat: the time to its first token, after reading `chunks` data lines (all of them
 /// when `None`) and then hanging up.
 fn stream(addr: SocketAddr, question: &str, chunks: Option<usize>) -> Result<Duration, String> {
-    let body = json!({"messages": [{"role": "user", "content": question}], "max_tokens": 24,
-                      "stream": true})
-    .to_string();
     let started = Instant::now();
-    let mut s = connect(addr);
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
+    let s = send_json(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": question}], "max_tokens": 24,
+                "stream": true}),
+    );
     let mut lines = BufReader::new(s).lines();
     let status = lines
         .next()
