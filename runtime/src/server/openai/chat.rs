@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{finish_reason, parse_common, Envelope, GenRequest, DONE};
+use super::{finish_reason, parse_common, stream_error, Envelope, GenRequest};
 use crate::generator::{Delta, Finish, Sampled};
 use crate::messages::{ChatMessage, ContentPart, ToolCall};
 use crate::scheduler::{PromptInput, Usage};
@@ -244,16 +244,13 @@ impl Reply for ChatReply {
     }
 
     fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
-        let mut frames = vec![SseFrame::json(&self.chunk(None, Value::Null, Some(finish)))];
-        if self.include_usage {
-            frames.push(SseFrame::json(&self.envelope.usage_chunk(CHUNK, usage)));
-        }
-        frames.push(SseFrame::data(DONE));
-        frames
+        let last = self.chunk(None, Value::Null, Some(finish));
+        self.envelope
+            .stream_end(CHUNK, last, self.include_usage, usage)
     }
 
     fn error(&mut self, e: &ApiError) -> Vec<SseFrame> {
-        vec![SseFrame::json(&e.to_json())]
+        stream_error(e)
     }
 
     fn whole(&self, text: &str, tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{finish_reason, parse_common, Envelope, GenRequest, DONE};
+use super::{finish_reason, parse_common, stream_error, Envelope, GenRequest};
 use crate::generator::{Delta, Finish, Sampled};
 use crate::scheduler::{PromptInput, Usage};
 use crate::server::error::ApiError;
@@ -105,16 +105,13 @@ impl Reply for CompletionReply {
     }
 
     fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
-        let mut frames = vec![SseFrame::json(&self.chunk("", Value::Null, Some(finish)))];
-        if self.include_usage {
-            frames.push(SseFrame::json(&self.envelope.usage_chunk(OBJECT, usage)));
-        }
-        frames.push(SseFrame::data(DONE));
-        frames
+        let last = self.chunk("", Value::Null, Some(finish));
+        self.envelope
+            .stream_end(OBJECT, last, self.include_usage, usage)
     }
 
     fn error(&mut self, e: &ApiError) -> Vec<SseFrame> {
-        vec![SseFrame::json(&e.to_json())]
+        stream_error(e)
     }
 
     fn whole(&self, text: &str, tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {

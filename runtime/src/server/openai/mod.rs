@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::reply::{new_id, unix_now};
+use super::reply::{new_id, unix_now, SseFrame};
 use super::request::{short, Fields};
 use crate::generator::{Finish, GenParams};
 use crate::json_schema::Schema;
@@ -268,13 +268,25 @@ impl Envelope {
         })
     }
 
-    /// The last chunk of a stream with `stream_options.include_usage`: no choices, the usage.
-    fn usage_chunk(&self, object: &str, usage: &Usage) -> Value {
-        let mut chunk = self.object(object);
-        chunk["choices"] = json!([]);
-        chunk["usage"] = usage_json(usage);
-        chunk["timings"] = timings_json(usage);
-        chunk
+    /// The frames that end a stream: the chunk with the `finish_reason`, then, with
+    /// `stream_options.include_usage`, a chunk with no choices and the usage, then `[DONE]`.
+    fn stream_end(
+        &self,
+        object: &str,
+        finish_chunk: Value,
+        include_usage: bool,
+        usage: &Usage,
+    ) -> Vec<SseFrame> {
+        let mut frames = vec![SseFrame::json(&finish_chunk)];
+        if include_usage {
+            let mut chunk = self.object(object);
+            chunk["choices"] = json!([]);
+            chunk["usage"] = usage_json(usage);
+            chunk["timings"] = timings_json(usage);
+            frames.push(SseFrame::json(&chunk));
+        }
+        frames.push(SseFrame::data(DONE));
+        frames
     }
 
     /// A whole answer: its one choice, the usage and llama.cpp's timings.
@@ -306,5 +318,10 @@ fn finish_reason(finish: &Finish) -> &'static str {
 
 /// The end of an OpenAI stream.
 const DONE: &str = "[DONE]";
+
+/// A stream that fails after it started ends with the error object as its last event.
+fn stream_error(e: &ApiError) -> Vec<SseFrame> {
+    vec![SseFrame::json(&e.to_json())]
+}
 
 const SYSTEM_FINGERPRINT: &str = concat!("llamafile-rs-", env!("CARGO_PKG_VERSION"));
