@@ -15,8 +15,9 @@ use crate::chat_template::ChatTemplate;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::generator::GenParams;
+use crate::jobs::{Client, Event, PromptInput};
 use crate::messages::ChatMessage;
-use crate::scheduler::{self, Client, Event, Pooling, PromptInput};
+use crate::scheduler::{self, Pooling};
 use crate::server::Server;
 
 /// How often a reply in progress looks for Ctrl-C between its pieces of text.

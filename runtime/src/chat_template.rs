@@ -11,10 +11,14 @@
 
 use std::fmt;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use minijinja::value::Kwargs;
 use minijinja::{context, AutoEscape, Environment, Error, ErrorKind, Value};
 
+use crate::memory_budget;
 use crate::messages::ChatMessage;
 
 /// Why a template could not be compiled or rendered.
@@ -29,6 +33,9 @@ pub enum ChatTemplateError {
     Render(String),
     /// `builtin` was given a name it does not know.
     UnknownBuiltin(String),
+    /// Rendering needed more heap than [`MAX_RENDER_MEMORY`]; `template` says which template.
+    /// Such a template is not rendered again.
+    Memory { template: String },
 }
 
 impl fmt::Display for ChatTemplateError {
@@ -46,6 +53,13 @@ impl fmt::Display for ChatTemplateError {
                     BUILTIN_TEMPLATES.join(", ")
                 )
             }
+            ChatTemplateError::Memory { template } => write!(
+                f,
+                "{template} needs more than {} MiB of memory to render; it is not used again. \
+                 Pick a built-in template with --chat-template ({})",
+                MAX_RENDER_MEMORY >> 20,
+                BUILTIN_TEMPLATES.join(", ")
+            ),
         }
     }
 }
@@ -113,6 +127,15 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// a loop can nest a value (a few instructions per level).
 const FUEL: u64 = 1_000_000;
 
+/// Heap one rendering may hold: the template comes from the model file, and a few bytes of it can
+/// double a string until the machine's memory is gone (fuel counts instructions, not bytes). A
+/// conversation as large as a request body may be (8 MiB) fits several times over: real
+/// templates hold a copy or two of the conversation plus the prompt they write.
+pub const MAX_RENDER_MEMORY: usize = 64 << 20;
+
+/// How often a caller waiting for a rendering looks whether it went over [`MAX_RENDER_MEMORY`].
+const RENDER_POLL: Duration = Duration::from_millis(10);
+
 /// Stack of the rendering thread (address space; only what is used is committed): enough for
 /// minijinja to display, compare and drop a value nested as deep as [`FUEL`] allows.
 const RENDER_STACK: usize = 512 << 20;
@@ -125,7 +148,17 @@ const MAX_JSON_DEPTH: usize = 128;
 
 /// A compiled chat template plus the special-token texts it is rendered with.
 pub struct ChatTemplate {
+    compiled: Arc<Compiled>,
+    /// Raised by a rendering that went over [`MAX_RENDER_MEMORY`]: its thread is stopped for good
+    /// and the template is never rendered again.
+    exhausted: Arc<AtomicBool>,
+}
+
+struct Compiled {
     env: Environment<'static>,
+    /// Which template this is, for errors: "the model's chat template (tokenizer.chat_template)"
+    /// or "the built-in template chatml".
+    origin: String,
     bos_token: String,
     eos_token: String,
 }
@@ -133,8 +166,9 @@ pub struct ChatTemplate {
 impl fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChatTemplate")
-            .field("bos_token", &self.bos_token)
-            .field("eos_token", &self.eos_token)
+            .field("origin", &self.compiled.origin)
+            .field("bos_token", &self.compiled.bos_token)
+            .field("eos_token", &self.compiled.eos_token)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +204,20 @@ impl ChatTemplate {
         bos_token: &str,
         eos_token: &str,
     ) -> Result<Self, ChatTemplateError> {
+        Self::compile(
+            src,
+            "the model's chat template (tokenizer.chat_template)",
+            bos_token,
+            eos_token,
+        )
+    }
+
+    fn compile(
+        src: &str,
+        origin: &str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<Self, ChatTemplateError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -182,9 +230,13 @@ impl ChatTemplate {
         env.add_template_owned(TEMPLATE_NAME, src.to_owned())
             .map_err(|e| ChatTemplateError::Syntax(e.to_string()))?;
         Ok(ChatTemplate {
-            env,
-            bos_token: bos_token.to_owned(),
-            eos_token: eos_token.to_owned(),
+            compiled: Arc::new(Compiled {
+                env,
+                origin: origin.to_owned(),
+                bos_token: bos_token.to_owned(),
+                eos_token: eos_token.to_owned(),
+            }),
+            exhausted: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -197,36 +249,71 @@ impl ChatTemplate {
     ) -> Result<Self, ChatTemplateError> {
         let src = builtin_source(name)
             .ok_or_else(|| ChatTemplateError::UnknownBuiltin(name.to_owned()))?;
-        Self::from_source(src, bos_token, eos_token)
+        Self::compile(
+            src,
+            &format!("the built-in template {name}"),
+            bos_token,
+            eos_token,
+        )
     }
 
     /// Renders the conversation. With `add_generation_prompt` the template appends the opening of
     /// an assistant turn, so that the model's continuation is the reply.
     ///
-    /// It runs on a thread of its own with a large stack: a template can nest a value as deep as
-    /// its fuel lets a loop go (`{% set ns.x = [ns.x] %}`), and minijinja displays, compares and
-    /// drops such values recursively.
+    /// It runs on a thread of its own, under a memory budget ([`MAX_RENDER_MEMORY`]: a thread that
+    /// goes over it is stopped for good, so it must share no lock with anyone, and this one
+    /// shares nothing but the compiled template) and with a large stack: a template can nest a
+    /// value as deep as its fuel lets a loop go (`{% set ns.x = [ns.x] %}`), and minijinja
+    /// displays, compares and drops such values recursively.
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
-        std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .name("chat-template".into())
-                .stack_size(RENDER_STACK)
-                .spawn_scoped(scope, || self.render_here(messages, add_generation_prompt))
-                .map_err(|e| {
-                    ChatTemplateError::Render(format!("cannot start the rendering thread: {e}"))
-                })?
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        let exhausted = || ChatTemplateError::Memory {
+            template: self.compiled.origin.clone(),
+        };
+        if self.exhausted.load(Ordering::SeqCst) {
+            return Err(exhausted());
+        }
+        let messages = Value::from_serialize(messages);
+        let (compiled, flag) = (Arc::clone(&self.compiled), Arc::clone(&self.exhausted));
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("chat-template".into())
+            .stack_size(RENDER_STACK)
+            .spawn(move || {
+                let rendered = memory_budget::within(MAX_RENDER_MEMORY, &flag, || {
+                    compiled.render_here(messages, add_generation_prompt)
+                });
+                let _ = tx.send(rendered);
+            })
+            .map_err(|e| {
+                ChatTemplateError::Render(format!("cannot start the rendering thread: {e}"))
+            })?;
+        loop {
+            match rx.recv_timeout(RENDER_POLL) {
+                Ok(rendered) => return rendered,
+                Err(mpsc::RecvTimeoutError::Timeout) if self.exhausted.load(Ordering::SeqCst) => {
+                    return Err(exhausted())
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // The thread ended without an answer: it panicked.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(match thread.join() {
+                        Err(panic) => std::panic::resume_unwind(panic),
+                        Ok(()) => ChatTemplateError::Render("the rendering thread ended".into()),
+                    })
+                }
+            }
+        }
     }
+}
 
+impl Compiled {
     fn render_here(
         &self,
-        messages: &[ChatMessage],
+        messages: Value,
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
         let template = self
@@ -234,7 +321,7 @@ impl ChatTemplate {
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ChatTemplateError::Render(e.to_string()))?;
         let ctx = context! {
-            messages => Value::from_serialize(messages),
+            messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -918,6 +1005,22 @@ mod tests {
                     {% endfor %}{{ ns.x | tojson }}";
         let e = render(deep, &msgs).unwrap_err();
         assert!(e.to_string().contains("nested"), "{e}");
+        // A string doubled forty times stops at the memory budget, quickly, and the template is
+        // refused from then on without running again.
+        let bomb = ChatTemplate::from_source(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}\
+                    {% endfor %}{{ ns.s | length }}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let e = bomb.render(&msgs, true).unwrap_err();
+        assert!(matches!(e, ChatTemplateError::Memory { .. }), "{e}");
+        assert!(e.to_string().contains("tokenizer.chat_template"), "{e}");
+        assert!(e.to_string().contains("64 MiB"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(bomb.render(&msgs, true).unwrap_err(), e);
         // Within the limits, both still work.
         assert_eq!(
             render("{{ [[1]] | tojson(indent=2) }}", &msgs).unwrap(),

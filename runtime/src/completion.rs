@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::config::CompletionConfig;
 use crate::engine::Engine;
 use crate::generator::{Candidate, Finish, GenParams, Sampled};
+use crate::jobs::{Event, PromptInput, Usage};
 use crate::sampling::SamplerConfig;
-use crate::scheduler::{self, Event, Pooling, PromptInput, Usage};
+use crate::scheduler::{self, Pooling};
 use crate::timings::timings_json;
 
 /// The log-probabilities `--prompt-logprobs` gives when `--top-logprobs` does not say how many.

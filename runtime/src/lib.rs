@@ -10,8 +10,11 @@ pub mod flags;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod generator;
+pub(crate) mod intake;
+pub(crate) mod jobs;
 pub(crate) mod json_schema;
 pub mod load;
+pub(crate) mod memory_budget;
 pub mod messages;
 pub mod model;
 pub mod sampling;

@@ -1,15 +1,16 @@
 //! The batch scheduler: one thread owns the slots (each a KV cache and the tokens it holds) and
 //! runs continuous batching. Every step gathers one token from each generating slot plus a chunk
 //! of the prompt of each slot still reading one, runs them through a single forward pass, and
-//! hands each slot's logits to its [`Generator`]. Requests arrive as [`Job`]s over a channel and
-//! get their answers back over the channel each job carries. Every mode generates here: the
-//! one-shot command line and the terminal chat through a [`Client`], the HTTP side through the
-//! same channel; none of them touches the model. It knows no protocol: its requests, events and
-//! refusals are its own, and each edge converts them.
+//! hands each slot's logits to its [`Generator`]. Every mode generates here: the one-shot command
+//! line and the terminal chat through a [`Client`], the HTTP side through the same channel; none
+//! of them touches the model. Their [`Job`]s reach it through the intake (`intake.rs`, a thread
+//! of its own), which renders and tokenizes, so that this thread only ever runs the model; answers
+//! go back over the channel each job carries. It knows no protocol: its requests, events and
+//! refusals (`jobs.rs`) are its own, and each edge converts them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,105 +18,10 @@ use tokio::sync::{mpsc as events, oneshot};
 
 use crate::chat_template::ChatTemplate;
 use crate::engine::{common_prefix, Engine};
-use crate::generator::{Candidate, Delta, Finish, GenParams, Generator, Next, Vocab};
-use crate::messages::ChatMessage;
+use crate::generator::{Finish, GenParams, Generator, Next, Vocab};
+use crate::intake::{Intake, Ready};
+use crate::jobs::{self, Client, Embedding, Event, Job, Refusal, Usage};
 use crate::model::{KvCache, Output, Rows, SeqInput};
-
-/// Why the scheduler refused a job. It knows no protocol: each edge turns this into its own
-/// error (the HTTP side into 400 and 503 responses).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// The request cannot be served as asked: an unknown token id, a prompt longer than the
-    /// context, a chat template that fails on these messages.
-    Invalid(String),
-    /// Every slot is busy and the queue is full; the same request may succeed later.
-    Busy(String),
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Invalid(m) | Refusal::Busy(m) => f.write_str(m),
-        }
-    }
-}
-
-impl Refusal {
-    fn invalid(message: impl Into<String>) -> Self {
-        Refusal::Invalid(message.into())
-    }
-
-    fn busy(message: impl Into<String>) -> Self {
-        Refusal::Busy(message.into())
-    }
-}
-
-/// What a generation starts from.
-pub(crate) enum PromptInput {
-    /// Rendered with the model's chat template, then tokenized.
-    Chat(Vec<ChatMessage>),
-    /// Tokenized as the CLI tokenizes `-p` (BOS per metadata, special tokens parsed).
-    Text(String),
-    /// Used as given.
-    Tokens(Vec<u32>),
-}
-
-pub(crate) struct GenJob {
-    pub prompt: PromptInput,
-    pub params: GenParams,
-    /// Dropped by the client when it goes away: the generation then stops.
-    pub events: events::UnboundedSender<Event>,
-}
-
-pub(crate) enum Job {
-    Generate(GenJob),
-    Embed {
-        inputs: Vec<PromptInput>,
-        reply: oneshot::Sender<Result<Vec<Embedding>, Refusal>>,
-    },
-    Tokenize {
-        text: String,
-        add_special: bool,
-        parse_special: bool,
-        reply: oneshot::Sender<Vec<(u32, Vec<u8>)>>,
-    },
-    Detokenize {
-        tokens: Vec<u32>,
-        reply: oneshot::Sender<Result<String, Refusal>>,
-    },
-    ApplyTemplate {
-        messages: Vec<ChatMessage>,
-        reply: oneshot::Sender<Result<String, Refusal>>,
-    },
-}
-
-pub(crate) struct Embedding {
-    pub vector: Vec<f32>,
-    pub n_tokens: usize,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// Prompt tokens whose keys and values the slot already held.
-    pub cached_tokens: usize,
-    pub prompt_ms: f64,
-    pub gen_ms: f64,
-}
-
-pub(crate) enum Event {
-    /// The request failed before producing anything.
-    Error(Refusal),
-    /// The most likely tokens at each prompt position, in order, a batch of positions at a time
-    /// (when asked for with `prompt_logprobs`).
-    PromptLogprobs(Vec<Vec<Candidate>>),
-    Delta(Delta),
-    Done {
-        finish: Finish,
-        usage: Usage,
-    },
-}
 
 /// What `/health` reports; written by the scheduler, read by the HTTP side.
 #[derive(Default)]
@@ -231,7 +137,7 @@ impl Queued {
 
 pub(crate) struct Scheduler<'e, 'a> {
     engine: &'e Engine<'a>,
-    /// `None` where the mode reads raw prompts only (the one-shot command line).
+    /// Handed to the intake when the scheduler runs.
     template: Option<ChatTemplate>,
     pooling: Pooling,
     vocab: Vocab<'e>,
@@ -279,8 +185,24 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         })
     }
 
-    /// Serves jobs until every sender is gone.
+    /// Serves jobs until every client is gone. They go through the intake first, on a thread of
+    /// its own, which turns their texts into tokens; this thread runs the model.
     pub fn run(mut self, jobs: Receiver<Job>) {
+        let intake = Intake::new(self.engine, self.template.take());
+        std::thread::scope(|scope| {
+            let (ready, tokens) = mpsc::channel();
+            let started = std::thread::Builder::new()
+                .name("llamafile-intake".into())
+                .spawn_scoped(scope, move || intake.run(jobs, ready));
+            if let Err(e) = started {
+                eprintln!("llamafile: cannot start the intake thread: {e}");
+                return;
+            }
+            self.serve(tokens);
+        });
+    }
+
+    fn serve(&mut self, jobs: Receiver<Ready>) {
         self.status.ready.store(true, Ordering::SeqCst);
         loop {
             if self.is_idle() {
@@ -321,60 +243,27 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         self.slots.iter().filter(|s| s.is_free()).count()
     }
 
-    fn accept(&mut self, job: Job) {
+    fn accept(&mut self, job: Ready) {
         match job {
-            Job::Tokenize {
-                text,
-                add_special,
-                parse_special,
-                reply,
-            } => {
-                let ids = self
-                    .engine
-                    .tokenizer
-                    .encode(&text, add_special, parse_special);
-                let pieces = ids
-                    .iter()
-                    .map(|&id| (id, self.engine.tokenizer.token_to_piece(id, true)))
-                    .collect();
-                let _ = reply.send(pieces);
-            }
-            Job::Detokenize { tokens, reply } => {
-                let text = self.check_ids(&tokens).map(|()| {
-                    let bytes: Vec<u8> = tokens
-                        .iter()
-                        .flat_map(|&id| self.engine.tokenizer.token_to_piece(id, true))
-                        .collect();
-                    String::from_utf8_lossy(&bytes).into_owned()
-                });
-                let _ = reply.send(text);
-            }
-            Job::ApplyTemplate { messages, reply } => {
-                let _ = reply.send(self.render(&messages));
-            }
-            Job::Generate(job) => {
-                let events = job.events.clone();
-                match self
-                    .prepare(job)
-                    .and_then(|task| self.queue_full().map_or(Ok(task), Err))
-                {
-                    Ok(task) => self.queue.push_back(Queued::Generate(Box::new(task))),
-                    Err(e) => {
-                        let _ = events.send(Event::Error(e));
-                    }
+            Ready::Generate {
+                prompt,
+                params,
+                events,
+            } => match self
+                .prepare(prompt, params, events.clone())
+                .and_then(|task| self.queue_full().map_or(Ok(task), Err))
+            {
+                Ok(task) => self.queue.push_back(Queued::Generate(Box::new(task))),
+                Err(e) => {
+                    let _ = events.send(Event::Error(e));
                 }
-            }
-            Job::Embed { inputs, reply } => {
-                let tokens: Result<Vec<Vec<u32>>, Refusal> = inputs
-                    .into_iter()
-                    .map(|input| {
-                        let ids = self.prompt_tokens(input)?;
-                        self.check_length(ids.len(), 0)?;
-                        Ok(ids)
-                    })
-                    .collect();
-                match tokens.and_then(|inputs| self.queue_full().map_or(Ok(inputs), Err)) {
-                    Ok(inputs) => self.queue.push_back(Queued::Embed { inputs, reply }),
+            },
+            Ready::Embed { inputs, reply } => {
+                let fits = inputs
+                    .iter()
+                    .try_for_each(|ids| self.check_length(ids.len(), 0));
+                match fits.and_then(|()| self.queue_full().map_or(Ok(()), Err)) {
+                    Ok(()) => self.queue.push_back(Queued::Embed { inputs, reply }),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
@@ -392,40 +281,6 @@ impl<'e, 'a> Scheduler<'e, 'a> {
                 self.queue.len()
             ))
         })
-    }
-
-    fn render(&self, messages: &[ChatMessage]) -> Result<String, Refusal> {
-        let template = self.template.as_ref().ok_or_else(|| {
-            Refusal::invalid("this mode takes raw prompts: it has no chat template")
-        })?;
-        template
-            .render(messages, true)
-            .map_err(|e| Refusal::invalid(e.to_string()))
-    }
-
-    fn check_ids(&self, ids: &[u32]) -> Result<(), Refusal> {
-        let n_vocab = self.engine.n_vocab();
-        match ids.iter().find(|&&id| id as usize >= n_vocab) {
-            Some(id) => Err(Refusal::invalid(format!(
-                "token id {id} is outside the vocabulary of {n_vocab} tokens"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn prompt_tokens(&self, prompt: PromptInput) -> Result<Vec<u32>, Refusal> {
-        let ids = match prompt {
-            PromptInput::Chat(messages) => self.engine.tokenize_prompt(&self.render(&messages)?),
-            PromptInput::Text(text) => self.engine.tokenize_prompt(&text),
-            PromptInput::Tokens(ids) => {
-                self.check_ids(&ids)?;
-                ids
-            }
-        };
-        if ids.is_empty() {
-            return Err(Refusal::invalid("the prompt is empty"));
-        }
-        Ok(ids)
     }
 
     /// A prompt of `n` tokens must leave `room` positions (for the reply) in a slot.
@@ -447,14 +302,14 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         Ok(())
     }
 
-    fn prepare(&self, job: GenJob) -> Result<Task, Refusal> {
-        let prompt = self.prompt_tokens(job.prompt)?;
+    fn prepare(
+        &self,
+        prompt: Vec<u32>,
+        mut params: GenParams,
+        events: events::UnboundedSender<Event>,
+    ) -> Result<Task, Refusal> {
         // At least one token must fit after the prompt.
         self.check_length(prompt.len(), 1)?;
-        let mut params = job.params;
-        let biased: Vec<u32> = params.logit_bias.iter().map(|&(id, _)| id).collect();
-        self.check_ids(&biased)
-            .map_err(|e| Refusal::invalid(format!("logit_bias: {e}")))?;
         if !params.use_whole_context {
             let room = self.slot_ctx - prompt.len();
             params.max_tokens = Some(params.max_tokens.map_or(room, |m| m.min(room)));
@@ -465,7 +320,7 @@ impl<'e, 'a> Scheduler<'e, 'a> {
             prompt,
             generator,
             prompt_logprobs,
-            events: job.events,
+            events,
             next: None,
             cached: 0,
             started: Instant::now(),
@@ -764,52 +619,6 @@ impl<'e, 'a> Scheduler<'e, 'a> {
     }
 }
 
-/// The sending end of a scheduler's job channel: how the HTTP side, the terminal chat and the
-/// one-shot command line reach the model.
-#[derive(Clone)]
-pub(crate) struct Client {
-    jobs: Sender<Job>,
-}
-
-/// The model is gone: the scheduler has stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stopped;
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the model is not running")
-    }
-}
-
-impl Client {
-    pub fn submit(&self, job: Job) -> Result<(), Stopped> {
-        self.jobs.send(job).map_err(|_| Stopped)
-    }
-
-    /// Starts a generation; its events arrive on the returned receiver, and dropping the receiver
-    /// stops it.
-    pub fn generate(
-        &self,
-        prompt: PromptInput,
-        params: GenParams,
-    ) -> Result<events::UnboundedReceiver<Event>, Stopped> {
-        let (events, rx) = events::unbounded_channel();
-        self.submit(Job::Generate(GenJob {
-            prompt,
-            params,
-            events,
-        }))?;
-        Ok(rx)
-    }
-}
-
-/// A job channel: the clients' end, and the end [`Scheduler::run`] serves until every client is
-/// dropped.
-pub(crate) fn channel() -> (Client, Receiver<Job>) {
-    let (jobs, rx) = mpsc::channel();
-    (Client { jobs }, rx)
-}
-
 /// A scheduler of one slot without HTTP, on a thread of `scope`: the one-shot command line
 /// (without a template: it reads raw prompts) and `-i` generate through it. It stops when the
 /// returned client and its clones are dropped.
@@ -825,7 +634,7 @@ pub(crate) fn spawn_local<'scope, 'env>(
         pooling,
     };
     let scheduler = Scheduler::new(engine, template, &cfg, Arc::new(Status::default()))?;
-    let (client, rx) = channel();
+    let (client, rx) = jobs::channel();
     scope.spawn(move || scheduler.run(rx));
     Ok(client)
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::scheduler::Usage;
+use crate::jobs::Usage;
 
 /// Only the tokens evaluated count: llama.cpp's `prompt_n` leaves out the cached ones.
 pub(crate) fn timings_json(usage: &Usage) -> Value {

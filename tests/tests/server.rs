@@ -351,11 +351,12 @@ fn fields_that_change_the_answer_are_honoured_or_refused() {
     }
 }
 
-/// A long embeddings request is evaluated a slice at a time between the generating slots'
-/// tokens: a stream running beside 512 inputs keeps flowing, and the vectors are those the inputs
-/// get alone.
+/// Work that is not generation never stops a stream: a long embeddings request is evaluated a
+/// slice at a time between the generating slots' tokens (and its vectors are those the inputs get
+/// alone), and tokenizing (four 7.5 MB texts at once, seconds of work) happens off the thread that
+/// runs the model.
 #[test]
-fn a_stream_keeps_flowing_beside_a_long_embeddings_request() {
+fn a_stream_keeps_flowing_beside_long_requests() {
     use std::io::BufRead;
     let _serial = serial();
     let server = qwen_server(&["--parallel", "2"]);
@@ -385,27 +386,65 @@ fn a_stream_keeps_flowing_beside_a_long_embeddings_request() {
     arrivals
         .recv_timeout(Duration::from_secs(30))
         .expect("the stream starts");
+    // The longest the stream went without a chunk while `work` ran.
+    let longest_gap = |what: &str, work: &dyn Fn()| {
+        let started = Instant::now();
+        work();
+        let ended = Instant::now();
+        let during: Vec<Instant> = arrivals
+            .try_iter()
+            .filter(|t| *t >= started && *t <= ended)
+            .collect();
+        let gaps = std::iter::once(started)
+            .chain(during.iter().copied())
+            .chain(std::iter::once(ended))
+            .collect::<Vec<_>>();
+        let longest = gaps.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        eprintln!(
+            "{what} took {:?}; {} stream chunks meanwhile, longest gap {longest:?}",
+            ended - started,
+            during.len()
+        );
+        assert!(
+            longest < Duration::from_secs(1),
+            "{what}: longest gap {longest:?}"
+        );
+    };
 
     let inputs: Vec<String> = (0..512).map(|i| format!("item number {i}")).collect();
-    let started = Instant::now();
-    let r = post(addr, "/v1/embeddings", None, &json!({"input": inputs}));
-    let ended = Instant::now();
-    assert_eq!(r.status, 200, "{}", r.body);
-    let during: Vec<Instant> = arrivals
-        .try_iter()
-        .filter(|t| *t >= started && *t <= ended)
-        .collect();
-    let gaps = std::iter::once(started)
-        .chain(during.iter().copied())
-        .chain(std::iter::once(ended))
-        .collect::<Vec<_>>();
-    let longest = gaps.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    eprintln!(
-        "embeddings of 512 inputs took {:?}; {} stream chunks meanwhile, longest gap {longest:?}",
-        ended - started,
-        during.len()
-    );
-    assert!(longest < Duration::from_secs(1), "longest gap {longest:?}");
+    let embeddings = std::cell::RefCell::new(None);
+    longest_gap("embeddings of 512 inputs", &|| {
+        let r = post(addr, "/v1/embeddings", None, &json!({"input": inputs}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        *embeddings.borrow_mut() = Some(r);
+    });
+    let r = embeddings.into_inner().unwrap();
+
+    let words = [
+        "alpha",
+        "beta",
+        "日本語",
+        "ünïcode",
+        "123",
+        "foo_bar",
+        "\n",
+        "  ",
+    ];
+    let text: String = (0..1_200_000)
+        .map(|i| words[(i * 7919 + i / 3) % words.len()])
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = json!({"content": &text[..text.floor_char_boundary(7_500_000)]});
+    longest_gap("four 7.5 MB tokenizations at once", &|| {
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    let r = post(addr, "/tokenize", None, &body);
+                    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(300)]);
+                });
+            }
+        });
+    });
     drop(stream);
 
     // Sliced or not, an input's vector is the one it gets alone.

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::scheduler::Refusal;
+use crate::jobs::Refusal;
 
 /// An error answered with OpenAI's error JSON: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,7 +30,8 @@ use super::openai::chat::{self, ChatReply};
 use super::openai::completions::{self, CompletionReply};
 use super::openai::{embeddings, GenRequest};
 use super::reply::{Reply, SseFrame};
-use crate::scheduler::{Client, Event, Job, Status};
+use crate::jobs::{Client, Event, Job};
+use crate::scheduler::Status;
 
 /// Request bodies larger than this are refused with 413.
 pub(crate) const MAX_BODY: usize = 8 << 20;

@@ -22,7 +22,8 @@ use serde_json::json;
 
 use crate::chat_template::ChatTemplate;
 use crate::engine::Engine;
-use crate::scheduler::{self, Client, Job, Pooling, Scheduler, Status};
+use crate::jobs::{self, Client, Job};
+use crate::scheduler::{self, Pooling, Scheduler, Status};
 
 /// How the server listens and shares the model.
 #[derive(Clone, Debug)]
@@ -117,7 +118,7 @@ impl Server {
             tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| format!("server socket: {e}"))?
         };
-        let (client, jobs) = scheduler::channel();
+        let (client, jobs) = jobs::channel();
         let status = Arc::new(Status::default());
         let shared = Arc::new(http::Shared {
             model: model_name.to_string(),

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use crate::generator::{Delta, Finish, Sampled};
-use crate::scheduler::Usage;
+use crate::jobs::Usage;
 
 /// One server-sent event: `event: NAME` when the protocol names its events, then `data: ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]

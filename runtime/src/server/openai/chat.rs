@@ -5,8 +5,8 @@ use serde_json::{json, Map, Value};
 
 use super::{finish_reason, parse_common, stream_error, Envelope, GenRequest};
 use crate::generator::{Delta, Finish, Sampled};
+use crate::jobs::{PromptInput, Usage};
 use crate::messages::{ChatMessage, ContentPart, ToolCall};
-use crate::scheduler::{PromptInput, Usage};
 use crate::server::error::ApiError;
 use crate::server::reply::{Reply, SseFrame};
 use crate::server::request::{parse_object, short, Fields};

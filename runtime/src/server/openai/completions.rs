@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::{finish_reason, parse_common, stream_error, Envelope, GenRequest};
 use crate::generator::{Delta, Finish, Sampled};
-use crate::scheduler::{PromptInput, Usage};
+use crate::jobs::{PromptInput, Usage};
 use crate::server::error::ApiError;
 use crate::server::reply::{Reply, SseFrame};
 use crate::server::request::{parse_object, token_ids, Fields};

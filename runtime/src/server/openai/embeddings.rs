@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::scheduler::{Embedding, PromptInput};
+use crate::jobs::{Embedding, PromptInput};
 use crate::server::error::ApiError;
 use crate::server::request::{parse_object, token_ids, Fields};
 

@@ -14,9 +14,9 @@ use super::error::ApiError;
 use super::reply::{new_id, unix_now, SseFrame};
 use super::request::{short, Fields};
 use crate::generator::{Finish, GenParams};
+use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
 use crate::sampling::SamplerConfig;
-use crate::scheduler::{PromptInput, Usage};
 use crate::timings::timings_json;
 
 /// A generation request, parsed.

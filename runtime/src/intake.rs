@@ -1,0 +1,167 @@
+//! The intake: a thread between the clients and the scheduler that turns what they send into
+//! tokens. Chat templates render and texts tokenize here, and `/tokenize`, `/detokenize` and
+//! `/apply-template` are answered here, so that the scheduler's thread does nothing but run the
+//! model: an 8 MiB text to tokenize, 2048 embeddings inputs or a template that runs long hold up
+//! the requests behind them in the intake, never a stream in progress. A request whose client has
+//! gone is dropped before any work is done for it.
+
+use std::sync::mpsc::{Receiver, Sender};
+
+use tokio::sync::{mpsc as events, oneshot};
+
+use crate::chat_template::ChatTemplate;
+use crate::engine::Engine;
+use crate::generator::GenParams;
+use crate::jobs::{Embedding, Event, GenJob, Job, PromptInput, Refusal};
+use crate::messages::ChatMessage;
+
+/// A job whose prompts are tokens: what the scheduler receives.
+pub(crate) enum Ready {
+    Generate {
+        prompt: Vec<u32>,
+        params: GenParams,
+        events: events::UnboundedSender<Event>,
+    },
+    Embed {
+        inputs: Vec<Vec<u32>>,
+        reply: oneshot::Sender<Result<Vec<Embedding>, Refusal>>,
+    },
+}
+
+pub(crate) struct Intake<'e, 'a> {
+    engine: &'e Engine<'a>,
+    /// `None` where the mode reads raw prompts only (the one-shot command line).
+    template: Option<ChatTemplate>,
+}
+
+impl<'e, 'a> Intake<'e, 'a> {
+    pub fn new(engine: &'e Engine<'a>, template: Option<ChatTemplate>) -> Self {
+        Intake { engine, template }
+    }
+
+    /// Serves `jobs` until every client is gone (or the scheduler is), handing on to `ready` what
+    /// needs the model.
+    pub fn run(self, jobs: Receiver<Job>, ready: Sender<Ready>) {
+        for job in jobs {
+            if let Some(job) = self.accept(job) {
+                if ready.send(job).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&self, job: Job) -> Option<Ready> {
+        let tokenizer = &self.engine.tokenizer;
+        match job {
+            Job::Tokenize {
+                text,
+                add_special,
+                parse_special,
+                reply,
+            } => {
+                if !reply.is_closed() {
+                    let ids = tokenizer.encode(&text, add_special, parse_special);
+                    let pieces = ids
+                        .iter()
+                        .map(|&id| (id, tokenizer.token_to_piece(id, true)))
+                        .collect();
+                    let _ = reply.send(pieces);
+                }
+                None
+            }
+            Job::Detokenize { tokens, reply } => {
+                let text = self.check_ids(&tokens).map(|()| {
+                    let bytes: Vec<u8> = tokens
+                        .iter()
+                        .flat_map(|&id| tokenizer.token_to_piece(id, true))
+                        .collect();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                });
+                let _ = reply.send(text);
+                None
+            }
+            Job::ApplyTemplate { messages, reply } => {
+                if !reply.is_closed() {
+                    let _ = reply.send(self.render(&messages));
+                }
+                None
+            }
+            Job::Generate(GenJob {
+                prompt,
+                params,
+                events,
+            }) => {
+                if events.is_closed() {
+                    return None;
+                }
+                let biased: Vec<u32> = params.logit_bias.iter().map(|&(id, _)| id).collect();
+                let prompt = self
+                    .check_ids(&biased)
+                    .map_err(|e| Refusal::invalid(format!("logit_bias: {e}")))
+                    .and_then(|()| self.prompt_tokens(prompt));
+                match prompt {
+                    Ok(prompt) => Some(Ready::Generate {
+                        prompt,
+                        params,
+                        events,
+                    }),
+                    Err(e) => {
+                        let _ = events.send(Event::Error(e));
+                        None
+                    }
+                }
+            }
+            Job::Embed { inputs, reply } => {
+                if reply.is_closed() {
+                    return None;
+                }
+                let tokens: Result<Vec<Vec<u32>>, Refusal> = inputs
+                    .into_iter()
+                    .map(|input| self.prompt_tokens(input))
+                    .collect();
+                match tokens {
+                    Ok(inputs) => Some(Ready::Embed { inputs, reply }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn render(&self, messages: &[ChatMessage]) -> Result<String, Refusal> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            Refusal::invalid("this mode takes raw prompts: it has no chat template")
+        })?;
+        template
+            .render(messages, true)
+            .map_err(|e| Refusal::invalid(e.to_string()))
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<(), Refusal> {
+        let n_vocab = self.engine.n_vocab();
+        match ids.iter().find(|&&id| id as usize >= n_vocab) {
+            Some(id) => Err(Refusal::invalid(format!(
+                "token id {id} is outside the vocabulary of {n_vocab} tokens"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn prompt_tokens(&self, prompt: PromptInput) -> Result<Vec<u32>, Refusal> {
+        let ids = match prompt {
+            PromptInput::Chat(messages) => self.engine.tokenize_prompt(&self.render(&messages)?),
+            PromptInput::Text(text) => self.engine.tokenize_prompt(&text),
+            PromptInput::Tokens(ids) => {
+                self.check_ids(&ids)?;
+                ids
+            }
+        };
+        if ids.is_empty() {
+            return Err(Refusal::invalid("the prompt is empty"));
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,154 @@
+//! What the edges ask of the model and what they get back: the jobs that the command line, the
+//! terminal chat and the HTTP side send through a [`Client`], the events and refusals that come
+//! back. Protocol-free: each edge converts these to and from its own format. The intake
+//! (`intake.rs`) takes the jobs first and turns their texts into tokens; the scheduler
+//! (`scheduler.rs`) runs what is left.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+
+use tokio::sync::{mpsc as events, oneshot};
+
+use crate::generator::{Candidate, Delta, Finish, GenParams};
+use crate::messages::ChatMessage;
+
+/// Why the scheduler refused a job. It knows no protocol: each edge turns this into its own
+/// error (the HTTP side into 400 and 503 responses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The request cannot be served as asked: an unknown token id, a prompt longer than the
+    /// context, a chat template that fails on these messages.
+    Invalid(String),
+    /// Every slot is busy and the queue is full; the same request may succeed later.
+    Busy(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Invalid(m) | Refusal::Busy(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Refusal {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Refusal::Invalid(message.into())
+    }
+
+    pub fn busy(message: impl Into<String>) -> Self {
+        Refusal::Busy(message.into())
+    }
+}
+
+/// What a generation starts from.
+pub(crate) enum PromptInput {
+    /// Rendered with the model's chat template, then tokenized.
+    Chat(Vec<ChatMessage>),
+    /// Tokenized as the CLI tokenizes `-p` (BOS per metadata, special tokens parsed).
+    Text(String),
+    /// Used as given.
+    Tokens(Vec<u32>),
+}
+
+pub(crate) struct GenJob {
+    pub prompt: PromptInput,
+    pub params: GenParams,
+    /// Dropped by the client when it goes away: the generation then stops.
+    pub events: events::UnboundedSender<Event>,
+}
+
+pub(crate) enum Job {
+    Generate(GenJob),
+    Embed {
+        inputs: Vec<PromptInput>,
+        reply: oneshot::Sender<Result<Vec<Embedding>, Refusal>>,
+    },
+    Tokenize {
+        text: String,
+        add_special: bool,
+        parse_special: bool,
+        reply: oneshot::Sender<Vec<(u32, Vec<u8>)>>,
+    },
+    Detokenize {
+        tokens: Vec<u32>,
+        reply: oneshot::Sender<Result<String, Refusal>>,
+    },
+    ApplyTemplate {
+        messages: Vec<ChatMessage>,
+        reply: oneshot::Sender<Result<String, Refusal>>,
+    },
+}
+
+pub(crate) struct Embedding {
+    pub vector: Vec<f32>,
+    pub n_tokens: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose keys and values the slot already held.
+    pub cached_tokens: usize,
+    pub prompt_ms: f64,
+    pub gen_ms: f64,
+}
+
+pub(crate) enum Event {
+    /// The request failed before producing anything.
+    Error(Refusal),
+    /// The most likely tokens at each prompt position, in order, a batch of positions at a time
+    /// (when asked for with `prompt_logprobs`).
+    PromptLogprobs(Vec<Vec<Candidate>>),
+    Delta(Delta),
+    Done {
+        finish: Finish,
+        usage: Usage,
+    },
+}
+
+/// The sending end of a scheduler's job channel: how the HTTP side, the terminal chat and the
+/// one-shot command line reach the model.
+#[derive(Clone)]
+pub(crate) struct Client {
+    jobs: Sender<Job>,
+}
+
+/// The model is gone: the scheduler has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the model is not running")
+    }
+}
+
+impl Client {
+    pub fn submit(&self, job: Job) -> Result<(), Stopped> {
+        self.jobs.send(job).map_err(|_| Stopped)
+    }
+
+    /// Starts a generation; its events arrive on the returned receiver, and dropping the receiver
+    /// stops it.
+    pub fn generate(
+        &self,
+        prompt: PromptInput,
+        params: GenParams,
+    ) -> Result<events::UnboundedReceiver<Event>, Stopped> {
+        let (events, rx) = events::unbounded_channel();
+        self.submit(Job::Generate(GenJob {
+            prompt,
+            params,
+            events,
+        }))?;
+        Ok(rx)
+    }
+}
+
+/// A job channel: the clients' end, and the end [`Scheduler::run`] serves until every client is
+/// dropped.
+pub(crate) fn channel() -> (Client, Receiver<Job>) {
+    let (jobs, rx) = mpsc::channel();
+    (Client { jobs }, rx)
+}
