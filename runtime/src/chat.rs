@@ -39,7 +39,7 @@ pub fn run(
             let client =
                 scheduler::spawn_local(scope, engine, Some(template), Pooling::from_gguf(g))?;
             // Dropping the client when the chat ends stops the scheduler, and the scope ends.
-            return converse(client, cfg);
+            return converse(client, cfg, &engine.tokenizer);
         };
         let client = server.client();
         scope.spawn(move || {
@@ -48,7 +48,7 @@ pub fn run(
             }
         });
         // The server runs until the process ends: the chat ending ends both.
-        std::process::exit(match converse(client, cfg) {
+        std::process::exit(match converse(client, cfg, &engine.tokenizer) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("llamafile: error: {e}");
@@ -58,7 +58,7 @@ pub fn run(
     })
 }
 
-fn converse(client: Client, cfg: &Config) -> Result<(), String> {
+fn converse(client: Client, cfg: &Config, tokenizer: &tokenizer::Tokenizer) -> Result<(), String> {
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -70,27 +70,40 @@ fn converse(client: Client, cfg: &Config) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
     }
-    let sampling = &cfg.sampling;
     let max_tokens = cfg.chat.max_tokens;
     let mut messages = Vec::new();
     if let Some(sys) = &cfg.chat.system_prompt {
         messages.push(ChatMessage::new("system", sys.clone()));
     }
+    let logit_bias = cfg.output.logit_bias(tokenizer);
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    // `-p` is the first message, as if typed.
+    let mut first = cfg.chat.first_message.clone();
     loop {
         eprint!("\n> ");
         let _ = std::io::stderr().flush();
         interrupted.store(false, Ordering::SeqCst);
-        let Some(line) = lines.next() else { break };
-        let line = line.map_err(|e| format!("reading the terminal: {e}"))?;
+        let line = match first.take() {
+            Some(message) => {
+                eprintln!("{message}");
+                message
+            }
+            None => match lines.next() {
+                Some(line) => line.map_err(|e| format!("reading the terminal: {e}"))?,
+                None => break,
+            },
+        };
         if line.trim().is_empty() {
             continue;
         }
         messages.push(ChatMessage::new("user", line));
         let params = GenParams {
-            sampling: sampling.clone(),
+            sampling: cfg.sampling.clone(),
             max_tokens,
+            stop: cfg.output.stop.clone(),
+            json: cfg.output.json.clone(),
+            logit_bias: logit_bias.clone(),
             ..GenParams::default()
         };
         let mut events = client

@@ -8,11 +8,10 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::config::CompletionConfig;
+use crate::config::{CompletionConfig, Config};
 use crate::engine::Engine;
 use crate::generator::{Candidate, Finish, GenParams, Sampled};
 use crate::jobs::{Event, PromptInput, Usage};
-use crate::sampling::SamplerConfig;
 use crate::scheduler::{self, Pooling};
 use crate::timings::timings_json;
 
@@ -21,16 +20,15 @@ const DEFAULT_PROMPT_LOGPROBS: usize = 10;
 
 /// Continues the prompt, sampling as `sampling` says, and prints the result on stdout (one JSON
 /// object with `json`; timings on stderr).
-pub fn run(
-    engine: &Engine,
-    cfg: &CompletionConfig,
-    sampling: &SamplerConfig,
-    json: bool,
-) -> Result<(), String> {
+pub fn run(engine: &Engine, cfg: &CompletionConfig, run: &Config) -> Result<(), String> {
+    let json = run.json;
     let prompt = &cfg.prompt;
     let ids = engine.tokenize_prompt(prompt);
     let params = GenParams {
-        sampling: sampling.clone(),
+        sampling: run.sampling.clone(),
+        stop: run.output.stop.clone(),
+        json: run.output.json.clone(),
+        logit_bias: run.output.logit_bias(&engine.tokenizer),
         // -1: until end of generation or a full context; -2: until a full context.
         max_tokens: usize::try_from(cfg.n_predict).ok(),
         ends_at_eog: cfg.n_predict != -2,
@@ -38,7 +36,6 @@ pub fn run(
         logprobs: cfg.top_logprobs.filter(|_| json),
         prompt_logprobs: (json && cfg.prompt_logprobs)
             .then(|| cfg.top_logprobs.unwrap_or(DEFAULT_PROMPT_LOGPROBS)),
-        ..GenParams::default()
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -75,7 +72,14 @@ pub fn run(
                         delta.tokens.iter().for_each(|t| result.add(t));
                     }
                     Some(Event::Done { finish, usage }) => {
-                        // llama.cpp's command line prints the end-of-generation token too.
+                        // llama.cpp's command line prints the reverse prompt that stopped it,
+                        // and the end-of-generation token.
+                        if let Finish::StopString(stop) = &finish {
+                            if !json {
+                                let _ = out.write_all(stop.as_bytes());
+                            }
+                            result.text.push_str(stop);
+                        }
                         if let Finish::EndOfGeneration(t) = &finish {
                             let piece = engine.tokenizer.token_to_piece(t.id, false);
                             let piece = String::from_utf8_lossy(&piece);

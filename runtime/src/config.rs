@@ -3,10 +3,12 @@
 //! from -p or -f, the seed, --bench's reading of -p and -n) is decided here and nowhere else.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bench::BenchPlan;
 use crate::flags::Args;
+use crate::json_schema::Schema;
 use crate::sampling::SamplerConfig;
 use crate::server::Options;
 
@@ -24,8 +26,22 @@ pub struct Config {
     /// Print one JSON object instead of text (completion, perplexity, bench).
     pub json: bool,
     pub sampling: SamplerConfig,
+    /// How the command line's and the chat's replies end and what they may contain.
+    pub(crate) output: OutputRules,
     pub chat: ChatConfig,
     pub server: Options,
+    /// What flags accepted for compatibility do not do here, a line each, to print at start.
+    pub notes: Vec<String>,
+}
+
+/// `-r`, `--ignore-eos` and `--json-schema`: the same for a completion and every chat reply.
+#[derive(Clone, Default)]
+pub(crate) struct OutputRules {
+    /// Texts that end the reply (`-r`).
+    pub stop: Vec<String>,
+    /// End-of-generation tokens are never chosen.
+    pub ignore_eos: bool,
+    pub json: Option<Arc<Schema>>,
 }
 
 /// What a run does.
@@ -65,6 +81,8 @@ pub struct ChatConfig {
     /// A built-in template by name instead of the model's own.
     pub template: Option<String>,
     pub system_prompt: Option<String>,
+    /// `-p` with `-i`: the first message, sent before the terminal is read.
+    pub first_message: Option<String>,
     /// Tokens per reply at most.
     pub max_tokens: Option<usize>,
 }
@@ -72,6 +90,19 @@ pub struct ChatConfig {
 impl Config {
     pub fn resolve(args: Args) -> Result<Config, String> {
         let mode = mode(&args)?;
+        let output = OutputRules {
+            stop: args
+                .reverse_prompts
+                .iter()
+                .map(|r| process_escapes(r))
+                .collect(),
+            ignore_eos: args.ignore_eos,
+            json: json_schema(&args)?,
+        };
+        let first_message = match args.interactive && args.prompt.is_some() {
+            true => Some(prompt_text(&args)?),
+            false => None,
+        };
         let seed = match args.seed {
             Some(s) if s >= 0 => s as u64,
             _ => crate::sampling::random_seed(),
@@ -94,9 +125,11 @@ impl Config {
                 frequency_penalty: args.frequency_penalty,
                 seed,
             },
+            output,
             chat: ChatConfig {
                 template: args.chat_template,
                 system_prompt: args.system_prompt,
+                first_message,
                 max_tokens: usize::try_from(args.n_predict).ok(),
             },
             server: Options {
@@ -109,6 +142,7 @@ impl Config {
                 open_browser: !args.nobrowser,
             },
             model: args.model,
+            notes: args.notes,
         })
     }
 }
@@ -150,6 +184,37 @@ fn mode(args: &Args) -> Result<Mode, String> {
         prompt_logprobs: args.prompt_logprobs,
         display_prompt: !args.no_display_prompt,
     }))
+}
+
+impl OutputRules {
+    /// The logit biases these rules ask for: with `--ignore-eos`, every end-of-generation token
+    /// made impossible, as llama.cpp does.
+    pub(crate) fn logit_bias(&self, tokenizer: &tokenizer::Tokenizer) -> Vec<(u32, f32)> {
+        if !self.ignore_eos {
+            return Vec::new();
+        }
+        (0..tokenizer.n_vocab() as u32)
+            .filter(|&id| tokenizer.is_eog(id))
+            .map(|id| (id, f32::NEG_INFINITY))
+            .collect()
+    }
+}
+
+/// The schema of `--json-schema` or `--json-schema-file`, compiled.
+fn json_schema(args: &Args) -> Result<Option<Arc<Schema>>, String> {
+    let (flag, text) = match (&args.json_schema, &args.json_schema_file) {
+        (Some(text), _) => ("--json-schema", text.clone()),
+        (None, Some(path)) => (
+            "--json-schema-file",
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        ),
+        (None, None) => return Ok(None),
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{flag}: not JSON: {e}"))?;
+    Schema::compile(&value)
+        .map(Some)
+        .map_err(|e| format!("{flag}: {e}"))
 }
 
 /// `--bench`'s sizes: -p and -n are token counts there, as in llama-bench.

@@ -4,6 +4,11 @@
 //! compatibility table all read the table; [`crate::config`] then resolves the parsed [`Args`]
 //! into the configuration the modes read.
 //!
+//! llama.cpp's and llamafile's flags that cannot apply here are not unknown: [`COMPATIBLE`] lists
+//! those accepted with a note (a GPU's, memory locking, ...), [`REFUSED`] those that would change
+//! the result and are not served, each with its reason. `docs/flags.md` is written from the three
+//! tables (a test keeps it so).
+//!
 //! The parser matches whole words, so `-ngl` is one flag, not `-n gl`. A flag's value is the next
 //! word whatever it looks like (`-n -1`, `-p "-x"`), or follows `=` in `--name=value`. A flag given
 //! twice takes its last value, so the user's words override a llamafile's `.args` defaults.
@@ -51,6 +56,13 @@ pub struct Args {
     pub parallel: usize,
     pub max_queue: usize,
     pub timeout: u64,
+    /// `-r`: texts that end generation, each time given.
+    pub reverse_prompts: Vec<String>,
+    pub ignore_eos: bool,
+    pub json_schema: Option<String>,
+    pub json_schema_file: Option<PathBuf>,
+    /// One line per [`COMPATIBLE`] flag given: what it does not do here.
+    pub notes: Vec<String>,
 }
 
 /// How a flag sets its field.
@@ -211,7 +223,7 @@ pub static FLAGS: &[Flag] = &[
         help: "Layers to offload to a GPU. Accepted for compatibility; this runtime runs on the CPU.",
     },
     Flag {
-        names: &["--color"],
+        names: &["-co", "--color"],
         set: switch!(color),
         default: None,
         help: "Accepted for compatibility with llama.cpp's command line.",
@@ -227,6 +239,39 @@ pub static FLAGS: &[Flag] = &[
         set: switch!(no_escape),
         default: None,
         help: "Take the prompt literally instead of turning \\n, \\t, \\\\ ... into characters (llama.cpp's default).",
+    },
+    Flag {
+        names: &["-e", "--escape"],
+        set: Setter::Switch(|a| a.no_escape = false),
+        default: None,
+        help: "Turn \\n, \\t, \\\\ ... in the prompt into characters (the default).",
+    },
+    Flag {
+        names: &["-r", "--reverse-prompt"],
+        set: Setter::Value("TEXT", |a, v| {
+            a.reverse_prompts.push(v.into());
+            Ok(())
+        }),
+        default: None,
+        help: "Stop generating when the output reaches TEXT (may be given several times).",
+    },
+    Flag {
+        names: &["--ignore-eos"],
+        set: switch!(ignore_eos),
+        default: None,
+        help: "Never end at an end-of-generation token: go on to -n or a full context.",
+    },
+    Flag {
+        names: &["-j", "--json-schema"],
+        set: value!("SCHEMA", json_schema, text),
+        default: None,
+        help: "Constrain the output to JSON matching this JSON schema ({} for any JSON object).",
+    },
+    Flag {
+        names: &["-jf", "--json-schema-file"],
+        set: value!("FNAME", json_schema_file, text),
+        default: None,
+        help: "Like --json-schema, with the schema read from a file.",
     },
     Flag {
         names: &["--json"],
@@ -265,16 +310,26 @@ pub static FLAGS: &[Flag] = &[
         help: "Measure prompt processing and generation speed as llama-bench does: -p is the prompt length (default 512) and -n the tokens generated (default 128), 0 skips a test.",
     },
     Flag {
-        names: &["-r", "--repetitions"],
+        names: &["--repetitions"],
         set: value!("N", repetitions),
         default: Some("5"),
         help: "With --bench: timed runs of each test.",
     },
     Flag {
-        names: &["-i", "-cnv", "--interactive", "--chat", "--conversation"],
+        names: &[
+            "-i",
+            "-cnv",
+            "-ins",
+            "-if",
+            "--interactive",
+            "--chat",
+            "--conversation",
+            "--instruct",
+            "--interactive-first",
+        ],
         set: switch!(interactive),
         default: None,
-        help: "Interactive chat in the terminal.",
+        help: "Chat in the terminal with the model's chat template; -p, if given, is the first message.",
     },
     Flag {
         names: &["--chat-template"],
@@ -341,6 +396,161 @@ pub static FLAGS: &[Flag] = &[
     },
 ];
 
+/// A flag of llama.cpp or llamafile accepted so that command lines written for them run, though it
+/// changes nothing here; giving it prints its note.
+pub struct Compatible {
+    pub names: &'static [&'static str],
+    /// The value it takes, if any, named as in their help, and which values are accepted.
+    pub value: Option<(&'static str, CheckValue)>,
+    pub note: &'static str,
+}
+
+/// Whether a value is one the flag's owners accept.
+pub type CheckValue = fn(&str) -> Result<(), String>;
+
+/// Any value.
+fn any(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+fn on_off_auto(v: &str) -> Result<(), String> {
+    match v {
+        "on" | "off" | "auto" | "1" | "0" => Ok(()),
+        _ => Err("expected on, off or auto".into()),
+    }
+}
+
+/// The KV cache is f16; another type would change the numbers.
+fn f16_only(v: &str) -> Result<(), String> {
+    match v {
+        "f16" => Ok(()),
+        _ => Err(format!(
+            "this runtime keeps the KV cache in f16 only; {v} is not supported"
+        )),
+    }
+}
+
+/// llama.cpp's and llamafile's flags that are accepted with a note.
+pub static COMPATIBLE: &[Compatible] = &[
+    Compatible {
+        names: &["-mg", "--main-gpu"],
+        value: Some(("INDEX", any)),
+        note: "no GPU in this runtime: the model runs on the CPU",
+    },
+    Compatible {
+        names: &["-fa", "--flash-attn"],
+        value: Some(("on|off|auto", on_off_auto)),
+        note: "this runtime picks its CPU attention kernels itself (tiled for long prompts)",
+    },
+    Compatible {
+        names: &["-ctk", "--cache-type-k"],
+        value: Some(("TYPE", f16_only)),
+        note: "the KV cache is f16",
+    },
+    Compatible {
+        names: &["-ctv", "--cache-type-v"],
+        value: Some(("TYPE", f16_only)),
+        note: "the KV cache is f16",
+    },
+    Compatible {
+        names: &["-ub", "--ubatch-size"],
+        value: Some(("N", |v| number::<usize>(v).map(drop))),
+        note: "prompts are evaluated in batches of -b tokens; there is no separate physical batch",
+    },
+    Compatible {
+        names: &["-cb", "--cont-batching"],
+        value: None,
+        note: "the server always batches requests continuously",
+    },
+    Compatible {
+        names: &["--mlock"],
+        value: None,
+        note: "the weights stay mapped from the file and are not locked in memory",
+    },
+    Compatible {
+        names: &["--no-mmap"],
+        value: None,
+        note: "the weights are always mapped from the file (never copied), which is what makes a llamafile start fast",
+    },
+    Compatible {
+        names: &["--mmap"],
+        value: None,
+        note: "the weights are always mapped from the file",
+    },
+    Compatible {
+        names: &["--no-warmup", "--warmup"],
+        value: None,
+        note: "there is no warm-up run; the map is paged in while the tokenizer loads",
+    },
+    Compatible {
+        names: &["--jinja"],
+        value: None,
+        note: "chat templates are always rendered as Jinja",
+    },
+    Compatible {
+        names: &["--embedding", "--embeddings"],
+        value: None,
+        note: "the server always serves /v1/embeddings",
+    },
+    Compatible {
+        names: &["-mli", "--multiline-input"],
+        value: None,
+        note: "the terminal chat reads one line per message",
+    },
+    Compatible {
+        names: &["--keep"],
+        value: Some(("N", |v| number::<i64>(v).map(drop))),
+        note: "the context is never shifted: generation ends when it is full",
+    },
+    Compatible {
+        names: &["-v", "--verbose", "--log-verbose", "--log-disable"],
+        value: None,
+        note: "the log has one level",
+    },
+];
+
+/// A flag of llama.cpp or llamafile that would change the result but is not served: an error
+/// with the reason, never silently ignored.
+pub struct Refused {
+    pub names: &'static [&'static str],
+    /// Whether it takes a value (named as in their help).
+    pub value: Option<&'static str>,
+    pub reason: &'static str,
+}
+
+pub static REFUSED: &[Refused] = &[
+    Refused {
+        names: &["--grammar"],
+        value: Some("GRAMMAR"),
+        reason: "GBNF grammars are not supported yet; --json-schema constrains the output to a JSON schema",
+    },
+    Refused {
+        names: &["--grammar-file"],
+        value: Some("FNAME"),
+        reason: "GBNF grammars are not supported yet; --json-schema-file constrains the output to a JSON schema",
+    },
+    Refused {
+        names: &["--in-prefix", "--in-suffix"],
+        value: Some("STRING"),
+        reason: "the raw interactive mode is not supported; -i chats through the model's chat template",
+    },
+    Refused {
+        names: &["--in-prefix-bos"],
+        value: None,
+        reason: "the raw interactive mode is not supported; -i chats through the model's chat template",
+    },
+    Refused {
+        names: &["-sp", "--special"],
+        value: None,
+        reason: "printing special tokens' text is not supported yet",
+    },
+    Refused {
+        names: &["--lora", "--lora-scaled", "--control-vector"],
+        value: Some("FNAME"),
+        reason: "adapters are not supported: pack a merged model instead",
+    },
+];
+
 const HELP_NAMES: &[&str] = &["-h", "--help"];
 const VERSION_NAMES: &[&str] = &["-V", "--version"];
 
@@ -361,6 +571,7 @@ pub fn parse(words: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         }
     }
     let mut words = words.into_iter();
+    let mut positional_model = false;
     while let Some(word) = words.next() {
         if HELP_NAMES.contains(&word.as_str()) {
             return Ok(Parsed::Help);
@@ -369,6 +580,13 @@ pub fn parse(words: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             return Ok(Parsed::Version);
         }
         if !word.starts_with('-') || word == "-" {
+            // `llamafile model.gguf`, as llamafile takes it: one word that is not a flag's value
+            // is the model, unless -m said it already.
+            if args.model.is_none() && !positional_model {
+                args.model = Some(word.into());
+                positional_model = true;
+                continue;
+            }
             return Err(format!(
                 "unexpected argument {word:?}: give the model with -m and the prompt with -p"
             ));
@@ -377,21 +595,38 @@ pub fn parse(words: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             Some((name, value)) if word.starts_with("--") => (name, Some(value.to_string())),
             _ => (word.as_str(), None),
         };
-        let Some(flag) = find(name) else {
+        let value_of = |words: &mut dyn Iterator<Item = String>, meta: &str| {
+            inline
+                .clone()
+                .or_else(|| words.next())
+                .ok_or_else(|| format!("{name} needs a value: {name} {meta}"))
+        };
+        if let Some(flag) = find(name) {
+            match flag.set {
+                Setter::Switch(set) if inline.is_none() => set(&mut args),
+                Setter::Switch(_) => return Err(format!("{name} takes no value")),
+                Setter::Value(meta, set) => {
+                    let value = value_of(&mut words, meta)?;
+                    set(&mut args, &value).map_err(|e| format!("{name} {value:?}: {e}"))?;
+                }
+            }
+        } else if let Some(flag) = COMPATIBLE.iter().find(|f| f.names.contains(&name)) {
+            match flag.value {
+                None if inline.is_some() => return Err(format!("{name} takes no value")),
+                None => {}
+                Some((meta, check)) => {
+                    let value = value_of(&mut words, meta)?;
+                    check(&value).map_err(|e| format!("{name} {value:?}: {e}"))?;
+                }
+            }
+            args.notes.push(format!("{name}: {}", flag.note));
+        } else if let Some(flag) = REFUSED.iter().find(|f| f.names.contains(&name)) {
+            return Err(format!("{name} is not supported: {}", flag.reason));
+        } else {
             return Err(match suggestion(name) {
                 Some(near) => format!("unknown flag {name}; did you mean {near}?"),
                 None => format!("unknown flag {name}; see --help"),
             });
-        };
-        match flag.set {
-            Setter::Switch(set) if inline.is_none() => set(&mut args),
-            Setter::Switch(_) => return Err(format!("{name} takes no value")),
-            Setter::Value(meta, set) => {
-                let Some(value) = inline.or_else(|| words.next()) else {
-                    return Err(format!("{name} needs a value: {name} {meta}"));
-                };
-                set(&mut args, &value).map_err(|e| format!("{name} {value:?}: {e}"))?;
-            }
         }
     }
     Ok(Parsed::Run(Box::new(args)))
@@ -406,6 +641,8 @@ fn suggestion(name: &str) -> Option<&'static str> {
     let all = FLAGS
         .iter()
         .flat_map(|f| f.names.iter())
+        .chain(COMPATIBLE.iter().flat_map(|f| f.names.iter()))
+        .chain(REFUSED.iter().flat_map(|f| f.names.iter()))
         .chain(HELP_NAMES)
         .chain(VERSION_NAMES);
     let (distance, best) = all.map(|n| (edit_distance(name, n), *n)).min()?;
@@ -460,6 +697,70 @@ pub fn help() -> String {
     }
     for (names, help) in [(HELP_NAMES, "Print help"), (VERSION_NAMES, "Print version")] {
         out.push_str(&format!("  {:COLUMN$}  {help}\n", names.join(", ")));
+    }
+    out.push_str(
+        "\nAccepted from llama.cpp's and llamafile's command lines, without effect here:\n",
+    );
+    for f in COMPATIBLE {
+        let names = f.names.join(", ");
+        let names = match f.value {
+            Some((meta, _)) => format!("{names} {meta}"),
+            None => names,
+        };
+        out.push_str(&format!("  {names}: {}\n", f.note));
+    }
+    out.push_str("\nRefused, with the reason (see docs/flags.md):\n");
+    for f in REFUSED {
+        out.push_str(&format!("  {}: {}\n", f.names.join(", "), f.reason));
+    }
+    out
+}
+
+/// `docs/flags.md`: every flag this runtime knows, from the three tables, and what it does here.
+pub fn compatibility_table() -> String {
+    let mut out = String::from(
+        "# Command-line flags\n\n\
+         Every flag `llamafile` knows, spelled as llama.cpp and llamafile spell them. Written from \
+         the tables in `runtime/src/flags.rs` (`FLAGS`, `COMPATIBLE`, `REFUSED`); a test keeps this \
+         file equal to them (`LLAMAFILE_BLESS=1 cargo test -p runtime flags` rewrites it).\n\n\
+         | flag | here |\n|---|---|\n",
+    );
+    let cell = |s: &str| s.replace('|', "\\|");
+    let spelled = |names: &[&str], meta: Option<&str>| {
+        let names = names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match meta {
+            Some(m) => cell(&format!("{names} {m}")),
+            None => names,
+        }
+    };
+    for f in FLAGS {
+        let meta = match f.set {
+            Setter::Switch(_) => None,
+            Setter::Value(meta, _) => Some(meta),
+        };
+        out.push_str(&format!(
+            "| {} | {} |\n",
+            spelled(f.names, meta),
+            cell(f.help)
+        ));
+    }
+    for f in COMPATIBLE {
+        out.push_str(&format!(
+            "| {} | accepted, no effect: {} |\n",
+            spelled(f.names, f.value.map(|(meta, _)| meta)),
+            cell(f.note)
+        ));
+    }
+    for f in REFUSED {
+        out.push_str(&format!(
+            "| {} | refused: {} |\n",
+            spelled(f.names, f.value),
+            cell(f.reason)
+        ));
     }
     out
 }
@@ -534,18 +835,66 @@ mod tests {
         assert_eq!(err(&["-c"]), "-c needs a value: -c N");
         assert!(err(&["-c", "lots"]).starts_with("-c \"lots\": invalid digit"));
         assert_eq!(err(&["--json=yes"]), "--json takes no value");
-        assert!(err(&["model.gguf"]).contains("unexpected argument \"model.gguf\""));
+        assert!(err(&["-m", "a.gguf", "b.gguf"]).contains("unexpected argument \"b.gguf\""));
+    }
+
+    #[test]
+    fn the_compatibility_table_in_docs_is_the_flags_tables() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/flags.md");
+        let want = compatibility_table();
+        if std::env::var_os("LLAMAFILE_BLESS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/flags.md differs from the flag tables: run LLAMAFILE_BLESS=1 cargo test -p runtime flags"
+        );
+    }
+
+    #[test]
+    fn compatible_flags_leave_a_note_and_refused_ones_say_why() {
+        let a = run(&["--mlock", "-fa", "on", "-ctk", "f16", "-ub", "256"]).unwrap();
+        assert_eq!(a.notes.len(), 4, "{:?}", a.notes);
+        assert!(a.notes[0].starts_with("--mlock: "), "{:?}", a.notes);
+        let err = |words: &[&str]| run(words).unwrap_err();
+        assert!(err(&["-ctk", "q8_0"]).contains("f16 only"));
+        assert!(err(&["-fa", "fast"]).contains("on, off or auto"));
+        assert!(
+            err(&["--grammar", "root ::= \"a\""]).starts_with("--grammar is not supported: GBNF")
+        );
+        assert_eq!(
+            err(&["--mlok"]),
+            "unknown flag --mlok; did you mean --mlock?"
+        );
+        // -r is llama.cpp's reverse prompt, given as often as needed.
+        let a = run(&["-r", "User:", "-r", "\n\n", "--repetitions", "3"]).unwrap();
+        assert_eq!(a.reverse_prompts, ["User:", "\n\n"]);
+        assert_eq!(a.repetitions, 3);
+        // One bare word is the model.
+        let a = run(&["model.gguf", "-p", "hi"]).unwrap();
+        assert_eq!(a.model.as_deref(), Some(std::path::Path::new("model.gguf")));
+        assert!(run(&["a.gguf", "b.gguf"]).is_err());
     }
 
     #[test]
     fn help_lists_every_spelling_once() {
         let text = help();
         let mut seen = std::collections::HashSet::new();
-        for f in FLAGS {
-            for name in f.names {
+        let compatible = COMPATIBLE.iter().map(|f| f.names);
+        let refused = REFUSED.iter().map(|f| f.names);
+        for names in FLAGS
+            .iter()
+            .map(|f| f.names)
+            .chain(compatible)
+            .chain(refused)
+        {
+            for name in names {
                 assert!(seen.insert(*name), "{name} is defined twice");
                 assert!(text.contains(name), "{name} missing from help");
             }
+        }
+        for f in FLAGS {
             if let Some(d) = f.default {
                 assert!(text.contains(&format!("[default: {d}]")));
             }

@@ -80,6 +80,9 @@ fn run(cfg: &Config, self_file: Option<&PayloadFile>) -> Result<(), String> {
     if cfg.gpu_layers {
         eprintln!("llamafile: no GPU support in this build; -ngl ignored, running on the CPU");
     }
+    for note in &cfg.notes {
+        eprintln!("llamafile: note: {note}");
+    }
 
     let source = ModelSource::open(cfg.model.as_deref(), self_file)?;
     let g = source.gguf()?;
@@ -101,7 +104,14 @@ fn run(cfg: &Config, self_file: Option<&PayloadFile>) -> Result<(), String> {
         // As llama-bench: the context holds exactly what a test evaluates.
         Mode::Bench(plan) => (plan.n_prompt + plan.n_gen).max(1),
         _ if cfg.ctx_size == 0 => n_ctx_train,
-        _ => cfg.ctx_size.min(n_ctx_train),
+        _ if cfg.ctx_size > n_ctx_train => {
+            eprintln!(
+                "llamafile: warning: -c {} is more than the {n_ctx_train} tokens the model was trained on; using {n_ctx_train}",
+                cfg.ctx_size
+            );
+            n_ctx_train
+        }
+        _ => cfg.ctx_size,
     };
     let engine = Engine {
         model,
@@ -134,9 +144,7 @@ fn run(cfg: &Config, self_file: Option<&PayloadFile>) -> Result<(), String> {
             println!("{}", serde_json::to_string(&ids).expect("ids serialize"));
             Ok(())
         }
-        Mode::Complete(completion) => {
-            runtime::completion::run(&engine, completion, &cfg.sampling, cfg.json)
-        }
+        Mode::Complete(completion) => runtime::completion::run(&engine, completion, cfg),
     }
 }
 

@@ -157,35 +157,206 @@ fn the_seed_fixes_the_sample_and_temperature_varies_it() {
     assert_ne!(run("42"), run("43"));
 }
 
+/// Runs `llamafile ARGS` with `input` on stdin to its end.
+fn with_input(args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(bin("llamafile"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("wait")
+}
+
+/// The Mistral model card's two command lines, word for word with `llamafile` for `./main`, on a
+/// packed llamafile (a small random-weight model, so `-n -1` ends at its full context quickly):
+/// the context above the trained length is capped with a warning that says so, `-ngl` is
+/// acknowledged once, and `-i -ins` chats.
 #[test]
-fn the_seed_models_command_line_runs_unchanged() {
-    // llamafile's Mistral release line, with a small -c so the random-weight model hits it quickly.
-    let m = synth("Q4_K");
+fn the_seed_models_command_lines_run_unchanged_on_a_packed_file() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("cli")
+        .join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let packed = dir.join("synth.llamafile");
+    let pack = Command::new(bin("llamafile-pack"))
+        .arg("build")
+        .arg(llama_synth("Q4_K"))
+        .arg("-o")
+        .arg(&packed)
+        .arg("--runtime")
+        .arg(bin("llamafile"))
+        .arg("--native")
+        .output()
+        .expect("run llamafile-pack");
+    assert!(
+        pack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pack.stderr)
+    );
+    let packed = packed.to_str().unwrap();
+    let line = |tail: &[&str]| -> Vec<String> {
+        let head = "-ngl 35 -m X --color -c 32768 --temp 0.7 --repeat_penalty 1.1 -n -1";
+        head.split(' ')
+            .map(|w| if w == "X" { packed } else { w })
+            .chain(tail.iter().copied())
+            .map(String::from)
+            .collect()
+    };
+    let check_stderr = |stderr: &str| {
+        assert_eq!(stderr.matches("GPU").count(), 1, "-ngl once: {stderr}");
+        assert!(
+            stderr.contains("-c 32768 is more than the 2048 tokens the model was trained on"),
+            "{stderr}"
+        );
+    };
+    let args = line(&["-p", "<s>[INST] Write a haiku. [/INST]"]);
+    let out = llamafile(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    check_stderr(&String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("<s>[INST] Write a haiku. [/INST]"),
+        "{text}"
+    );
+    assert!(text.len() > 100, "{text}");
+
+    let args = line(&["-i", "-ins"]);
+    let out = with_input(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "Write a haiku.\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    check_stderr(&stderr);
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+}
+
+/// `-r` stops where the output reaches the text (which the command line prints, as llama.cpp
+/// does); `--ignore-eos` goes on past the end of a reply to the full context; `-j` constrains the
+/// output to a JSON schema.
+#[test]
+fn reverse_prompts_ignore_eos_and_json_schemas_on_the_command_line() {
+    let m = synth("Q8_0");
+    let greedy = |extra: &[&str]| {
+        let mut args = vec![
+            "-m",
+            &m,
+            "-p",
+            "Once upon a time",
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_stdout(&llamafile(&args))["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let free = greedy(&[]);
+    let cut = free
+        .char_indices()
+        .map(|(i, _)| i)
+        .nth(free.chars().count() / 2)
+        .unwrap();
+    let stop: String = free[cut..].chars().take(3).collect();
+    let stopped = greedy(&["-r", &stop]);
+    assert!(stopped.ends_with(&stop), "{stopped:?} after -r {stop:?}");
+    assert!(free.starts_with(&stopped), "{stopped:?} vs {free:?}");
+    assert!(stopped.len() < free.len());
+
+    let qwen = e2e::models_dir().join("qwen.gguf");
+    let qwen = qwen.to_str().unwrap();
+    let chat = "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n";
+    let count = |extra: &[&str]| {
+        let mut args = vec![
+            "-m", qwen, "-p", chat, "-n", "-1", "-c", "40", "--temp", "0", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let v = json_stdout(&llamafile(&args));
+        ids(&v["prompt_tokens"]).len() + ids(&v["tokens"]).len()
+    };
+    let ended = count(&[]);
+    assert!(ended < 40, "the reply ends by itself: {ended} tokens");
+    // The last token is sampled from the full context's logits.
+    assert_eq!(count(&["--ignore-eos"]), 40 + 1);
+
+    let schema = r#"{"type":"object","properties":{"name":{"type":"string","maxLength":12},"age":{"type":"integer"}},"required":["name","age"],"additionalProperties":false}"#;
     let out = llamafile(&[
         "-m",
-        &m,
-        "-ngl",
-        "35",
-        "--color",
-        "-c",
-        "64",
-        "--temp",
-        "0.7",
-        "--repeat_penalty",
-        "1.1",
-        "-n",
-        "-1",
-        "-s",
-        "1",
+        qwen,
         "-p",
-        "<s>[INST] Say hi [/INST]",
+        "A person as JSON:",
+        "-n",
+        "80",
+        "--temp",
+        "0",
+        "-j",
+        schema,
+        "--no-display-prompt",
     ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+}
+
+/// With `-i`, `-p` is the first message, answered before the terminal is read.
+#[test]
+fn a_prompt_given_with_i_is_the_first_message() {
+    let m = synth("Q4_0");
+    let out = with_input(&["-m", &m, "-i", "-p", "Hello there", "-n", "4"], "");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        stderr.matches("GPU").count(),
-        1,
-        "-ngl is acknowledged once: {stderr}"
-    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("\n> Hello there\n"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+}
+
+/// Every flag of llama.cpp and llamafile that this runtime accepts without effect runs, with its
+/// note on stderr; every one it refuses stops with exit status 2 and the reason.
+#[test]
+fn compatible_flags_run_with_a_note_and_refused_ones_say_why() {
+    let m = synth("Q4_0");
+    let sample_value = |meta: &str| match meta {
+        "on|off|auto" => "auto",
+        "TYPE" => "f16",
+        _ => "1",
+    };
+    for flag in runtime::flags::COMPATIBLE {
+        for name in flag.names {
+            let mut args = vec!["-m", &m, "--tokenize", "-p", "hi", name];
+            args.extend(flag.value.map(|(meta, _)| sample_value(meta)));
+            let out = llamafile(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let note = format!("llamafile: note: {name}: {}", flag.note);
+            assert!(stderr.contains(&note), "{args:?}: {stderr}");
+        }
+    }
+    for flag in runtime::flags::REFUSED {
+        for name in flag.names {
+            let mut args = vec!["-m", &m, "--tokenize", "-p", "hi", name];
+            args.extend(flag.value.map(|_| "x"));
+            let out = Command::new(bin("llamafile"))
+                .args(&args)
+                .output()
+                .expect("run llamafile");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{name} is not supported: {}", flag.reason)),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -272,7 +443,7 @@ fn help_and_flag_mistakes_come_from_the_flag_table() {
     let text = String::from_utf8_lossy(&help.stdout);
     for spelling in [
         "-ngl, --n-gpu-layers",
-        "-i, -cnv, --interactive",
+        "-i, -cnv, -ins",
         "--ctx-size",
         "[default: 4096]",
     ] {
@@ -625,7 +796,18 @@ fn a_bare_launch_without_a_terminal_serves_the_chat_page() {
 fn bench_reports_llama_bench_fields_for_each_test() {
     let m = synth("Q4_0");
     let v = json_stdout(&llamafile(&[
-        "-m", &m, "--bench", "-p", "32", "-n", "8", "-r", "2", "-t", "2", "--json",
+        "-m",
+        &m,
+        "--bench",
+        "-p",
+        "32",
+        "-n",
+        "8",
+        "--repetitions",
+        "2",
+        "-t",
+        "2",
+        "--json",
     ]));
     let runs = v.as_array().expect("an array of tests");
     let tests: Vec<&str> = runs.iter().map(|r| r["test"].as_str().unwrap()).collect();
@@ -644,7 +826,17 @@ fn bench_reports_llama_bench_fields_for_each_test() {
         assert!(avg >= tokens as f64 / (ns / 1e9) * 0.999, "{r}");
     }
     // -p 0 skips prompt processing, as in llama-bench; the table form names the test.
-    let table = llamafile(&["-m", &m, "--bench", "-p", "0", "-n", "4", "-r", "1"]);
+    let table = llamafile(&[
+        "-m",
+        &m,
+        "--bench",
+        "-p",
+        "0",
+        "-n",
+        "4",
+        "--repetitions",
+        "1",
+    ]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("| tg4 |") && !text.contains("pp"), "{text}");
     // A prompt that is not a count is refused, naming the flag.

@@ -108,7 +108,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 let mut c = Command::new(&ours);
                 c.arg("-m").arg(path).arg("--bench").arg("--json");
                 c.args(["-p", &o.n_prompt.to_string(), "-n", &o.n_gen.to_string()]);
-                c.args(["-r", &o.repetitions.to_string(), "-t", &t.to_string()]);
+                // -r is llama.cpp's reverse prompt; llama-bench's -r is --repetitions here.
+                c.args(["--repetitions", &o.repetitions.to_string()]);
+                c.args(["-t", &t.to_string()]);
                 c
             };
             let theirs_cmd = || {
