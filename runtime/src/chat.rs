@@ -107,7 +107,13 @@ fn converse(client: Client, cfg: &Config, tokenizer: &tokenizer::Tokenizer) -> R
             ..GenParams::default()
         };
         let mut events = client
-            .generate(PromptInput::Chat(messages.clone()), params)
+            .generate(
+                PromptInput::Chat {
+                    messages: messages.clone(),
+                    tools: None,
+                },
+                params,
+            )
             .map_err(|e| e.to_string())?;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();

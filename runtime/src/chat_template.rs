@@ -20,6 +20,7 @@ use minijinja::{context, AutoEscape, Environment, Error, ErrorKind, Value};
 
 use crate::memory_budget;
 use crate::messages::ChatMessage;
+use crate::tools::ToolFormat;
 
 /// Why a template could not be compiled or rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +160,8 @@ struct Compiled {
     /// Which template this is, for errors: "the model's chat template (tokenizer.chat_template)"
     /// or "the built-in template chatml".
     origin: String,
+    /// How this template's model writes tool calls, read from its text.
+    tool_format: ToolFormat,
     bos_token: String,
     eos_token: String,
 }
@@ -233,6 +236,7 @@ impl ChatTemplate {
             compiled: Arc::new(Compiled {
                 env,
                 origin: origin.to_owned(),
+                tool_format: ToolFormat::of_template(src),
                 bos_token: bos_token.to_owned(),
                 eos_token: eos_token.to_owned(),
             }),
@@ -270,6 +274,22 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// How this template's model writes tool calls.
+    pub(crate) fn tool_format(&self) -> ToolFormat {
+        self.compiled.tool_format
+    }
+
+    /// [`render`](Self::render) with the template's `tools` variable set to `tools` (OpenAI's
+    /// shape, as transformers passes them), for templates that render tools themselves.
+    pub(crate) fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
         let exhausted = || ChatTemplateError::Memory {
             template: self.compiled.origin.clone(),
         };
@@ -277,6 +297,10 @@ impl ChatTemplate {
             return Err(exhausted());
         }
         let messages = Value::from_serialize(messages);
+        let tools = match tools {
+            [] => Value::from(()),
+            tools => Value::from_serialize(tools),
+        };
         let (compiled, flag) = (Arc::clone(&self.compiled), Arc::clone(&self.exhausted));
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -284,7 +308,7 @@ impl ChatTemplate {
             .stack_size(RENDER_STACK)
             .spawn(move || {
                 let rendered = memory_budget::within(MAX_RENDER_MEMORY, &flag, || {
-                    compiled.render_here(messages, add_generation_prompt)
+                    compiled.render_here(messages, tools, add_generation_prompt)
                 });
                 let _ = tx.send(rendered);
             })
@@ -314,6 +338,7 @@ impl Compiled {
     fn render_here(
         &self,
         messages: Value,
+        tools: Value,
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
         let template = self
@@ -325,7 +350,7 @@ impl Compiled {
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            tools => Value::from(()),
+            tools => tools,
         };
         template.render(ctx).map_err(|e| match raised_message(&e) {
             Some(msg) => ChatTemplateError::Raised(msg),

@@ -33,6 +33,8 @@ pub fn run(engine: &Engine, cfg: &CompletionConfig, run: &Config) -> Result<(), 
         max_tokens: usize::try_from(cfg.n_predict).ok(),
         ends_at_eog: cfg.n_predict != -2,
         use_whole_context: true,
+        tools: None,
+        shown_controls: Vec::new(),
         logprobs: cfg.top_logprobs.filter(|_| json),
         prompt_logprobs: (json && cfg.prompt_logprobs)
             .then(|| cfg.top_logprobs.unwrap_or(DEFAULT_PROMPT_LOGPROBS)),

@@ -12,14 +12,17 @@ use crate::json_schema::Schema;
 use crate::sampling::SamplerConfig;
 use crate::server::Options;
 
+/// The context when -c is not given, capped at the model's trained length.
+pub const DEFAULT_CTX: usize = 4096;
+
 /// Everything a run needs from the command line.
 pub struct Config {
     pub mode: Mode,
     /// `-m`; without it, the model this executable carries.
     pub model: Option<PathBuf>,
     pub threads: usize,
-    /// The context asked for; 0: the model's trained length.
-    pub ctx_size: usize,
+    /// The context asked for with -c (0: the model's trained length); `None`: [`DEFAULT_CTX`].
+    pub ctx_size: Option<usize>,
     pub batch_size: usize,
     /// `-ngl` asked for layers on a GPU, which this runtime does not have.
     pub gpu_layers: bool,

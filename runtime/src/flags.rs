@@ -22,7 +22,8 @@ pub struct Args {
     pub prompt: Option<String>,
     pub file: Option<PathBuf>,
     pub n_predict: i64,
-    pub ctx_size: usize,
+    /// `None`: not given (the default, capped at the trained length without a word).
+    pub ctx_size: Option<usize>,
     pub batch_size: usize,
     pub threads: Option<usize>,
     pub seed: Option<i64>,
@@ -146,9 +147,9 @@ pub static FLAGS: &[Flag] = &[
     },
     Flag {
         names: &["-c", "--ctx-size", "--ctx_size"],
-        set: value!("N", ctx_size),
-        default: Some("4096"),
-        help: "Context size in tokens; 0 means the model's trained context length.",
+        set: value!("N", ctx_size, some),
+        default: None,
+        help: "Context size in tokens (default 4096, or the model's trained length if shorter); 0 means the model's trained context length.",
     },
     Flag {
         names: &["-b", "--batch-size", "--batch_size"],
@@ -786,7 +787,7 @@ mod tests {
         let a = run(&[]).unwrap();
         assert_eq!(
             (a.n_predict, a.ctx_size, a.batch_size, a.temp, a.top_k),
-            (-1, 4096, 512, 0.8, 40)
+            (-1, None, 512, 0.8, 40)
         );
         assert_eq!(
             (a.host.as_str(), a.port, a.parallel),
@@ -817,7 +818,7 @@ mod tests {
             "5",
         ])
         .unwrap();
-        assert_eq!((a.ctx_size, a.n_predict, a.top_k), (128, -2, 5));
+        assert_eq!((a.ctx_size, a.n_predict, a.top_k), (Some(128), -2, 5));
         assert_eq!(a.prompt.as_deref(), Some("-x"));
     }
 

@@ -3,8 +3,9 @@
 //! The scheduler drives one [`Generator`] per request, in every mode (the one-shot command line,
 //! the terminal chat, the server): sampling, the JSON constraint, stop strings, UTF-8 streaming
 //! and log-probabilities are decided here and nowhere else. Its outputs ([`Delta`], [`Finish`])
-//! know no protocol; each edge turns them into its own format. Tool-call detection (#15) belongs
-//! here too: it watches the text as the stop strings do, and ends the reply with its own finish.
+//! know no protocol; each edge turns them into its own format. Tool calls are found here too: a
+//! [`CallDetector`] watches the text as the stop strings do, and a reply that made calls ends with
+//! [`Finish::ToolCalls`].
 
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use std::sync::Arc;
 use tokenizer::{Tokenizer, Utf8Stream};
 
 use crate::json_schema::{JsonState, Schema};
+use crate::messages::ToolCall;
 use crate::sampling::{log_sum_exp, top_logprobs, Sampler, SamplerConfig};
+use crate::tools::CallDetector;
 
 /// How a generation samples and when it ends.
 pub(crate) struct GenParams {
@@ -37,6 +40,12 @@ pub(crate) struct GenParams {
     /// each token of the reply has a position to go to, so that a conversation carrying the reply
     /// on still fits (the server and the chat, as llama.cpp's server).
     pub use_whole_context: bool,
+    /// Tool calls to look for: set by the intake, which knows the chat template's format (and,
+    /// when a call is required, puts the constraint in `json`).
+    pub tools: Option<Box<CallDetector>>,
+    /// Control tokens whose text goes into the reply all the same: the tool-call markers of
+    /// models that have them as control tokens (Qwen 2.5's `<tool_call>`).
+    pub shown_controls: Vec<u32>,
 }
 
 impl Default for GenParams {
@@ -51,6 +60,8 @@ impl Default for GenParams {
             json: None,
             ends_at_eog: true,
             use_whole_context: false,
+            tools: None,
+            shown_controls: Vec::new(),
         }
     }
 }
@@ -145,6 +156,8 @@ pub(crate) enum Finish {
     Constraint,
     /// The token limit, or the context is full.
     Length,
+    /// The reply called these tools (the text before the calls, if any, came as deltas).
+    ToolCalls(Vec<ToolCall>),
 }
 
 /// What the scheduler does next for this sequence.
@@ -160,6 +173,8 @@ pub(crate) struct Generator {
     sampler: Sampler,
     json: Option<JsonState>,
     stop: StopMatcher,
+    calls: Option<Box<CallDetector>>,
+    shown_controls: Vec<u32>,
     utf8: Utf8Stream,
     logprobs: Option<usize>,
     logit_bias: Vec<(u32, f32)>,
@@ -176,6 +191,8 @@ impl Generator {
             sampler: Sampler::new(params.sampling, n_vocab).map_err(|e| e.to_string())?,
             json: params.json.map(JsonState::new),
             stop: StopMatcher::new(params.stop),
+            calls: params.tools,
+            shown_controls: params.shown_controls,
             utf8: Utf8Stream::new(),
             logprobs: params.logprobs,
             logit_bias: params.logit_bias,
@@ -243,12 +260,18 @@ impl Generator {
         }
         self.generated += 1;
         self.pending.push(sampled);
-        let piece = vocab.piece(tok);
+        let piece = match self.shown_controls.contains(&tok) {
+            true => tokenizer.token_to_piece(tok, true),
+            false => vocab.piece(tok),
+        };
         if let Some(state) = &mut self.json {
             state.feed(&piece);
         }
         let text = self.utf8.push(&piece);
-        let (text, stopped) = self.stop.push(&text);
+        let (mut text, stopped) = self.stop.push(&text);
+        if let Some(calls) = &mut self.calls {
+            text = calls.push(&text);
+        }
         let delta = (!text.is_empty()).then(|| Delta {
             text,
             tokens: std::mem::take(&mut self.pending),
@@ -272,13 +295,21 @@ impl Generator {
     }
 
     /// Ends the reply: the text held back (a partial character, the start of a stop string that
-    /// never came) goes out unless a stop string cut it, with the tokens not yet reported.
-    fn finish(&mut self, finish: Finish) -> (Option<Delta>, Next) {
+    /// never came) goes out unless a stop string cut it, with the tokens not yet reported; a
+    /// reply that made tool calls ends with them.
+    fn finish(&mut self, mut finish: Finish) -> (Option<Delta>, Next) {
         let mut text = String::new();
         if self.stop.found.is_none() {
             let rest = self.utf8.finish();
             text.push_str(&self.stop.push(&rest).0);
             text.push_str(&self.stop.finish());
+        }
+        if let Some(calls) = &mut self.calls {
+            text = calls.push(&text);
+            match calls.finish() {
+                Ok(made) => finish = Finish::ToolCalls(made),
+                Err(held) => text.push_str(&held),
+            }
         }
         let delta = (!text.is_empty() || !self.pending.is_empty()).then(|| Delta {
             text,

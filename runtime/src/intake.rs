@@ -9,11 +9,13 @@ use std::sync::mpsc::{Receiver, Sender};
 
 use tokio::sync::{mpsc as events, oneshot};
 
-use crate::chat_template::ChatTemplate;
+use crate::chat_template::{ChatTemplate, ChatTemplateError};
 use crate::engine::Engine;
 use crate::generator::GenParams;
 use crate::jobs::{Embedding, Event, GenJob, Job, PromptInput, Refusal};
+use crate::json_schema::Schema;
 use crate::messages::ChatMessage;
+use crate::tools::{self, CallDetector, Instructions, Tool, ToolRequest};
 
 /// A job whose prompts are tokens: what the scheduler receives.
 pub(crate) enum Ready {
@@ -83,15 +85,16 @@ impl<'e, 'a> Intake<'e, 'a> {
             }
             Job::ApplyTemplate { messages, reply } => {
                 if !reply.is_closed() {
-                    let _ = reply.send(self.render(&messages));
+                    let _ = reply.send(self.render(&messages, None));
                 }
                 None
             }
-            Job::Generate(GenJob {
-                prompt,
-                params,
-                events,
-            }) => {
+            Job::Generate(job) => {
+                let GenJob {
+                    prompt,
+                    mut params,
+                    events,
+                } = *job;
                 if events.is_closed() {
                     return None;
                 }
@@ -99,6 +102,13 @@ impl<'e, 'a> Intake<'e, 'a> {
                 let prompt = self
                     .check_ids(&biased)
                     .map_err(|e| Refusal::invalid(format!("logit_bias: {e}")))
+                    .and_then(|()| match &prompt {
+                        PromptInput::Chat {
+                            tools: Some(request),
+                            ..
+                        } => self.watch_for_calls(request, &mut params),
+                        _ => Ok(()),
+                    })
                     .and_then(|()| self.prompt_tokens(prompt));
                 match prompt {
                     Ok(prompt) => Some(Ready::Generate {
@@ -131,13 +141,75 @@ impl<'e, 'a> Intake<'e, 'a> {
         }
     }
 
-    fn render(&self, messages: &[ChatMessage]) -> Result<String, Refusal> {
-        let template = self.template.as_ref().ok_or_else(|| {
-            Refusal::invalid("this mode takes raw prompts: it has no chat template")
-        })?;
-        template
-            .render(messages, true)
-            .map_err(|e| Refusal::invalid(e.to_string()))
+    fn template(&self) -> Result<&ChatTemplate, Refusal> {
+        self.template
+            .as_ref()
+            .ok_or_else(|| Refusal::invalid("this mode takes raw prompts: it has no chat template"))
+    }
+
+    /// The prompt of a conversation. With tools, a template that renders them gets them; one
+    /// that does not gets the generic format's conversation. A required call's prompt ends where
+    /// the call starts.
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&ToolRequest>,
+    ) -> Result<String, Refusal> {
+        let template = self.template()?;
+        let rendered = match tools {
+            None => template.render(messages, true),
+            Some(request) if template.tool_format().native() => {
+                let tools: Vec<_> = request.tools.iter().map(Tool::template_json).collect();
+                template.render_with_tools(messages, &tools, true)
+            }
+            Some(request) => {
+                let generic = |place| {
+                    let messages = tools::generic_messages(messages, &request.tools, place);
+                    template.render(&messages, true)
+                };
+                // Templates that refuse a system role get the instructions in the first turn.
+                match generic(Instructions::System) {
+                    Err(ChatTemplateError::Raised(_)) => generic(Instructions::FirstUserMessage),
+                    other => other,
+                }
+            }
+        };
+        let mut prompt = rendered.map_err(|e| Refusal::invalid(e.to_string()))?;
+        if tools.is_some_and(ToolRequest::forced) {
+            prompt.push_str(template.tool_format().prefill());
+        }
+        Ok(prompt)
+    }
+
+    /// Sets `params` to find the calls of `request` in the reply, written as this template's
+    /// model writes them, and holds a required call to the tools' schemas.
+    fn watch_for_calls(
+        &self,
+        request: &ToolRequest,
+        params: &mut GenParams,
+    ) -> Result<(), Refusal> {
+        let format = self.template()?.tool_format();
+        if request.forced() {
+            if params.json.is_some() {
+                return Err(Refusal::invalid(
+                    "`response_format` and a required tool call cannot both shape the reply",
+                ));
+            }
+            let schema = Schema::compile(&format.call_schema(request))
+                .map_err(|e| Refusal::invalid(format!("tools: {e}")))?;
+            params.json = Some(schema);
+        }
+        params.tools = Some(Box::new(CallDetector::new(format, request)));
+        let tokenizer = &self.engine.tokenizer;
+        params.shown_controls = format
+            .markers()
+            .iter()
+            .filter_map(|marker| match tokenizer.encode(marker, false, true)[..] {
+                [id] => Some(id),
+                _ => None,
+            })
+            .collect();
+        Ok(())
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<(), Refusal> {
@@ -152,7 +224,9 @@ impl<'e, 'a> Intake<'e, 'a> {
 
     fn prompt_tokens(&self, prompt: PromptInput) -> Result<Vec<u32>, Refusal> {
         let ids = match prompt {
-            PromptInput::Chat(messages) => self.engine.tokenize_prompt(&self.render(&messages)?),
+            PromptInput::Chat { messages, tools } => self
+                .engine
+                .tokenize_prompt(&self.render(&messages, tools.as_ref())?),
             PromptInput::Text(text) => self.engine.tokenize_prompt(&text),
             PromptInput::Tokens(ids) => {
                 self.check_ids(&ids)?;

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc as events, oneshot};
 
 use crate::generator::{Candidate, Delta, Finish, GenParams};
 use crate::messages::ChatMessage;
+use crate::tools::ToolRequest;
 
 /// Why the scheduler refused a job. It knows no protocol: each edge turns this into its own
 /// error (the HTTP side into 400 and 503 responses).
@@ -42,8 +43,12 @@ impl Refusal {
 
 /// What a generation starts from.
 pub(crate) enum PromptInput {
-    /// Rendered with the model's chat template, then tokenized.
-    Chat(Vec<ChatMessage>),
+    /// Rendered with the model's chat template, then tokenized; with the tools the reply may
+    /// call.
+    Chat {
+        messages: Vec<ChatMessage>,
+        tools: Option<ToolRequest>,
+    },
     /// Tokenized as the CLI tokenizes `-p` (BOS per metadata, special tokens parsed).
     Text(String),
     /// Used as given.
@@ -58,7 +63,7 @@ pub(crate) struct GenJob {
 }
 
 pub(crate) enum Job {
-    Generate(GenJob),
+    Generate(Box<GenJob>),
     Embed {
         inputs: Vec<PromptInput>,
         reply: oneshot::Sender<Result<Vec<Embedding>, Refusal>>,
@@ -137,11 +142,11 @@ impl Client {
         params: GenParams,
     ) -> Result<events::UnboundedReceiver<Event>, Stopped> {
         let (events, rx) = events::unbounded_channel();
-        self.submit(Job::Generate(GenJob {
+        self.submit(Job::Generate(Box::new(GenJob {
             prompt,
             params,
             events,
-        }))?;
+        })))?;
         Ok(rx)
     }
 }

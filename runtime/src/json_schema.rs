@@ -132,7 +132,10 @@ pub struct Schema {
     nodes: Vec<Node>,
     /// Bytes each node's values can start with.
     starts: Vec<ByteSet>,
-    root: NodeId,
+    /// Where a document starts: one node, or the branches of a top-level `anyOf`/`oneOf`, which
+    /// may overlap (several objects, as a required call to one of several tools is): the
+    /// validator follows every branch that still fits.
+    roots: Vec<NodeId>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,15 +225,23 @@ impl<'v> Compiler<'v> {
     }
 
     fn finish(&mut self, root: NodeId) -> Result<Arc<Schema>, String> {
+        let top_union = match &self.nodes[root] {
+            Node::Union(branches) => Some(branches.clone()),
+            _ => None,
+        };
         let mut starts = vec![None; self.nodes.len()];
         for id in 0..self.nodes.len() {
-            self.starts_of(id, &mut starts, 0)?;
+            // A top-level union's branches may overlap; one nested anywhere (reached through a
+            // reference to the root too) may not.
+            if top_union.is_none() || id != root {
+                self.starts_of(id, &mut starts, 0)?;
+            }
         }
         let starts = starts.into_iter().map(|s| s.unwrap_or_default()).collect();
         Ok(Arc::new(Schema {
             nodes: std::mem::take(&mut self.nodes),
             starts,
-            root,
+            roots: top_union.unwrap_or_else(|| vec![root]),
         }))
     }
 
@@ -651,9 +662,49 @@ enum Frame {
     },
 }
 
-/// Where the output stands in the document: cloned to try a candidate token.
+/// Where the output stands in the document: cloned to try a candidate token. One cursor per
+/// top-level branch the output still fits.
 #[derive(Clone, Debug)]
 pub struct JsonState {
+    cursors: Vec<Cursor>,
+}
+
+impl JsonState {
+    pub fn new(schema: Arc<Schema>) -> JsonState {
+        JsonState {
+            cursors: schema
+                .roots
+                .iter()
+                .map(|&root| Cursor::new(Arc::clone(&schema), root))
+                .collect(),
+        }
+    }
+
+    /// Whether appending `bytes` keeps the output a viable prefix.
+    pub fn allows(&self, bytes: &[u8]) -> bool {
+        self.cursors.iter().any(|c| c.allows(bytes))
+    }
+
+    /// Appends `bytes`; false (leaving the state unusable) if they break the document.
+    pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        self.cursors.retain_mut(|c| c.feed(bytes));
+        !self.cursors.is_empty()
+    }
+
+    /// The top-level value is complete: nothing but whitespace may follow.
+    pub fn is_complete(&self) -> bool {
+        self.cursors.iter().any(Cursor::is_complete)
+    }
+
+    /// The output may end here (complete, or a top-level number or literal that can end).
+    pub fn can_end(&self) -> bool {
+        self.cursors.iter().any(Cursor::can_end)
+    }
+}
+
+/// The position in the document along one top-level branch of the schema.
+#[derive(Clone, Debug)]
+struct Cursor {
     schema: Arc<Schema>,
     stack: Vec<Frame>,
     /// Whitespace bytes since the last token, and whether they include the newline.
@@ -672,10 +723,9 @@ fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-impl JsonState {
-    pub fn new(schema: Arc<Schema>) -> JsonState {
-        let root = schema.root;
-        JsonState {
+impl Cursor {
+    fn new(schema: Arc<Schema>, root: NodeId) -> Cursor {
+        Cursor {
             schema,
             stack: vec![Frame::Root, Frame::Value(root)],
             whitespace: 0,
@@ -683,23 +733,19 @@ impl JsonState {
         }
     }
 
-    /// Whether appending `bytes` keeps the output a viable prefix.
-    pub fn allows(&self, bytes: &[u8]) -> bool {
+    fn allows(&self, bytes: &[u8]) -> bool {
         !bytes.is_empty() && self.clone().feed(bytes)
     }
 
-    /// Appends `bytes`; false (leaving the state unusable) if they break the document.
-    pub fn feed(&mut self, bytes: &[u8]) -> bool {
+    fn feed(&mut self, bytes: &[u8]) -> bool {
         bytes.iter().all(|&b| self.feed_byte(b))
     }
 
-    /// The top-level value is complete: nothing but whitespace may follow.
-    pub fn is_complete(&self) -> bool {
+    fn is_complete(&self) -> bool {
         self.stack.len() == 1
     }
 
-    /// The output may end here (complete, or a top-level number or literal that can end).
-    pub fn can_end(&self) -> bool {
+    fn can_end(&self) -> bool {
         match self.stack.as_slice() {
             [Frame::Root] => true,
             [Frame::Root, Frame::Num { st, .. }] => st.can_end(),
@@ -1303,7 +1349,7 @@ mod tests {
         for (schema, word) in [
             (json!({"$ref": "http://x/y"}), "local"),
             (
-                json!({"anyOf": [{"type": "string"}, {"enum": ["a"]}]}),
+                json!({"type": "array", "items": {"anyOf": [{"type": "string"}, {"enum": ["a"]}]}}),
                 "start differently",
             ),
             (
@@ -1331,6 +1377,29 @@ mod tests {
             let e = Schema::compile(&schema).unwrap_err();
             assert!(e.contains(word), "{schema}: {e}");
         }
+    }
+
+    /// At the top, the branches of `anyOf` may overlap (a call to one of several tools): each
+    /// is followed while the output fits it.
+    #[test]
+    fn top_level_branches_of_one_type_are_followed_together() {
+        let schema = Schema::compile(&json!({"anyOf": [
+            {"type": "object", "properties": {"name": {"const": "a"}, "x": {"type": "integer"}},
+             "required": ["name", "x"], "additionalProperties": false},
+            {"type": "object", "properties": {"name": {"const": "b"}, "y": {"type": "string"}},
+             "required": ["name", "y"], "additionalProperties": false},
+        ]}))
+        .unwrap();
+        let accepts = |doc: &str| {
+            let mut st = JsonState::new(Arc::clone(&schema));
+            st.feed(doc.as_bytes()) && st.is_complete()
+        };
+        assert!(accepts(r#"{"name": "a", "x": 1}"#));
+        assert!(accepts(r#"{"name": "b", "y": "z"}"#));
+        assert!(!accepts(r#"{"name": "a", "y": "z"}"#));
+        assert!(!accepts(r#"{"name": "b", "x": 1}"#));
+        let st = JsonState::new(Arc::clone(&schema));
+        assert!(st.allows(b"{\"name\": \"") && !st.allows(b"{\"name\": \"c"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod sampling;
 pub(crate) mod scheduler;
 pub mod server;
 pub(crate) mod timings;
+pub(crate) mod tools;
 
 /// Physical cores (llama.cpp's default thread count): hyper-threads share one core's arithmetic
 /// units, so counting them slows matrix multiplication down.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use runtime::bench::BenchPlan;
-use runtime::config::{Config, Mode};
+use runtime::config::{Config, Mode, DEFAULT_CTX};
 use runtime::engine::Engine;
 use runtime::flags::{self, Parsed};
 use runtime::load::{self, ModelSource, PayloadFile};
@@ -103,15 +103,17 @@ fn run(cfg: &Config, self_file: Option<&PayloadFile>) -> Result<(), String> {
     let n_ctx = match &cfg.mode {
         // As llama-bench: the context holds exactly what a test evaluates.
         Mode::Bench(plan) => (plan.n_prompt + plan.n_gen).max(1),
-        _ if cfg.ctx_size == 0 => n_ctx_train,
-        _ if cfg.ctx_size > n_ctx_train => {
-            eprintln!(
-                "llamafile: warning: -c {} is more than the {n_ctx_train} tokens the model was trained on; using {n_ctx_train}",
-                cfg.ctx_size
-            );
-            n_ctx_train
-        }
-        _ => cfg.ctx_size,
+        _ => match cfg.ctx_size {
+            None => DEFAULT_CTX.min(n_ctx_train),
+            Some(0) => n_ctx_train,
+            Some(asked) if asked > n_ctx_train => {
+                eprintln!(
+                    "llamafile: warning: -c {asked} is more than the {n_ctx_train} tokens the model was trained on; using {n_ctx_train}"
+                );
+                n_ctx_train
+            }
+            Some(asked) => asked,
+        },
     };
     let engine = Engine {
         model,

@@ -116,6 +116,137 @@ def check_json_schema():
     assert r.choices[0].finish_reason == "stop", r.choices[0]
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Get the current time in a time zone",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def get_weather(city, unit="celsius"):
+    return f"18 degrees {unit}, sunny in {city}"
+
+
+def assert_weather_call(call):
+    assert call.type == "function" and call.function.name == "get_weather", call
+    assert call.id.startswith("call_"), call
+    args = json.loads(call.function.arguments)
+    assert isinstance(args["city"], str) and args["city"], args
+    assert set(args) <= {"city", "unit"}, args
+    return args
+
+
+def check_tool_round_trip():
+    """A call (the model decides), the function run, its result sent back, an answer."""
+    model = model_id()
+    r = client.chat.completions.create(
+        model=model, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], max_tokens=60, temperature=0
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    (call,) = choice.message.tool_calls
+    args = assert_weather_call(call)
+    messages = WEATHER_QUESTION + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": get_weather(**args)},
+    ]
+    final = client.chat.completions.create(
+        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=40, temperature=0
+    )
+    assert final.choices[0].message.tool_calls is None, final
+    assert final.choices[0].message.content, final
+    # The result reached the model's prompt, in its template's own tags.
+    root = BASE_URL.removesuffix("/v1")
+    prompt = client.post(f"{root}/apply-template", body={"messages": messages}, cast_to=object)["prompt"]
+    assert "<tool_response>\n18 degrees" in prompt and "<tool_call>" in prompt, prompt
+
+
+def check_tool_choice_required_named_and_streamed():
+    """`required` and a named function are held to the tools' schemas; a stream gives the id and
+    name once and the arguments in pieces."""
+    model = model_id()
+    tools = [WEATHER_TOOL, TIME_TOOL]
+    question = [{"role": "user", "content": "Tell me a joke."}]
+    r = client.chat.completions.create(
+        model=model, messages=question, tools=tools, tool_choice="required", max_tokens=60, temperature=0
+    )
+    assert r.choices[0].finish_reason == "tool_calls", r
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name in ("get_weather", "get_time"), call
+    json.loads(call.function.arguments)
+    named = {"type": "function", "function": {"name": "get_time"}}
+    r = client.chat.completions.create(
+        model=model, messages=WEATHER_QUESTION, tools=tools, tool_choice=named, max_tokens=60, temperature=0
+    )
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_time", call
+    assert isinstance(json.loads(call.function.arguments)["zone"], str), call
+
+    stream = client.chat.completions.create(
+        model=model, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice="required",
+        max_tokens=60, temperature=0, stream=True,
+    )
+    ids, names, pieces, finish = [], [], [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            for tc in c.delta.tool_calls or []:
+                assert tc.index == 0, tc
+                if tc.id:
+                    ids.append(tc.id)
+                if tc.function and tc.function.name:
+                    names.append(tc.function.name)
+                if tc.function and tc.function.arguments:
+                    pieces.append(tc.function.arguments)
+            finish = c.finish_reason or finish
+    assert len(ids) == 1 and names == ["get_weather"], (ids, names)
+    assert finish == "tool_calls", finish
+    json.loads("".join(pieces))
+
+    # openai-python's own accumulation of a streamed call.
+    with client.beta.chat.completions.stream(
+        model=model, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice="required",
+        max_tokens=60, temperature=0,
+    ) as s:
+        final = s.get_final_completion()
+    assert_weather_call(final.choices[0].message.tool_calls[0])
+
+
+def check_bad_tools():
+    model = model_id()
+    for tools, choice in [
+        ([{"type": "function", "function": {"name": "bad name"}}], "auto"),
+        ([WEATHER_TOOL], {"type": "function", "function": {"name": "launch"}}),
+        ([{"type": "function", "function": {"name": "f", "parameters": {"type": "string", "pattern": "a+"}}}], "auto"),
+    ]:
+        e = expect(
+            openai.BadRequestError,
+            400,
+            lambda: client.chat.completions.create(
+                model=model, messages=MESSAGES, tools=tools, tool_choice=choice, max_tokens=1
+            ),
+        )
+        assert "tool" in str(e), e
+
+
 def expect(error_class, status, fn):
     try:
         fn()
@@ -150,6 +281,9 @@ CHECKS = [
     check_completions_with_logprobs,
     check_embeddings,
     check_json_schema,
+    check_tool_round_trip,
+    check_tool_choice_required_named_and_streamed,
+    check_bad_tools,
     check_errors,
 ]
 

@@ -445,7 +445,7 @@ fn help_and_flag_mistakes_come_from_the_flag_table() {
         "-ngl, --n-gpu-layers",
         "-i, -cnv, -ins",
         "--ctx-size",
-        "[default: 4096]",
+        "(default 4096, or the model's trained length if shorter)",
     ] {
         assert!(text.contains(spelling), "{spelling} not in:\n{text}");
     }

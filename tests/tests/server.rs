@@ -101,7 +101,7 @@ fn openai_python_client() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        6,
+        9,
         "{stdout}"
     );
 }
@@ -270,8 +270,9 @@ fn tool_calls_and_results_reach_the_models_template() {
 }
 
 /// Fields that change the answer are honoured or refused, never dropped: `logit_bias` moves the
-/// greedy choice both ways, a schema's `minLength` holds, and `tools` (until tool calling lands)
-/// and schema keywords the decoder cannot enforce are refused naming them.
+/// greedy choice both ways, a schema's `minLength` holds, and the legacy `functions` and schema
+/// keywords the decoder cannot enforce (in `response_format` or a tool's parameters) are refused
+/// naming them.
 #[test]
 fn fields_that_change_the_answer_are_honoured_or_refused() {
     let _serial = serial();
@@ -329,8 +330,13 @@ fn fields_that_change_the_answer_are_honoured_or_refused() {
 
     for (extra, word) in [
         (
-            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
-            "`tools`",
+            json!({"tools": [{"type": "function", "function": {"name": "f",
+                   "parameters": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}]}),
+            "`tools[0].function.parameters` is not a schema a call can be held to: `minimum`",
+        ),
+        (
+            json!({"functions": [{"name": "f", "parameters": {}}]}),
+            "`functions` is not supported here; send `tools`",
         ),
         (
             json!({"logit_bias": {"999999999": 5}}),
@@ -1006,4 +1012,58 @@ fn chat_page_streams_a_reply_in_headless_chromium() {
     });
     page.eval("document.getElementById('new-chat').click(); true");
     assert_eq!(page.eval("document.querySelectorAll('.msg').length"), 0);
+}
+
+/// Templates that render no tools (Gemma 3's, the built-in Mistral v0.2 one, which also refuses a
+/// system role) get the generic format: the tools explained in the prompt, and a required call
+/// held to the tools' schemas, so that even these small models answer with a valid call; the
+/// call and its result go back into the conversation as text the template accepts.
+#[test]
+fn templates_without_tools_call_them_in_the_generic_format() {
+    let _serial = serial();
+    let weather = json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                       "required": ["city"], "additionalProperties": false}}});
+    let question = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    for (model, args) in [
+        (models_dir().join("gemma.gguf"), &[][..]),
+        (
+            models_dir().join("qwen.gguf"),
+            &["--chat-template", "mistral"][..],
+        ),
+    ] {
+        let server = Server::start(&model, args);
+        let ask = |messages: &Value, choice: Value| {
+            post(
+                server.addr,
+                "/v1/chat/completions",
+                None,
+                &json!({"messages": messages, "tools": [weather], "tool_choice": choice,
+                        "max_tokens": 40, "temperature": 0}),
+            )
+        };
+        let r = ask(&question, json!("required"));
+        assert_eq!(r.status, 200, "{args:?}: {}", r.body);
+        let v = r.json();
+        let message = &v["choices"][0]["message"];
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+        assert_eq!(message["content"], Value::Null, "{v}");
+        let call = &message["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "get_weather");
+        let arguments: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(arguments["city"].is_string(), "{arguments}");
+        assert_eq!(arguments.as_object().unwrap().len(), 1, "{arguments}");
+
+        let mut conversation = question.as_array().unwrap().clone();
+        conversation.push(message.clone());
+        conversation.push(json!({"role": "tool", "tool_call_id": call["id"], "content": "18 C"}));
+        let r = ask(&Value::Array(conversation), json!("auto"));
+        assert_eq!(r.status, 200, "{args:?}: {}", r.body);
+        let finish = r.json()["choices"][0]["finish_reason"].clone();
+        assert!(
+            ["stop", "length", "tool_calls"].contains(&finish.as_str().unwrap()),
+            "{finish}"
+        );
+    }
 }

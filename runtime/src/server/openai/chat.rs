@@ -3,7 +3,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{finish_reason, parse_common, stream_error, Envelope, GenRequest};
+use super::{
+    chat_tools, finish_reason, parse_common, refuse_tools, stream_error, Envelope, GenRequest,
+};
 use crate::generator::{Delta, Finish, Sampled};
 use crate::jobs::{PromptInput, Usage};
 use crate::messages::{ChatMessage, ContentPart, ToolCall};
@@ -14,7 +16,11 @@ use crate::server::request::{parse_object, short, Fields};
 pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
     let obj = parse_object(body)?;
     let f = Fields(&obj);
-    let prompt = PromptInput::Chat(parse_messages(f.get("messages"))?);
+    refuse_tools(&f, &["functions", "function_call"])?;
+    let prompt = PromptInput::Chat {
+        messages: parse_messages(f.get("messages"))?,
+        tools: chat_tools::parse(&f)?,
+    };
     let logprobs = match f.bool("logprobs")? {
         Some(true) => Some(f.int("top_logprobs", 0, 20)?.unwrap_or(0) as usize),
         _ => None,
@@ -215,14 +221,15 @@ impl ChatReply {
         json!({"content": content, "refusal": null})
     }
 
-    /// One chunk: new text, or the end.
-    fn chunk(&mut self, text: Option<&str>, logprobs: Value, finish: Option<&Finish>) -> Value {
-        let mut delta = Map::new();
+    /// One chunk: new text, calls, or the end.
+    fn chunk(
+        &mut self,
+        mut delta: Map<String, Value>,
+        logprobs: Value,
+        finish: Option<&Finish>,
+    ) -> Value {
         if std::mem::replace(&mut self.first, false) {
             delta.insert("role".into(), json!("assistant"));
-        }
-        if let Some(t) = text {
-            delta.insert("content".into(), json!(t));
         }
         let finish_reason = finish.map_or(Value::Null, |f| json!(finish_reason(f)));
         let mut chunk = self.envelope.object(CHUNK);
@@ -235,18 +242,31 @@ const CHUNK: &str = "chat.completion.chunk";
 
 impl Reply for ChatReply {
     fn delta(&mut self, delta: &Delta) -> Vec<SseFrame> {
+        // Tokens whose text was held back (a tool call) and no log-probabilities to report.
+        if delta.text.is_empty() && !self.logprobs {
+            return Vec::new();
+        }
         let logprobs = self.logprobs_json(&delta.tokens);
-        vec![SseFrame::json(&self.chunk(
-            Some(&delta.text),
-            logprobs,
-            None,
-        ))]
+        let mut content = Map::new();
+        content.insert("content".into(), json!(delta.text));
+        vec![SseFrame::json(&self.chunk(content, logprobs, None))]
     }
 
     fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
-        let last = self.chunk(None, Value::Null, Some(finish));
-        self.envelope
-            .stream_end(CHUNK, last, self.include_usage, usage)
+        let mut frames = Vec::new();
+        if let Finish::ToolCalls(calls) = finish {
+            for call in chat_tools::stream_deltas(calls) {
+                let mut delta = Map::new();
+                delta.insert("tool_calls".into(), json!([call]));
+                frames.push(SseFrame::json(&self.chunk(delta, Value::Null, None)));
+            }
+        }
+        let last = self.chunk(Map::new(), Value::Null, Some(finish));
+        frames.extend(
+            self.envelope
+                .stream_end(CHUNK, last, self.include_usage, usage),
+        );
+        frames
     }
 
     fn error(&mut self, e: &ApiError) -> Vec<SseFrame> {
@@ -254,9 +274,16 @@ impl Reply for ChatReply {
     }
 
     fn whole(&self, text: &str, tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {
+        let mut message = json!({"role": "assistant", "content": text});
+        if let Finish::ToolCalls(calls) = finish {
+            if text.is_empty() {
+                message["content"] = Value::Null;
+            }
+            message["tool_calls"] = calls.iter().map(chat_tools::call_json).collect();
+        }
         let choice = json!({
             "index": 0,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "logprobs": self.logprobs_json(tokens),
             "finish_reason": finish_reason(finish),
         });
@@ -279,7 +306,7 @@ mod tests {
                        "temperature":0,"max_tokens":5,"stop":"\n","seed":-1,"stream":true,"stream_options":{"include_usage":true},
                        "logprobs":true,"top_logprobs":3,"response_format":{"type":"json_object"},"tools":[],"user":"x"}"#)
         .unwrap();
-        let PromptInput::Chat(m) = &r.prompt else {
+        let PromptInput::Chat { messages: m, .. } = &r.prompt else {
             panic!("chat")
         };
         assert_eq!(m[0], ChatMessage::new("system", "be brief"));
@@ -362,7 +389,7 @@ mod tests {
               "function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}}]},
             {"role":"tool","tool_call_id":"call_1","name":"get_weather","content":"18 C"}]}"#)
         .unwrap();
-        let PromptInput::Chat(m) = &r.prompt else {
+        let PromptInput::Chat { messages: m, .. } = &r.prompt else {
             panic!("chat")
         };
         assert_eq!(
@@ -411,12 +438,11 @@ mod tests {
         bias.sort_by_key(|b| b.0);
         assert_eq!(bias, [(7, -100.0), (15, 100.0)]);
         for (body, word) in [
+            (r#""tool_choice":"required""#, "`tools` offers none"),
             (
-                r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
-                "`tools`: tool calling",
+                r#""functions":[{"name":"f"}]"#,
+                "`functions` is not supported here; send `tools`",
             ),
-            (r#""tool_choice":"required""#, "`tool_choice` \"required\""),
-            (r#""functions":[{"name":"f"}]"#, "`functions`"),
             (r#""logit_bias":{"abc":1}"#, "\"abc\" is not a token id"),
             (r#""logit_bias":{"5":101}"#, "from -100 to 100"),
             (r#""logit_bias":[[5,1]]"#, "must map token ids"),

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{finish_reason, parse_common, stream_error, Envelope, GenRequest};
+use super::{finish_reason, parse_common, refuse_tools, stream_error, Envelope, GenRequest};
 use crate::generator::{Delta, Finish, Sampled};
 use crate::jobs::{PromptInput, Usage};
 use crate::server::error::ApiError;
@@ -13,6 +13,7 @@ use crate::server::request::{parse_object, token_ids, Fields};
 pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
     let obj = parse_object(body)?;
     let f = Fields(&obj);
+    refuse_tools(&f, &["tools", "tool_choice", "functions", "function_call"])?;
     let prompt = parse_prompt(f.get("prompt"))?;
     let logprobs = f.int("logprobs", 0, 20)?.map(|k| k as usize);
     parse_common(&f, prompt, logprobs)

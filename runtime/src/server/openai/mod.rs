@@ -3,6 +3,7 @@
 //! and the envelope of every response.
 
 pub(crate) mod chat;
+pub(crate) mod chat_tools;
 pub(crate) mod completions;
 pub(crate) mod embeddings;
 
@@ -46,7 +47,6 @@ fn parse_common(
     }
     f.int("best_of", 1, 1)
         .map_err(|_| ApiError::bad_request("`best_of` must be 1: one choice per request"))?;
-    refuse_tools(f)?;
 
     let mut sampling = SamplerConfig::default();
     if let Some(t) = f.number("temperature", 0.0, 100.0)? {
@@ -144,30 +144,25 @@ fn parse_common(
     })
 }
 
-/// Tool calling is not served yet (#15): a request that offers tools, or asks for a call, is
-/// refused rather than answered as if it had not.
-fn refuse_tools(f: &Fields) -> Result<(), ApiError> {
-    let offered = |key: &str| {
-        matches!(f.get(key), Some(Value::Array(a)) if !a.is_empty())
-            || matches!(f.get(key), Some(v) if !v.is_array())
-    };
-    for key in ["tools", "functions"] {
-        if offered(key) {
+/// Completions have no tool calling (and chat completions take `tools`, not the legacy
+/// `functions`): a request that offers tools there, or asks for a call, is refused rather than
+/// answered as if it had not. `keys` are the fields to refuse.
+fn refuse_tools(f: &Fields, keys: &[&str]) -> Result<(), ApiError> {
+    for &key in keys {
+        let asked = match f.get(key) {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::String(s)) => s != "none" && s != "auto",
+            Some(_) => true,
+        };
+        if asked {
+            let instead = match key {
+                "functions" | "function_call" => "send `tools` and `tool_choice` instead",
+                _ => "tools are served by /v1/chat/completions",
+            };
             return Err(ApiError::bad_request(format!(
-                "`{key}`: tool calling is not supported yet; send the request without it"
+                "`{key}` is not supported here; {instead}"
             )));
-        }
-    }
-    for key in ["tool_choice", "function_call"] {
-        match f.get(key) {
-            None => {}
-            Some(Value::String(s)) if s == "none" || s == "auto" => {}
-            Some(v) => {
-                return Err(ApiError::bad_request(format!(
-                    "`{key}` {}: tool calling is not supported yet",
-                    short(v)
-                )))
-            }
         }
     }
     Ok(())
@@ -312,6 +307,7 @@ fn usage_json(u: &Usage) -> Value {
 fn finish_reason(finish: &Finish) -> &'static str {
     match finish {
         Finish::EndOfGeneration(_) | Finish::StopString(_) | Finish::Constraint => "stop",
+        Finish::ToolCalls(_) => "tool_calls",
         Finish::Length => "length",
     }
 }
