@@ -107,6 +107,33 @@ pub(crate) struct ToolRequest {
 }
 
 impl ToolRequest {
+    /// What a request's tool fields come to: `None` when the reply may not call (`none`, or
+    /// nothing offered under `auto`). The error says what is inconsistent, for the protocol to
+    /// name its field: a choice that asks for a call with no tools, or a name offered twice.
+    pub fn new(
+        tools: Vec<Tool>,
+        choice: Option<ToolChoice>,
+        parallel: bool,
+    ) -> Result<Option<ToolRequest>, String> {
+        for (i, tool) in tools.iter().enumerate() {
+            if tools[..i].iter().any(|t| t.name == tool.name) {
+                return Err(format!("tool {:?} is offered twice", tool.name));
+            }
+        }
+        match choice {
+            None => Ok(None),
+            Some(ToolChoice::Auto) if tools.is_empty() => Ok(None),
+            Some(_) if tools.is_empty() => {
+                Err("a call is asked for, but no tool is offered".into())
+            }
+            Some(choice) => Ok(Some(ToolRequest {
+                tools,
+                choice,
+                parallel,
+            })),
+        }
+    }
+
     pub fn forced(&self) -> bool {
         self.choice != ToolChoice::Auto
     }

@@ -9,10 +9,10 @@ import json
 import math
 import os
 import re
-import sys
-import traceback
 
 import openai
+
+import checks
 
 BASE_URL = os.environ["LLAMAFILE_BASE_URL"]
 API_KEY = os.environ["LLAMAFILE_API_KEY"]
@@ -288,13 +288,4 @@ CHECKS = [
 ]
 
 if __name__ == "__main__":
-    failed = False
-    for check in CHECKS:
-        try:
-            check()
-            print(f"ok {check.__name__}", flush=True)
-        except Exception:
-            failed = True
-            print(f"FAILED {check.__name__}", flush=True)
-            traceback.print_exc()
-    sys.exit(1 if failed else 0)
+    checks.run(CHECKS)

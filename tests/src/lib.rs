@@ -44,9 +44,9 @@ pub fn llamafile(args: &[&str]) -> Output {
     out
 }
 
-/// A Python with the `openai` package (and what `tests/python/requirements.txt` lists), in a venv
-/// under `target/` made on first use: the official client, as users run it.
-pub fn python_with_openai() -> PathBuf {
+/// A Python with the official client packages `tests/python/requirements.txt` lists (`openai`,
+/// `anthropic`), in a venv under `target/` made on first use: the clients as users run them.
+pub fn python_with_clients() -> PathBuf {
     let venv = workspace().join("target/py-venv");
     let python = venv.join("bin/python");
     if !python.exists() {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::server::{request, send_json, serial, Server};
-use e2e::{llama_synth, python_with_openai, workspace};
+use e2e::{llama_synth, python_with_clients, workspace};
 use serde_json::{json, Value};
 
 /// The nginx configuration README gives, with its upstream servers and port replaced by ours.
@@ -140,7 +140,7 @@ print("ok")
 #[test]
 fn two_servers_behind_nginx_fail_over_when_one_dies() {
     let _serial = serial();
-    let python: PathBuf = python_with_openai();
+    let python: PathBuf = python_with_clients();
     let model = llama_synth("Q8_0");
     let mut servers = [
         Server::start(&model, &["-t", "1", "-c", "2048"]),

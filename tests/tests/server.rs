@@ -13,7 +13,7 @@ use base64::Engine as _;
 use e2e::server::{
     assert_idle_connections_close, dribble, parse_reply, request, serial, Reply, Server,
 };
-use e2e::{agreement, bin, models_dir, python_with_openai, workspace};
+use e2e::{agreement, bin, models_dir, python_with_clients, workspace};
 use serde_json::{json, Value};
 
 /// The Qwen model, on the given extra flags.
@@ -79,30 +79,63 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn openai_python_client() {
-    let _serial = serial();
-    let python = python_with_openai();
-    let server = qwen_server(&["--api-key", "test-key", "-c", "512"]);
-    let out = Command::new(python)
-        .arg(workspace().join("tests/python/test_openai.py"))
-        .env("LLAMAFILE_BASE_URL", format!("http://{}/v1", server.addr))
-        .env("LLAMAFILE_API_KEY", "test-key")
-        .env("LLAMAFILE_SLOT_CTX", "512")
+/// Runs a client script of `tests/python/` against `server` with `env`; every check it has
+/// (`CHECKS` in the script, one "ok NAME" line each) must pass.
+fn python_client(script: &str, server: &Server, env: &[(&str, String)]) {
+    let path = workspace().join("tests/python").join(script);
+    let out = Command::new(python_with_clients())
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
-        .expect("run tests/python/test_openai.py");
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "test_openai.py failed:\n{stdout}\n{}\nserver log:\n{}",
+        "{script} failed:\n{stdout}\n{}\nserver log:\n{}",
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );
+    let source = std::fs::read_to_string(&path).unwrap();
+    let checks = source
+        .lines()
+        .filter(|l| l.starts_with("def check_"))
+        .count();
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        9,
+        checks,
         "{stdout}"
+    );
+}
+
+#[test]
+fn openai_python_client() {
+    let _serial = serial();
+    let server = qwen_server(&["--api-key", "test-key", "-c", "512"]);
+    python_client(
+        "test_openai.py",
+        &server,
+        &[
+            ("LLAMAFILE_BASE_URL", format!("http://{}/v1", server.addr)),
+            ("LLAMAFILE_API_KEY", "test-key".into()),
+            ("LLAMAFILE_SLOT_CTX", "512".into()),
+        ],
+    );
+}
+
+/// Anthropic's Messages API through the official `anthropic` package: a message and its stream,
+/// a tool round trip (whole and streamed), structured output, the `x-api-key` header, errors.
+#[test]
+fn anthropic_python_client() {
+    let _serial = serial();
+    let server = qwen_server(&["--api-key", "test-key", "-c", "1024"]);
+    python_client(
+        "test_anthropic.py",
+        &server,
+        &[
+            ("LLAMAFILE_BASE_URL", format!("http://{}", server.addr)),
+            ("LLAMAFILE_API_KEY", "test-key".into()),
+        ],
     );
 }
 

@@ -24,12 +24,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::anthropic::{self, MessagesReply};
 use super::error::ApiError;
 use super::llama_cpp;
 use super::openai::chat::{self, ChatReply};
 use super::openai::completions::{self, CompletionReply};
-use super::openai::{embeddings, GenRequest};
+use super::openai::embeddings;
 use super::reply::{Reply, SseFrame};
+use super::request::GenRequest;
 use crate::jobs::{Client, Event, Job};
 use crate::scheduler::Status;
 
@@ -396,11 +398,18 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     let Some(want) = &shared.api_key else {
         return true;
     };
-    let given = header_str(headers, header::AUTHORIZATION)
+    // OpenAI's clients send `Authorization: Bearer KEY`, Anthropic's `x-api-key: KEY`.
+    let bearer = header_str(headers, header::AUTHORIZATION)
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, key)| key.trim());
-    constant_time_eq(&key_digest(given), want)
+        .map(|(_, key)| key.trim().to_string());
+    let given = bearer
+        .or_else(|| {
+            header_str(headers, header::HeaderName::from_static("x-api-key"))
+                .map(|k| k.trim().to_string())
+        })
+        .unwrap_or_default();
+    constant_time_eq(&key_digest(&given), want)
 }
 
 /// Every byte is compared whatever the first difference, so the time says nothing about the key.
@@ -434,6 +443,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 enum Route {
     Models,
     Chat,
+    Messages,
     Completions,
     Embeddings,
     Tokenize,
@@ -448,6 +458,7 @@ const ROUTES: &[(&str, Method, Route)] = &[
     ("/models", Method::GET, Route::Models),
     ("/v1/chat/completions", Method::POST, Route::Chat),
     ("/chat/completions", Method::POST, Route::Chat),
+    ("/v1/messages", Method::POST, Route::Messages),
     ("/v1/completions", Method::POST, Route::Completions),
     ("/completions", Method::POST, Route::Completions),
     ("/v1/embeddings", Method::POST, Route::Embeddings),
@@ -520,6 +531,11 @@ async fn route(
         Route::Chat => {
             let req = chat::parse(&read_body(shared, &parts.headers, body).await?)?;
             let reply = ChatReply::new(&req, &shared.model);
+            generate(shared, req, Box::new(reply)).await
+        }
+        Route::Messages => {
+            let req = anthropic::parse(&read_body(shared, &parts.headers, body).await?)?;
+            let reply = MessagesReply::new(&shared.model);
             generate(shared, req, Box::new(reply)).await
         }
         Route::Completions => {

@@ -6,6 +6,7 @@
 //! pass per step. The server binds before the model is needed, so that a caller can start it
 //! first: until `serve` runs, API requests get 503 and `/health` says the model is loading.
 
+pub(crate) mod anthropic;
 mod error;
 mod http;
 pub(crate) mod llama_cpp;

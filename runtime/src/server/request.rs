@@ -4,6 +4,17 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use crate::generator::GenParams;
+use crate::jobs::PromptInput;
+
+/// A generation request as a protocol parsed it: what to continue, how, and how to answer.
+pub(crate) struct GenRequest {
+    pub prompt: PromptInput,
+    pub params: GenParams,
+    pub stream: bool,
+    /// OpenAI's `stream_options.include_usage`: a last chunk with the usage.
+    pub include_usage: bool,
+}
 
 /// The body as a JSON object.
 pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -59,6 +70,25 @@ impl<'a> Fields<'a> {
         v.as_bool().map(Some).ok_or_else(|| {
             ApiError::bad_request(format!("`{key}` must be true or false, got {}", short(v)))
         })
+    }
+
+    /// An array field, each item parsed by `item` (which gets its index, for its messages); an
+    /// absent field is an empty list.
+    pub fn list<T>(
+        &self,
+        key: &str,
+        item: impl Fn(usize, &Value) -> Result<T, ApiError>,
+    ) -> Result<Vec<T>, ApiError> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => {
+                items.iter().enumerate().map(|(i, v)| item(i, v)).collect()
+            }
+            Some(v) => Err(ApiError::bad_request(format!(
+                "`{key}` must be an array, got {}",
+                short(v)
+            ))),
+        }
     }
 
     pub fn string(&self, key: &str) -> Result<Option<&'a str>, ApiError> {

@@ -3,15 +3,13 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{
-    chat_tools, finish_reason, parse_common, refuse_tools, stream_error, Envelope, GenRequest,
-};
+use super::{chat_tools, finish_reason, parse_common, refuse_tools, stream_error, Envelope};
 use crate::generator::{Delta, Finish, Sampled};
 use crate::jobs::{PromptInput, Usage};
 use crate::messages::{ChatMessage, ContentPart, ToolCall};
 use crate::server::error::ApiError;
 use crate::server::reply::{Reply, SseFrame};
-use crate::server::request::{parse_object, short, Fields};
+use crate::server::request::{parse_object, short, Fields, GenRequest};
 
 pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
     let obj = parse_object(body)?;
@@ -438,7 +436,7 @@ mod tests {
         bias.sort_by_key(|b| b.0);
         assert_eq!(bias, [(7, -100.0), (15, 100.0)]);
         for (body, word) in [
-            (r#""tool_choice":"required""#, "`tools` offers none"),
+            (r#""tool_choice":"required""#, "no tool is offered"),
             (
                 r#""functions":[{"name":"f"}]"#,
                 "`functions` is not supported here; send `tools`",

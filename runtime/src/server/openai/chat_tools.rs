@@ -11,28 +11,7 @@ use crate::tools::{Tool, ToolChoice, ToolError, ToolRequest};
 /// The tools a request offers and how the reply may use them; `None` when it offers none or
 /// says `tool_choice: "none"`.
 pub(crate) fn parse(f: &Fields) -> Result<Option<ToolRequest>, ApiError> {
-    let tools = match f.get("tools") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(list)) => list
-            .iter()
-            .enumerate()
-            .map(|(i, t)| parse_tool(i, t))
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "`tools` must be an array of tools, got {}",
-                short(v)
-            )))
-        }
-    };
-    for (i, tool) in tools.iter().enumerate() {
-        if tools[..i].iter().any(|t| t.name == tool.name) {
-            return Err(ApiError::bad_request(format!(
-                "`tools[{i}].function.name`: {:?} is offered twice",
-                tool.name
-            )));
-        }
-    }
+    let tools = f.list("tools", parse_tool)?;
     let choice = match f.get("tool_choice") {
         None | Some(Value::Null) => Some(ToolChoice::Auto),
         Some(Value::String(s)) => match s.as_str() {
@@ -71,18 +50,8 @@ pub(crate) fn parse(f: &Fields) -> Result<Option<ToolRequest>, ApiError> {
         }
     };
     let parallel = f.bool("parallel_tool_calls")?.unwrap_or(true);
-    match choice {
-        None => Ok(None),
-        Some(ToolChoice::Auto) if tools.is_empty() => Ok(None),
-        Some(_) if tools.is_empty() => Err(ApiError::bad_request(
-            "`tool_choice` asks for a call, but `tools` offers none",
-        )),
-        Some(choice) => Ok(Some(ToolRequest {
-            tools,
-            choice,
-            parallel,
-        })),
-    }
+    ToolRequest::new(tools, choice, parallel)
+        .map_err(|e| ApiError::bad_request(format!("`tools`, `tool_choice`: {e}")))
 }
 
 /// `{"type": "function", "function": {"name", "description", "parameters", "strict"}}`; the
@@ -191,20 +160,20 @@ mod tests {
     fn bad_tools_are_named() {
         let message = |body: String| tools_of(&body).unwrap_err().message;
         for (body, want) in [
-            (r#"{"tools":{}}"#.to_string(), "`tools` must be an array"),
+            (r#"{"tools":{}}"#.to_string(), "`tools` must be an array, got {}"),
             (r#"{"tools":[{"type":"code"}]}"#.to_string(), "`tools[0].type` must be \"function\""),
             (r#"{"tools":[{"type":"function","function":{"name":"a b"}}]}"#.to_string(), "`tools[0].function.name`"),
             (
                 r#"{"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"string","pattern":"a+"}}}]}"#.to_string(),
                 "`tools[0].function.parameters` is not a schema a call can be held to: `pattern`",
             ),
-            (format!(r#"{{"tools":[{WEATHER},{WEATHER}]}}"#), "offered twice"),
+            (format!(r#"{{"tools":[{WEATHER},{WEATHER}]}}"#), "\"get_weather\" is offered twice"),
             (format!(r#"{{"tools":[{WEATHER}],"tool_choice":"always"}}"#), "`tool_choice` must be"),
             (
                 format!(r#"{{"tools":[{WEATHER}],"tool_choice":{{"type":"function","function":{{"name":"launch"}}}}}}"#),
                 "\"launch\" is not among `tools`",
             ),
-            (r#"{"tool_choice":"required"}"#.to_string(), "`tools` offers none"),
+            (r#"{"tool_choice":"required"}"#.to_string(), "no tool is offered"),
         ] {
             let got = message(body.clone());
             assert!(got.contains(want), "{body}: {got}");

@@ -3,12 +3,12 @@
 
 use serde_json::{json, Value};
 
-use super::{finish_reason, parse_common, refuse_tools, stream_error, Envelope, GenRequest};
+use super::{finish_reason, parse_common, refuse_tools, stream_error, Envelope};
 use crate::generator::{Delta, Finish, Sampled};
 use crate::jobs::{PromptInput, Usage};
 use crate::server::error::ApiError;
 use crate::server::reply::{Reply, SseFrame};
-use crate::server::request::{parse_object, token_ids, Fields};
+use crate::server::request::{parse_object, token_ids, Fields, GenRequest};
 
 pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
     let obj = parse_object(body)?;

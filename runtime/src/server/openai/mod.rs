@@ -13,20 +13,12 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::reply::{new_id, unix_now, SseFrame};
-use super::request::{short, Fields};
+use super::request::{short, Fields, GenRequest};
 use crate::generator::{Finish, GenParams};
 use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
 use crate::sampling::SamplerConfig;
 use crate::timings::timings_json;
-
-/// A generation request, parsed.
-pub(crate) struct GenRequest {
-    pub prompt: PromptInput,
-    pub params: GenParams,
-    pub stream: bool,
-    pub include_usage: bool,
-}
 
 /// Upper bound on `max_tokens` worth stating; the context clamps it anyway.
 const MAX_TOKENS_LIMIT: i64 = 1 << 40;
