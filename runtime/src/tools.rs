@@ -120,6 +120,11 @@ impl ToolRequest {
                 return Err(format!("tool {:?} is offered twice", tool.name));
             }
         }
+        if let Some(ToolChoice::Named(name)) = &choice {
+            if !tools.iter().any(|t| &t.name == name) {
+                return Err(format!("{name:?} is asked for but not among the tools"));
+            }
+        }
         match choice {
             None => Ok(None),
             Some(ToolChoice::Auto) if tools.is_empty() => Ok(None),

@@ -230,6 +230,50 @@ def check_tool_choice_required_named_and_streamed():
     assert_weather_call(final.choices[0].message.tool_calls[0])
 
 
+RESPONSES_WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get the current weather in a city",
+    "parameters": WEATHER_TOOL["function"]["parameters"],
+}
+
+
+def check_responses_api():
+    """`client.responses`: text, a stream, a function call continued by previous_response_id."""
+    model = model_id()
+    r = client.responses.create(model=model, input="Say hello.", instructions="Be brief.", max_output_tokens=40, temperature=0)
+    # A reply that ends by itself (the SDK's stream helper wants `response.completed`).
+    assert r.object == "response" and r.status == "completed", r
+    assert r.output_text.strip(), r
+    assert r.usage.output_tokens >= 1 and r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens, r.usage
+
+    with client.responses.stream(
+        model=model, input="Say hello.", instructions="Be brief.", max_output_tokens=40, temperature=0
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert len(deltas) >= 2 and "".join(deltas) == final.output_text == r.output_text, (deltas, final.output_text, r.output_text)
+
+    call_r = client.responses.create(
+        model=model, input="What is the weather like in Paris today?", tools=[RESPONSES_WEATHER],
+        tool_choice="required", max_output_tokens=60, temperature=0,
+    )
+    (call,) = [item for item in call_r.output if item.type == "function_call"]
+    assert call.name == "get_weather" and call.call_id, call
+    args = json.loads(call.arguments)
+    answer = client.responses.create(
+        model=model, previous_response_id=call_r.id, tools=[RESPONSES_WEATHER], tool_choice="none",
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": get_weather(**args)}],
+        max_output_tokens=30, temperature=0,
+    )
+    assert answer.previous_response_id == call_r.id and answer.output_text, answer
+    expect(
+        openai.BadRequestError,
+        400,
+        lambda: client.responses.create(model=model, input="x", previous_response_id="resp-unknown"),
+    )
+
+
 def check_bad_tools():
     model = model_id()
     for tools, choice in [
@@ -284,6 +328,7 @@ CHECKS = [
     check_tool_round_trip,
     check_tool_choice_required_named_and_streamed,
     check_bad_tools,
+    check_responses_api,
     check_errors,
 ]
 

@@ -264,11 +264,6 @@ fn parse_tools(f: &Fields) -> Result<Option<ToolRequest>, ApiError> {
                     let name = c.get("name").and_then(Value::as_str).ok_or_else(|| {
                         ApiError::bad_request("`tool_choice.name` must name a tool")
                     })?;
-                    if !tools.iter().any(|t| t.name == name) {
-                        return Err(ApiError::bad_request(format!(
-                            "`tool_choice.name`: {name:?} is not among `tools`"
-                        )));
-                    }
                     Some(ToolChoice::Named(name.to_string()))
                 }
                 _ => {

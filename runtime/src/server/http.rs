@@ -30,6 +30,7 @@ use super::llama_cpp;
 use super::openai::chat::{self, ChatReply};
 use super::openai::completions::{self, CompletionReply};
 use super::openai::embeddings;
+use super::openai::responses::{self, ResponseStore, ResponsesReply};
 use super::reply::{Reply, SseFrame};
 use super::request::GenRequest;
 use crate::jobs::{Client, Event, Job};
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     /// `/v1/models`'s `meta`, known once the model is loaded.
     pub model_meta: OnceLock<Value>,
     pub created: u64,
+    /// The conversations `/v1/responses` keeps for `previous_response_id`.
+    pub responses: Arc<ResponseStore>,
 }
 
 pub(crate) fn key_digest(key: &str) -> [u8; 32] {
@@ -443,6 +446,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 enum Route {
     Models,
     Chat,
+    Responses,
     Messages,
     Completions,
     Embeddings,
@@ -458,6 +462,8 @@ const ROUTES: &[(&str, Method, Route)] = &[
     ("/models", Method::GET, Route::Models),
     ("/v1/chat/completions", Method::POST, Route::Chat),
     ("/chat/completions", Method::POST, Route::Chat),
+    ("/v1/responses", Method::POST, Route::Responses),
+    ("/responses", Method::POST, Route::Responses),
     ("/v1/messages", Method::POST, Route::Messages),
     ("/v1/completions", Method::POST, Route::Completions),
     ("/completions", Method::POST, Route::Completions),
@@ -531,6 +537,13 @@ async fn route(
         Route::Chat => {
             let req = chat::parse(&read_body(shared, &parts.headers, body).await?)?;
             let reply = ChatReply::new(&req, &shared.model);
+            generate(shared, req, Box::new(reply)).await
+        }
+        Route::Responses => {
+            let body = read_body(shared, &parts.headers, body).await?;
+            let req = responses::parse(&body, &shared.responses)?;
+            let (req, reply) =
+                ResponsesReply::new(req, &shared.model, Arc::clone(&shared.responses));
             generate(shared, req, Box::new(reply)).await
         }
         Route::Messages => {

@@ -131,6 +131,7 @@ impl Server {
             parallel: opts.parallel,
             model_meta: OnceLock::new(),
             created: reply::unix_now(),
+            responses: Arc::default(),
         });
         runtime.spawn(http::accept_loop(listener, Arc::clone(&shared)));
         Ok(Server {

@@ -1,7 +1,7 @@
 //! OpenAI's tool calling in chat completions: the request's `tools`, `tool_choice` and
 //! `parallel_tool_calls`, and the answer's `tool_calls`, whole and streamed.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::messages::ToolCall;
 use crate::server::error::ApiError;
@@ -12,46 +12,39 @@ use crate::tools::{Tool, ToolChoice, ToolError, ToolRequest};
 /// says `tool_choice: "none"`.
 pub(crate) fn parse(f: &Fields) -> Result<Option<ToolRequest>, ApiError> {
     let tools = f.list("tools", parse_tool)?;
-    let choice = match f.get("tool_choice") {
-        None | Some(Value::Null) => Some(ToolChoice::Auto),
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => None,
-            "auto" => Some(ToolChoice::Auto),
-            "required" => Some(ToolChoice::Required),
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "`tool_choice` must be none, auto, required or a function, got {other:?}"
-                )))
-            }
-        },
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .filter(|_| o.get("type").and_then(Value::as_str) == Some("function"))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "`tool_choice` must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                    )
-                })?;
-            if !tools.iter().any(|t| t.name == name) {
-                return Err(ApiError::bad_request(format!(
-                    "`tool_choice.function.name`: {name:?} is not among `tools`"
-                )));
-            }
-            Some(ToolChoice::Named(name.to_string()))
-        }
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "`tool_choice` must be a string or an object, got {}",
-                short(v)
-            )))
-        }
-    };
+    // Chat names the function as `{"type": "function", "function": {"name": ...}}`.
+    let choice = parse_choice(f, |o| o.get("function")?.get("name")?.as_str())?;
     let parallel = f.bool("parallel_tool_calls")?.unwrap_or(true);
     ToolRequest::new(tools, choice, parallel)
         .map_err(|e| ApiError::bad_request(format!("`tools`, `tool_choice`: {e}")))
+}
+
+/// `tool_choice`: `none` (no calls: `None`), `auto`, `required`, or an object of type
+/// `function` whose name `name_of` finds (chat and the Responses API put it in different places).
+pub(crate) fn parse_choice(
+    f: &Fields,
+    name_of: impl Fn(&Map<String, Value>) -> Option<&str>,
+) -> Result<Option<ToolChoice>, ApiError> {
+    match f.get("tool_choice") {
+        None => Ok(Some(ToolChoice::Auto)),
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Ok(None),
+            "auto" => Ok(Some(ToolChoice::Auto)),
+            "required" => Ok(Some(ToolChoice::Required)),
+            other => Err(ApiError::bad_request(format!(
+                "`tool_choice` must be none, auto, required or a function, got {other:?}"
+            ))),
+        },
+        Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = name_of(o)
+                .ok_or_else(|| ApiError::bad_request("`tool_choice` names no function"))?;
+            Ok(Some(ToolChoice::Named(name.to_string())))
+        }
+        Some(v) => Err(ApiError::bad_request(format!(
+            "`tool_choice` must be none, auto, required or a function, got {}",
+            short(v)
+        ))),
+    }
 }
 
 /// `{"type": "function", "function": {"name", "description", "parameters", "strict"}}`; the
@@ -171,7 +164,7 @@ mod tests {
             (format!(r#"{{"tools":[{WEATHER}],"tool_choice":"always"}}"#), "`tool_choice` must be"),
             (
                 format!(r#"{{"tools":[{WEATHER}],"tool_choice":{{"type":"function","function":{{"name":"launch"}}}}}}"#),
-                "\"launch\" is not among `tools`",
+                "\"launch\" is asked for but not among the tools",
             ),
             (r#"{"tool_choice":"required"}"#.to_string(), "no tool is offered"),
         ] {

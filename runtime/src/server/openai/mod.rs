@@ -6,6 +6,7 @@ pub(crate) mod chat;
 pub(crate) mod chat_tools;
 pub(crate) mod completions;
 pub(crate) mod embeddings;
+pub(crate) mod responses;
 
 use std::sync::Arc;
 
@@ -40,43 +41,7 @@ fn parse_common(
     f.int("best_of", 1, 1)
         .map_err(|_| ApiError::bad_request("`best_of` must be 1: one choice per request"))?;
 
-    let mut sampling = SamplerConfig::default();
-    if let Some(t) = f.number("temperature", 0.0, 100.0)? {
-        sampling.temp = t;
-    }
-    if let Some(p) = f.number("top_p", 0.0, 1.0)? {
-        sampling.top_p = p;
-    }
-    if let Some(k) = f.int("top_k", i64::from(i32::MIN), i64::from(i32::MAX))? {
-        sampling.top_k = k as i32;
-    }
-    if let Some(p) = f.number("min_p", 0.0, 1.0)? {
-        sampling.min_p = p;
-    }
-    if let Some(p) = f.number("presence_penalty", -2.0, 2.0)? {
-        sampling.presence_penalty = p;
-    }
-    if let Some(p) = f.number("frequency_penalty", -2.0, 2.0)? {
-        sampling.frequency_penalty = p;
-    }
-    if let Some(p) = f.number("repeat_penalty", 0.0, 100.0)? {
-        sampling.repeat_penalty = p;
-    }
-    if let Some(n) = f.int("repeat_last_n", -1, i64::from(i32::MAX))? {
-        sampling.repeat_last_n = n as i32;
-    }
-    if let Some(v) = f.get("seed") {
-        sampling.seed = match (v.as_u64(), v.as_i64()) {
-            (Some(u), _) => u,
-            (None, Some(i)) => i as u64,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "`seed` must be an integer, got {}",
-                    short(v)
-                )))
-            }
-        };
-    }
+    let sampling = parse_sampling(f)?;
 
     let mut max_tokens = None;
     for key in ["max_tokens", "max_completion_tokens"] {
@@ -134,6 +99,49 @@ fn parse_common(
         stream,
         include_usage,
     })
+}
+
+/// The sampling options (OpenAI's and llama.cpp's names), the same for every endpoint of this
+/// dialect.
+fn parse_sampling(f: &Fields) -> Result<SamplerConfig, ApiError> {
+    let mut sampling = SamplerConfig::default();
+    if let Some(t) = f.number("temperature", 0.0, 100.0)? {
+        sampling.temp = t;
+    }
+    if let Some(p) = f.number("top_p", 0.0, 1.0)? {
+        sampling.top_p = p;
+    }
+    if let Some(k) = f.int("top_k", i64::from(i32::MIN), i64::from(i32::MAX))? {
+        sampling.top_k = k as i32;
+    }
+    if let Some(p) = f.number("min_p", 0.0, 1.0)? {
+        sampling.min_p = p;
+    }
+    if let Some(p) = f.number("presence_penalty", -2.0, 2.0)? {
+        sampling.presence_penalty = p;
+    }
+    if let Some(p) = f.number("frequency_penalty", -2.0, 2.0)? {
+        sampling.frequency_penalty = p;
+    }
+    if let Some(p) = f.number("repeat_penalty", 0.0, 100.0)? {
+        sampling.repeat_penalty = p;
+    }
+    if let Some(n) = f.int("repeat_last_n", -1, i64::from(i32::MAX))? {
+        sampling.repeat_last_n = n as i32;
+    }
+    if let Some(v) = f.get("seed") {
+        sampling.seed = match (v.as_u64(), v.as_i64()) {
+            (Some(u), _) => u,
+            (None, Some(i)) => i as u64,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "`seed` must be an integer, got {}",
+                    short(v)
+                )))
+            }
+        };
+    }
+    Ok(sampling)
 }
 
 /// Completions have no tool calling (and chat completions take `tools`, not the legacy
