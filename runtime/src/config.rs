@@ -143,6 +143,7 @@ impl Config {
                 max_queue: args.max_queue,
                 timeout: Duration::from_secs(args.timeout.max(1)),
                 open_browser: !args.nobrowser,
+                metrics: args.metrics,
             },
             model: args.model,
             notes: args.notes,

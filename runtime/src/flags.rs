@@ -53,6 +53,7 @@ pub struct Args {
     pub host: String,
     pub port: u16,
     pub nobrowser: bool,
+    pub metrics: bool,
     pub api_key: Option<String>,
     pub parallel: usize,
     pub max_queue: usize,
@@ -364,6 +365,12 @@ pub static FLAGS: &[Flag] = &[
         set: value!("PORT", port),
         default: Some("8080"),
         help: "Port the server listens on; when it is taken, the next free one. 0: any free port.",
+    },
+    Flag {
+        names: &["--metrics"],
+        set: switch!(metrics),
+        default: None,
+        help: "Serve /metrics (Prometheus text format), as llama-server does with --metrics.",
     },
     Flag {
         names: &["--nobrowser"],

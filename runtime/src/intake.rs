@@ -12,7 +12,7 @@ use tokio::sync::{mpsc as events, oneshot};
 use crate::chat_template::{ChatTemplate, ChatTemplateError};
 use crate::engine::Engine;
 use crate::generator::GenParams;
-use crate::jobs::{Embedding, Event, GenJob, Job, PromptInput, Refusal};
+use crate::jobs::{Embedding, Event, GenJob, Infill, Job, PromptInput, Refusal};
 use crate::json_schema::Schema;
 use crate::messages::ChatMessage;
 use crate::tools::{self, CallDetector, Instructions, Tool, ToolRequest};
@@ -212,6 +212,63 @@ impl<'e, 'a> Intake<'e, 'a> {
         Ok(())
     }
 
+    /// llama.cpp's fill-in-the-middle prompt (the repo-level pattern of Qwen2.5-Coder):
+    /// `[REPO]myproject\n [SEP]file\n text ... [SEP]filename\n [PRE]prefix prompt [SUF]suffix [MID]`,
+    /// the prefix cut to its last 3/4 of a batch and the suffix to what is left of the batch's
+    /// quarter, the other files to what the context leaves (taken from their end).
+    fn infill_tokens(&self, infill: &Infill) -> Result<Vec<u32>, Refusal> {
+        let tokenizer = &self.engine.tokenizer;
+        let fim = tokenizer.fim();
+        let (Some(pre), Some(suf), Some(mid)) = (fim.prefix, fim.suffix, fim.middle) else {
+            return Err(Refusal::invalid(
+                "this model has no fill-in-the-middle tokens (tokenizer.ggml.fim_pre_token_id, ...)",
+            ));
+        };
+        let text = |s: &str| tokenizer.encode(s, false, false);
+        let mut extra = Vec::new();
+        if let Some(repo) = fim.repo {
+            extra.push(repo);
+            extra.extend(text("myproject\n"));
+        }
+        for (filename, content) in &infill.extra {
+            match fim.file_sep {
+                Some(sep) => {
+                    extra.push(sep);
+                    extra.extend(text(&format!("{filename}\n")));
+                }
+                None => extra.extend(text("\n\n--- snippet ---\n\n")),
+            }
+            extra.extend(text(content));
+        }
+        if let Some(sep) = fim.file_sep {
+            extra.push(sep);
+            extra.extend(text("filename\n"));
+        }
+        let n_batch = self.engine.n_batch;
+        let prompt = text(&infill.prompt);
+        let mut prefix = text(&infill.prefix);
+        let mut suffix = text(&infill.suffix);
+        let prefix_take = prefix.len().min(3 * (n_batch / 4));
+        let suffix_take = suffix
+            .len()
+            .min((n_batch / 4).saturating_sub(2 + prompt.len()));
+        prefix.drain(..prefix.len() - prefix_take);
+        suffix.truncate(suffix_take);
+        let extra_take = self.engine.n_ctx.saturating_sub(n_batch).min(extra.len());
+        let mut ids = Vec::new();
+        ids.extend_from_slice(&extra[extra.len() - extra_take..]);
+        if tokenizer.add_bos() {
+            ids.extend(tokenizer.bos());
+        }
+        ids.push(pre);
+        ids.extend(prefix);
+        ids.extend(prompt);
+        ids.push(suf);
+        ids.extend(suffix);
+        ids.push(mid);
+        Ok(ids)
+    }
+
     fn check_ids(&self, ids: &[u32]) -> Result<(), Refusal> {
         let n_vocab = self.engine.n_vocab();
         match ids.iter().find(|&&id| id as usize >= n_vocab) {
@@ -232,6 +289,7 @@ impl<'e, 'a> Intake<'e, 'a> {
                 self.check_ids(&ids)?;
                 ids
             }
+            PromptInput::Infill(infill) => self.infill_tokens(&infill)?,
         };
         if ids.is_empty() {
             return Err(Refusal::invalid("the prompt is empty"));

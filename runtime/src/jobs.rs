@@ -53,6 +53,20 @@ pub(crate) enum PromptInput {
     Text(String),
     /// Used as given.
     Tokens(Vec<u32>),
+    /// Fill in the middle: a code model's FIM prompt, made from the code before and after the
+    /// gap, other files of the project, and text the middle starts with.
+    Infill(Infill),
+}
+
+/// What `/infill` fills: llama.cpp's `input_prefix`, `input_suffix`, `input_extra`, `prompt`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Infill {
+    pub prefix: String,
+    pub suffix: String,
+    /// Other files, `(filename, text)`, given as the project's context.
+    pub extra: Vec<(String, String)>,
+    /// Where the middle starts.
+    pub prompt: String,
 }
 
 pub(crate) struct GenJob {

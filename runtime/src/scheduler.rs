@@ -9,7 +9,7 @@
 //! refusals (`jobs.rs`) are its own, and each edge converts them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,12 +23,19 @@ use crate::intake::{Intake, Ready};
 use crate::jobs::{self, Client, Embedding, Event, Job, Refusal, Usage};
 use crate::model::{KvCache, Output, Rows, SeqInput};
 
-/// What `/health` reports; written by the scheduler, read by the HTTP side.
+/// What `/health`, `/props` and `/metrics` report; written by the scheduler, read by the HTTP side.
 #[derive(Default)]
 pub(crate) struct Status {
     pub ready: AtomicBool,
     pub busy_slots: AtomicUsize,
     pub queued: AtomicUsize,
+    /// Totals over finished generations: prompt tokens evaluated and their time, tokens
+    /// generated and theirs (microseconds), and forward passes run.
+    pub prompt_tokens: AtomicU64,
+    pub prompt_us: AtomicU64,
+    pub predicted_tokens: AtomicU64,
+    pub predicted_us: AtomicU64,
+    pub decodes: AtomicU64,
 }
 
 /// How a sequence's hidden states become one embedding (`<arch>.pooling_type`; mean unless the
@@ -551,6 +558,7 @@ impl<'e, 'a> Scheduler<'e, 'a> {
                     });
                 }
             }
+            self.status.decodes.fetch_add(1, Ordering::Relaxed);
             self.engine.model.forward_batch(&mut seqs, Output::Logits)
         };
         let n_vocab = self.engine.n_vocab();
@@ -615,6 +623,16 @@ impl<'e, 'a> Scheduler<'e, 'a> {
             prompt_ms: (prompt_done - task.started).as_secs_f64() * 1e3,
             gen_ms: (now - prompt_done).as_secs_f64() * 1e3,
         };
+        let st = &self.status;
+        let evaluated = usage.prompt_tokens - usage.cached_tokens;
+        st.prompt_tokens
+            .fetch_add(evaluated as u64, Ordering::Relaxed);
+        st.prompt_us
+            .fetch_add((usage.prompt_ms * 1e3) as u64, Ordering::Relaxed);
+        st.predicted_tokens
+            .fetch_add(usage.completion_tokens as u64, Ordering::Relaxed);
+        st.predicted_us
+            .fetch_add((usage.gen_ms * 1e3) as u64, Ordering::Relaxed);
         let _ = task.events.send(Event::Done { finish, usage });
     }
 }

@@ -139,6 +139,28 @@ fn anthropic_python_client() {
     );
 }
 
+/// llama.cpp's endpoints with llama-server's fields (`/completion`, `/infill` as llama.vim sends
+/// it, `/props`, `/v1/models/{id}`, and `/metrics` read by prometheus_client); without `--metrics`
+/// the metrics are 501.
+#[test]
+fn llama_cpp_endpoints() {
+    let _serial = serial();
+    let server = qwen_server(&["--api-key", "test-key", "--metrics"]);
+    python_client(
+        "test_llama_cpp.py",
+        &server,
+        &[
+            ("LLAMAFILE_BASE_URL", format!("http://{}", server.addr)),
+            ("LLAMAFILE_API_KEY", "test-key".into()),
+        ],
+    );
+    drop(server);
+    let plain = qwen_server(&[]);
+    let r = e2e::server::get(plain.addr, "/metrics");
+    assert_eq!(r.status, 501, "{}", r.body);
+    assert!(r.body.contains("--metrics"), "{}", r.body);
+}
+
 const QUESTIONS: [&str; 3] = ["What is 2+2?", "Name a color.", "Say hi in French."];
 const ANSWER_TOKENS: usize = 6;
 

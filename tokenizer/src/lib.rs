@@ -121,6 +121,7 @@ pub struct Tokenizer {
     add_eos: bool,
     /// End-of-generation ids, sorted.
     eog: Vec<u32>,
+    fim: FimTokens,
     /// `token_to_piece(id, true)` of every token, concatenated; token `i` ends at `piece_ends[i]`.
     pieces: Vec<u8>,
     piece_ends: Vec<usize>,
@@ -371,6 +372,19 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
+/// The fill-in-the-middle tokens of a code model (llama.cpp's `llama_vocab_fim_*`): what
+/// `/infill` builds its prompt from. `None` where the model has no such token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FimTokens {
+    pub prefix: Option<u32>,
+    pub suffix: Option<u32>,
+    pub middle: Option<u32>,
+    /// Starts the repository's name in a repo-level prompt.
+    pub repo: Option<u32>,
+    /// Starts each file of a repo-level prompt.
+    pub file_sep: Option<u32>,
+}
+
 /// Special token ids; `None` is llama.cpp's `LLAMA_TOKEN_NULL`. (Separator, padding and mask ids
 /// play no part in SPM or BPE tokenization and are not read.)
 #[derive(Default)]
@@ -560,6 +574,13 @@ impl Tokenizer {
             add_bos,
             add_eos,
             eog,
+            fim: FimTokens {
+                prefix: ids.fim_pre,
+                suffix: ids.fim_suf,
+                middle: ids.fim_mid,
+                repo: ids.fim_rep,
+                file_sep: ids.fim_sep,
+            },
             pieces: Vec::new(),
             piece_ends: Vec::with_capacity(n),
         };
@@ -678,6 +699,10 @@ impl Tokenizer {
 
     pub fn eos(&self) -> Option<u32> {
         self.eos
+    }
+
+    pub fn fim(&self) -> FimTokens {
+        self.fim
     }
 
     /// Whether `encode` with `add_special` starts with BOS.

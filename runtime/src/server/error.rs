@@ -51,6 +51,18 @@ impl ApiError {
         Self::new(404, "not_found_error", format!("no such endpoint: {path}"))
     }
 
+    pub fn not_found_model(id: &str) -> Self {
+        Self::new(
+            404,
+            "not_found_error",
+            format!("the model {id:?} does not exist; this server runs one, listed by /v1/models"),
+        )
+    }
+
+    pub fn not_implemented(message: impl Into<String>) -> Self {
+        Self::new(501, "not_supported_error", message)
+    }
+
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
         Self::new(
             405,

@@ -60,6 +60,10 @@ pub(crate) struct Shared {
     pub parallel: usize,
     /// `/v1/models`'s `meta`, known once the model is loaded.
     pub model_meta: OnceLock<Value>,
+    /// `/props`, known once the model is loaded.
+    pub props: OnceLock<Value>,
+    /// `/metrics` is served (`--metrics`).
+    pub metrics: bool,
     pub created: u64,
     /// The conversations `/v1/responses` keeps for `previous_response_id`.
     pub responses: Arc<ResponseStore>,
@@ -453,6 +457,10 @@ enum Route {
     Tokenize,
     Detokenize,
     ApplyTemplate,
+    Completion,
+    Infill,
+    Props,
+    Metrics,
 }
 
 /// Every API path (OpenAI's with and without `/v1`, llama.cpp's), the one method it takes and its
@@ -472,6 +480,10 @@ const ROUTES: &[(&str, Method, Route)] = &[
     ("/tokenize", Method::POST, Route::Tokenize),
     ("/detokenize", Method::POST, Route::Detokenize),
     ("/apply-template", Method::POST, Route::ApplyTemplate),
+    ("/completion", Method::POST, Route::Completion),
+    ("/props", Method::GET, Route::Props),
+    ("/metrics", Method::GET, Route::Metrics),
+    ("/infill", Method::POST, Route::Infill),
 ];
 
 async fn route(
@@ -523,6 +535,9 @@ async fn route(
     if !authorized(shared, &parts.headers) {
         return Err(ApiError::unauthorized());
     }
+    if let Some(id) = path.strip_prefix("/v1/models/") {
+        return model(shared, id);
+    }
     let Some((_, method, route)) = ROUTES.iter().find(|(p, _, _)| *p == path) else {
         return Err(ApiError::not_found(path));
     };
@@ -534,9 +549,23 @@ async fn route(
     }
     match route {
         Route::Models => Ok(models(shared)),
+        Route::Props => Ok(json_response(
+            200,
+            shared.props.get().unwrap_or(&Value::Null),
+        )),
+        Route::Metrics => metrics(shared),
         Route::Chat => {
             let req = chat::parse(&read_body(shared, &parts.headers, body).await?)?;
             let reply = ChatReply::new(&req, &shared.model);
+            generate(shared, req, Box::new(reply)).await
+        }
+        Route::Completion | Route::Infill => {
+            let body = read_body(shared, &parts.headers, body).await?;
+            let req = match route {
+                Route::Infill => llama_cpp::parse_infill(&body)?,
+                _ => llama_cpp::parse_completion(&body)?,
+            };
+            let reply = llama_cpp::CompletionReply::new(&req, &shared.model);
             generate(shared, req, Box::new(reply)).await
         }
         Route::Responses => {
@@ -660,15 +689,108 @@ fn health(shared: &Shared) -> Response<Body> {
     )
 }
 
-fn models(shared: &Shared) -> Response<Body> {
+fn model_object(shared: &Shared) -> Value {
     let meta = shared.model_meta.get().cloned().unwrap_or(Value::Null);
+    json!({"id": shared.model, "object": "model", "created": shared.created, "owned_by": "llamafile", "meta": meta})
+}
+
+fn models(shared: &Shared) -> Response<Body> {
     json_response(
         200,
-        &json!({
-            "object": "list",
-            "data": [{"id": shared.model, "object": "model", "created": shared.created, "owned_by": "llamafile", "meta": meta}],
-        }),
+        &json!({"object": "list", "data": [model_object(shared)]}),
     )
+}
+
+/// `GET /v1/models/{id}`: the one model, by its id.
+fn model(shared: &Shared, id: &str) -> Result<Response<Body>, ApiError> {
+    if id == shared.model {
+        Ok(json_response(200, &model_object(shared)))
+    } else {
+        Err(ApiError::not_found_model(id))
+    }
+}
+
+/// `/metrics`: llama-server's counters and gauges in Prometheus's text format.
+fn metrics(shared: &Shared) -> Result<Response<Body>, ApiError> {
+    if !shared.metrics {
+        return Err(ApiError::not_implemented(
+            "metrics are off: start the server with --metrics",
+        ));
+    }
+    let s = &shared.status;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let (prompt, prompt_s) = (get(&s.prompt_tokens), get(&s.prompt_us) as f64 / 1e6);
+    let (predicted, predicted_s) = (get(&s.predicted_tokens), get(&s.predicted_us) as f64 / 1e6);
+    let rate = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let busy = s.busy_slots.load(Ordering::Relaxed);
+    let rows: [(&str, &str, &str, f64); 9] = [
+        (
+            "prompt_tokens_total",
+            "counter",
+            "Number of prompt tokens processed.",
+            prompt as f64,
+        ),
+        (
+            "prompt_seconds_total",
+            "counter",
+            "Prompt process time.",
+            prompt_s,
+        ),
+        (
+            "tokens_predicted_total",
+            "counter",
+            "Number of generation tokens processed.",
+            predicted as f64,
+        ),
+        (
+            "tokens_predicted_seconds_total",
+            "counter",
+            "Predict process time.",
+            predicted_s,
+        ),
+        (
+            "n_decode_total",
+            "counter",
+            "Total number of forward passes.",
+            get(&s.decodes) as f64,
+        ),
+        (
+            "prompt_tokens_seconds",
+            "gauge",
+            "Average prompt throughput in tokens/s.",
+            rate(prompt, prompt_s),
+        ),
+        (
+            "predicted_tokens_seconds",
+            "gauge",
+            "Average generation throughput in tokens/s.",
+            rate(predicted, predicted_s),
+        ),
+        (
+            "requests_processing",
+            "gauge",
+            "Number of requests processing.",
+            busy as f64,
+        ),
+        (
+            "requests_deferred",
+            "gauge",
+            "Number of requests deferred.",
+            s.queued.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    let mut text = String::new();
+    for (name, kind, help, value) in rows {
+        text.push_str(&format!(
+            "# HELP llamacpp:{name} {help}\n# TYPE llamacpp:{name} {kind}\nllamacpp:{name} {value}\n"
+        ));
+    }
+    let mut r = Response::new(Body::Full(Some(Bytes::from(text))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(r)
 }
 
 async fn generate(

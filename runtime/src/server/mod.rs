@@ -41,6 +41,8 @@ pub struct Options {
     pub timeout: Duration,
     /// `run` opens the chat page in the desktop's browser (not with `--nobrowser`).
     pub open_browser: bool,
+    /// Serve `/metrics`.
+    pub metrics: bool,
 }
 
 /// The model's name in `/v1/models` and in responses: its file's name.
@@ -130,6 +132,8 @@ impl Server {
             status: Arc::clone(&status),
             parallel: opts.parallel,
             model_meta: OnceLock::new(),
+            props: OnceLock::new(),
+            metrics: opts.metrics,
             created: reply::unix_now(),
             responses: Arc::default(),
         });
@@ -183,6 +187,34 @@ impl Server {
             "n_vocab": c.n_vocab,
             "n_embd": c.n_embd,
             "parallel": self.opts.parallel,
+        }));
+        let template_text = match chat_template {
+            Some(name) => format!("(built-in {name})"),
+            None => g
+                .get_str("tokenizer.chat_template")
+                .ok()
+                .flatten()
+                .unwrap_or("(built-in chatml)")
+                .to_string(),
+        };
+        let defaults = crate::sampling::SamplerConfig::default();
+        let _ = self.shared.props.set(json!({
+            "default_generation_settings": {
+                "n_ctx": engine.n_ctx / self.opts.parallel,
+                "params": {
+                    "temperature": defaults.temp, "top_k": defaults.top_k, "top_p": defaults.top_p,
+                    "min_p": defaults.min_p, "repeat_penalty": defaults.repeat_penalty,
+                    "repeat_last_n": defaults.repeat_last_n,
+                    "presence_penalty": defaults.presence_penalty,
+                    "frequency_penalty": defaults.frequency_penalty,
+                },
+            },
+            "total_slots": self.opts.parallel,
+            "model_path": self.shared.model,
+            "chat_template": template_text,
+            "build_info": format!("llamafile-rs {}", env!("CARGO_PKG_VERSION")),
+            "modalities": {"vision": false, "audio": false},
+            "endpoint_metrics": self.opts.metrics,
         }));
         let cfg = scheduler::Config {
             parallel: self.opts.parallel,

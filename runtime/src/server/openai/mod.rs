@@ -14,11 +14,10 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::reply::{new_id, unix_now, SseFrame};
-use super::request::{short, Fields, GenRequest};
+use super::request::{parse_sampling, short, Fields, GenRequest};
 use crate::generator::{Finish, GenParams};
 use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
-use crate::sampling::SamplerConfig;
 use crate::timings::timings_json;
 
 /// Upper bound on `max_tokens` worth stating; the context clamps it anyway.
@@ -99,49 +98,6 @@ fn parse_common(
         stream,
         include_usage,
     })
-}
-
-/// The sampling options (OpenAI's and llama.cpp's names), the same for every endpoint of this
-/// dialect.
-fn parse_sampling(f: &Fields) -> Result<SamplerConfig, ApiError> {
-    let mut sampling = SamplerConfig::default();
-    if let Some(t) = f.number("temperature", 0.0, 100.0)? {
-        sampling.temp = t;
-    }
-    if let Some(p) = f.number("top_p", 0.0, 1.0)? {
-        sampling.top_p = p;
-    }
-    if let Some(k) = f.int("top_k", i64::from(i32::MIN), i64::from(i32::MAX))? {
-        sampling.top_k = k as i32;
-    }
-    if let Some(p) = f.number("min_p", 0.0, 1.0)? {
-        sampling.min_p = p;
-    }
-    if let Some(p) = f.number("presence_penalty", -2.0, 2.0)? {
-        sampling.presence_penalty = p;
-    }
-    if let Some(p) = f.number("frequency_penalty", -2.0, 2.0)? {
-        sampling.frequency_penalty = p;
-    }
-    if let Some(p) = f.number("repeat_penalty", 0.0, 100.0)? {
-        sampling.repeat_penalty = p;
-    }
-    if let Some(n) = f.int("repeat_last_n", -1, i64::from(i32::MAX))? {
-        sampling.repeat_last_n = n as i32;
-    }
-    if let Some(v) = f.get("seed") {
-        sampling.seed = match (v.as_u64(), v.as_i64()) {
-            (Some(u), _) => u,
-            (None, Some(i)) => i as u64,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "`seed` must be an integer, got {}",
-                    short(v)
-                )))
-            }
-        };
-    }
-    Ok(sampling)
 }
 
 /// Completions have no tool calling (and chat completions take `tools`, not the legacy

@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use super::chat_tools::parse_choice;
-use super::{parse_sampling, usage_json};
+use super::usage_json;
 use crate::generator::{Delta, Finish, GenParams, Sampled};
 use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
 use crate::messages::{ChatMessage, ContentPart, ToolCall};
 use crate::server::error::ApiError;
 use crate::server::reply::{new_id, unix_now, Reply, SseFrame};
-use crate::server::request::{parse_object, Fields, GenRequest};
+use crate::server::request::{parse_object, parse_sampling, Fields, GenRequest};
 use crate::tools::{Tool, ToolError, ToolRequest};
 
 /// Conversations kept for `previous_response_id`: the most recent ones, within both bounds.
