@@ -144,6 +144,7 @@ impl Config {
                 timeout: Duration::from_secs(args.timeout.max(1)),
                 open_browser: !args.nobrowser,
                 metrics: args.metrics,
+                cors_origins: args.cors_origins.clone(),
             },
             model: args.model,
             notes: args.notes,

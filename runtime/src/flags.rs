@@ -54,6 +54,7 @@ pub struct Args {
     pub port: u16,
     pub nobrowser: bool,
     pub metrics: bool,
+    pub cors_origins: Vec<String>,
     pub api_key: Option<String>,
     pub parallel: usize,
     pub max_queue: usize,
@@ -371,6 +372,15 @@ pub static FLAGS: &[Flag] = &[
         set: switch!(metrics),
         default: None,
         help: "Serve /metrics (Prometheus text format), as llama-server does with --metrics.",
+    },
+    Flag {
+        names: &["--cors-origin"],
+        set: Setter::Value("ORIGIN", |a, v| {
+            a.cors_origins.push(v.into());
+            Ok(())
+        }),
+        default: None,
+        help: "Let web pages of ORIGIN (https://host:port, or * for any) call the server without an API key (may be given several times); with --api-key any page that presents the key may.",
     },
     Flag {
         names: &["--nobrowser"],

@@ -123,6 +123,26 @@ fn openai_python_client() {
     );
 }
 
+/// Without a key, pages of other origins are refused unless `--cors-origin` names theirs.
+#[test]
+fn cors_origins_open_a_keyless_server_to_the_pages_named() {
+    let _serial = serial();
+    let server = Server::start(
+        &e2e::llama_synth("Q8_0"),
+        &["--cors-origin", "https://app.example"],
+    );
+    let from = |origin: &str| request(server.addr, "GET", "/v1/models", &[("Origin", origin)], b"");
+    let r = from("https://app.example");
+    assert_eq!(
+        (r.status, r.header("access-control-allow-origin")),
+        (200, Some("https://app.example"))
+    );
+    let r = from("https://evil.example");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("--cors-origin"), "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
 /// Anthropic's Messages API through the official `anthropic` package: a message and its stream,
 /// a tool round trip (whole and streamed), structured output, the `x-api-key` header, errors.
 #[test]
@@ -744,14 +764,25 @@ fn limits_errors_and_hostile_clients() {
         (r.status, r.header("access-control-allow-origin")),
         (200, Some("https://app.example"))
     );
+    // A preflight is granted the headers it asks for: the openai JS SDK's x-stainless-* too.
+    let asked = "authorization, content-type, x-stainless-os, x-stainless-lang";
     let r = request(
         addr,
         "OPTIONS",
         "/v1/chat/completions",
-        &[("Origin", "https://app.example")],
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", asked),
+        ],
         b"",
     );
     assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-headers"), Some(asked));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
 
     // One slot, a queue of one: a third request is told 503; clients that hang up free the slot.
     let generate =

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub props: OnceLock<Value>,
     /// `/metrics` is served (`--metrics`).
     pub metrics: bool,
+    /// Origins whose pages may call without a key (`--cors-origin`; `*`: any).
+    pub cors_origins: Vec<String>,
     pub created: u64,
     /// The conversations `/v1/responses` keeps for `previous_response_id`.
     pub responses: Arc<ResponseStore>,
@@ -401,6 +403,16 @@ fn cross_origin(headers: &HeaderMap) -> Option<String> {
     (!authority.eq_ignore_ascii_case(host)).then(|| origin.to_string())
 }
 
+/// Whether a page of `origin` may call: with an API key, any page that presents it (the key is
+/// the guard); without one, only the origins `--cors-origin` names (`*`: any).
+fn origin_admitted(shared: &Shared, origin: &str) -> bool {
+    shared.api_key.is_some()
+        || shared
+            .cors_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+}
+
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     let Some(want) = &shared.api_key else {
         return true;
@@ -430,12 +442,13 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let origin = cross_origin(req.headers());
-    let mut response = match route(&shared, req, origin.is_some()).await {
+    let admitted = origin.as_deref().map(|o| origin_admitted(&shared, o));
+    let mut response = match route(&shared, req, admitted).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    // A page of another origin may read answers only when an API key guards the server.
-    if let (Some(origin), Some(_)) = (origin, &shared.api_key) {
+    // A page of another origin may read the answers when it was let in.
+    if let (Some(origin), Some(true)) = (origin, admitted) {
         if let Ok(v) = HeaderValue::from_str(&origin) {
             let h = response.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
@@ -489,7 +502,8 @@ const ROUTES: &[(&str, Method, Route)] = &[
 async fn route(
     shared: &Shared,
     req: Request<Incoming>,
-    cross_origin: bool,
+    // `Some(admitted)` when a page of another origin sent the request.
+    cross_origin: Option<bool>,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
@@ -502,24 +516,28 @@ async fn route(
             }
         }
     }
-    if cross_origin && shared.api_key.is_none() {
+    if cross_origin == Some(false) {
         return Err(ApiError::forbidden(
-            "requests from web pages of other origins are refused unless the server runs with --api-key",
+            "requests from web pages of other origins are refused unless the server runs with --api-key \
+             or names the origin with --cors-origin",
         ));
     }
     if parts.method == Method::OPTIONS {
-        // A CORS preflight; only reached with an API key set (see above).
+        // A CORS preflight from an admitted origin: whatever headers it asks for (the openai JS
+        // SDK sends x-stainless-*, Anthropic's anthropic-version); the key still has to come.
         let mut r = Response::new(Body::Full(None));
         *r.status_mut() = StatusCode::NO_CONTENT;
+        let asked = parts
+            .headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("Authorization, Content-Type"));
         let h = r.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("GET, POST, OPTIONS"),
         );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Authorization, Content-Type"),
-        );
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static("600"),

@@ -43,6 +43,8 @@ pub struct Options {
     pub open_browser: bool,
     /// Serve `/metrics`.
     pub metrics: bool,
+    /// `--cors-origin`: origins whose pages may call without a key (`*`: any).
+    pub cors_origins: Vec<String>,
 }
 
 /// The model's name in `/v1/models` and in responses: its file's name.
@@ -134,6 +136,7 @@ impl Server {
             model_meta: OnceLock::new(),
             props: OnceLock::new(),
             metrics: opts.metrics,
+            cors_origins: opts.cors_origins.clone(),
             created: reply::unix_now(),
             responses: Arc::default(),
         });
