@@ -94,6 +94,12 @@ def check_embeddings():
     assert r.usage.prompt_tokens > 5, r.usage
     floats = client.embeddings.create(model=model_id(), input=inputs[0], encoding_format="float")
     assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(floats.data[0].embedding, vectors[0]))
+    # Token ids, as LangChain's OpenAIEmbeddings sends them; `dimensions` only as the model has them.
+    ids = client.post(BASE_URL.removesuffix("/v1") + "/tokenize", body={"content": inputs[0]}, cast_to=object)["tokens"]
+    by_ids = client.embeddings.create(model=model_id(), input=[ids], dimensions=len(vectors[0]))
+    assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(by_ids.data[0].embedding, vectors[0]))
+    e = expect(openai.BadRequestError, 400, lambda: client.embeddings.create(model=model_id(), input="x", dimensions=64))
+    assert "`dimensions`" in str(e), e
 
 
 def check_json_schema():

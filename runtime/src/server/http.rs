@@ -869,6 +869,9 @@ async fn generate(
 
 async fn embeddings(shared: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let req = embeddings::parse(body)?;
+    if let Some(width) = shared.model_meta.get().and_then(|m| m["n_embd"].as_u64()) {
+        req.check_dimensions(width as usize)?;
+    }
     let (reply, rx) = oneshot::channel();
     submit(
         shared,

@@ -9,6 +9,21 @@ use crate::server::request::{parse_object, token_ids, Fields};
 pub(crate) struct EmbedRequest {
     pub inputs: Vec<PromptInput>,
     pub base64: bool,
+    /// `dimensions`, if asked: only the model's own width can be given (shortening a vector is
+    /// meaningful only for models trained for it).
+    pub dimensions: Option<usize>,
+}
+
+impl EmbedRequest {
+    /// The error for a `dimensions` other than the model's `width`.
+    pub fn check_dimensions(&self, width: usize) -> Result<(), ApiError> {
+        match self.dimensions {
+            Some(d) if d != width => Err(ApiError::bad_request(format!(
+                "`dimensions`: this model's embeddings have {width} dimensions; it cannot give {d}"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub(crate) fn parse(body: &[u8]) -> Result<EmbedRequest, ApiError> {
@@ -41,7 +56,12 @@ pub(crate) fn parse(body: &[u8]) -> Result<EmbedRequest, ApiError> {
             )))
         }
     };
-    Ok(EmbedRequest { inputs, base64 })
+    let dimensions = f.int("dimensions", 1, 1 << 20)?.map(|d| d as usize);
+    Ok(EmbedRequest {
+        inputs,
+        base64,
+        dimensions,
+    })
 }
 
 pub(crate) fn response(model: &str, embeddings: &[Embedding], base64: bool) -> Value {
