@@ -273,7 +273,7 @@ impl ToolFormat {
             // Calls written as bare JSON objects, the whole reply: Llama 3's way, and what small
             // models of the other families often write (llama.cpp accepts it from them too).
             _ => {
-                let body = reply.trim().trim_start_matches(PYTHON_TAG).trim();
+                let body = without_fence(reply).trim_start_matches(PYTHON_TAG).trim();
                 let values = serde_json::Deserializer::from_str(body).into_iter::<Value>();
                 (String::new(), values.collect::<Result<Vec<_>, _>>().ok()?)
             }
@@ -316,6 +316,22 @@ impl ToolFormat {
 
 /// Llama 3's marker of a call.
 const PYTHON_TAG: &str = "<|python_tag|>";
+
+/// A Markdown code fence, which small models put around a call they write bare.
+const FENCE: &str = "```";
+
+/// The text inside a reply's code fence (```json ... ```), or the reply, trimmed.
+fn without_fence(reply: &str) -> &str {
+    let reply = reply.trim();
+    let Some(rest) = reply.strip_prefix(FENCE) else {
+        return reply;
+    };
+    let body = rest
+        .split_once('\n')
+        .map_or("", |(_, body)| body)
+        .trim_end();
+    body.strip_suffix(FENCE).unwrap_or(body).trim()
+}
 
 /// Hermes's blocks: `<tool_call>` JSON `</tool_call>`, the last one possibly unclosed (a reply
 /// cut at the end of its JSON); the text outside them, trimmed.
@@ -446,14 +462,26 @@ impl CallDetector {
             return String::new();
         }
         self.held.push_str(text);
-        // A reply that opens with an object (or Llama 3's tag) may be calls written bare.
+        // A reply that opens with an object (or Llama 3's tag), perhaps inside a Markdown code
+        // fence, may be calls written bare.
         if self.at_start {
             let start = self.held.trim_start();
             let tagged = self.format == ToolFormat::Llama3;
-            if start.is_empty() || (tagged && PYTHON_TAG.starts_with(start)) {
+            let body = match start.strip_prefix(FENCE) {
+                // The fence's first line (its language) has not ended yet.
+                Some(rest) => match rest.split_once('\n') {
+                    Some((_, body)) => body.trim_start(),
+                    None => return String::new(),
+                },
+                None => start,
+            };
+            let may_still_open = body.is_empty()
+                || FENCE.starts_with(start)
+                || (tagged && PYTHON_TAG.starts_with(body));
+            if may_still_open {
                 return String::new();
             }
-            if start.starts_with('{') || (tagged && start.starts_with(PYTHON_TAG)) {
+            if body.starts_with('{') || (tagged && body.starts_with(PYTHON_TAG)) {
                 self.call = Some(std::mem::take(&mut self.held));
                 return String::new();
             }
@@ -541,6 +569,10 @@ mod tests {
             .unwrap();
         assert_eq!(calls.len(), 2);
         assert_eq!(ToolFormat::Hermes.parse("{\"a\": 1}", &tools), None);
+        let fenced =
+            "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n```";
+        let (_, calls) = ToolFormat::Hermes.parse(fenced, &tools).unwrap();
+        assert_eq!(calls[0].arguments["city"], "Rome");
         let (_, calls) = ToolFormat::MistralV3
             .parse(
                 "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]",
@@ -601,6 +633,18 @@ mod tests {
         assert_eq!(d.finish().unwrap().len(), 1);
         let mut d = CallDetector::new(ToolFormat::Llama3, &request(ToolChoice::Auto));
         assert_eq!(d.push(" Hello {x}"), " Hello {x}");
+        // A call in a code fence is held from the fence on; code that is no call goes out.
+        let mut d = CallDetector::new(ToolFormat::Hermes, &request(ToolChoice::Auto));
+        assert_eq!(d.push("``"), "");
+        assert_eq!(d.push("`json"), "");
+        assert_eq!(
+            d.push("\n{\"name\": \"get_weather\", \"arguments\": {}}\n```"),
+            ""
+        );
+        assert_eq!(d.finish().unwrap().len(), 1);
+        let mut d = CallDetector::new(ToolFormat::Hermes, &request(ToolChoice::Auto));
+        assert_eq!(d.push("```python\n"), "");
+        assert_eq!(d.push("def f():"), "```python\ndef f():");
         // A reply that is a JSON object but no call comes out whole at the end.
         let mut d = CallDetector::new(ToolFormat::Hermes, &request(ToolChoice::Auto));
         assert_eq!(d.push("{\"answer\": 42}"), "");

@@ -123,6 +123,23 @@ fn openai_python_client() {
     );
 }
 
+/// LangChain's `ChatOpenAI` with `bind_tools` (named, `any`, automatic) and
+/// `with_structured_output(method="function_calling")`, and LangGraph's prebuilt ReAct agent
+/// running a tool.
+#[test]
+fn langchain_and_langgraph() {
+    let _serial = serial();
+    let server = qwen_server(&["--api-key", "test-key", "-c", "2048"]);
+    python_client(
+        "test_langchain.py",
+        &server,
+        &[
+            ("LLAMAFILE_BASE_URL", format!("http://{}/v1", server.addr)),
+            ("LLAMAFILE_API_KEY", "test-key".into()),
+        ],
+    );
+}
+
 /// Without a key, pages of other origins are refused unless `--cors-origin` names theirs.
 #[test]
 fn cors_origins_open_a_keyless_server_to_the_pages_named() {
