@@ -1170,3 +1170,110 @@ fn templates_without_tools_call_them_in_the_generic_format() {
         );
     }
 }
+
+/// The openai npm package the browser test loads, installed under `target/` on first use.
+const OPENAI_JS: &str = "openai@6.49.0";
+
+fn openai_js() -> PathBuf {
+    let root = workspace().join("target/npm-openai");
+    let version = OPENAI_JS.trim_start_matches("openai@");
+    let installed = std::fs::read_to_string(root.join("node_modules/openai/package.json"))
+        .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")));
+    if !installed {
+        let out = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&root)
+            .arg(OPENAI_JS)
+            .output()
+            .expect("run npm (install Debian's npm; see .ci/run)");
+        assert!(
+            out.status.success(),
+            "npm install {OPENAI_JS} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    root
+}
+
+/// Serves the files under `root` over HTTP on a port of its own (another origin than the
+/// server's), for as long as the test runs.
+fn static_site(root: PathBuf) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                let file = root.join(path.trim_start_matches('/'));
+                let (status, kind, body) = match std::fs::read(&file) {
+                    Ok(body) if !path.contains("..") => {
+                        let kind = match file.extension().and_then(|e| e.to_str()) {
+                            Some("html") => "text/html",
+                            Some("mjs" | "js") => "text/javascript",
+                            _ => "application/octet-stream",
+                        };
+                        ("200 OK", kind, body)
+                    }
+                    _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    addr
+}
+
+/// The openai npm package, run in a page of another origin in headless Chromium, calls the
+/// server with a key: its preflight (with the SDK's x-stainless-* headers) passes, and a whole
+/// and a streamed chat completion come back.
+#[test]
+fn openai_js_sdk_from_another_origin_in_headless_chromium() {
+    let _serial = serial();
+    let server = qwen_server(&["--api-key", "test-key", "-c", "512"]);
+    let site = openai_js();
+    let page_html = format!(
+        r#"<!doctype html><script type="module">
+import OpenAI from "./node_modules/openai/index.mjs";
+const client = new OpenAI({{ baseURL: "http://{}/v1", apiKey: "test-key", dangerouslyAllowBrowser: true, maxRetries: 0 }});
+const ask = {{ model: "local", messages: [{{ role: "user", content: "Say hello." }}], max_tokens: 6, temperature: 0 }};
+try {{
+  const whole = await client.chat.completions.create(ask);
+  const stream = await client.chat.completions.create({{ ...ask, stream: true }});
+  let streamed = "";
+  for await (const chunk of stream) streamed += chunk.choices[0]?.delta?.content ?? "";
+  window.result = {{ whole: whole.choices[0].message.content, streamed }};
+}} catch (e) {{
+  window.result = {{ error: String(e) }};
+}}
+</script>"#,
+        server.addr
+    );
+    std::fs::write(site.join("page.html"), page_html).unwrap();
+    let origin = static_site(site);
+    let browser = Chromium::start();
+    let mut page = browser.page();
+    page.call(
+        "Page.navigate",
+        json!({"url": format!("http://{origin}/page.html")}),
+    );
+    page.wait(
+        "the SDK's answers",
+        Duration::from_secs(120),
+        "window.result !== undefined",
+    );
+    let result = page.eval("window.result");
+    assert!(result.get("error").is_none(), "{result}");
+    let whole = result["whole"].as_str().unwrap();
+    assert!(!whole.trim().is_empty(), "{result}");
+    assert_eq!(result["streamed"], result["whole"], "{result}");
+}

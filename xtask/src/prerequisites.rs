@@ -43,8 +43,8 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         name: "browser",
-        needed_by: "the web chat page test (headless Chromium)",
-        packages: "chromium",
+        needed_by: "the web chat page test and the openai JS SDK's (headless Chromium, npm)",
+        packages: "chromium npm",
         arm64: false,
         missing: browser_missing,
         tests: &["headless_chromium"],
@@ -90,10 +90,14 @@ fn base_missing() -> Option<String> {
     }
 }
 
-/// The Chromium the page test starts: `$LLAMAFILE_CHROMIUM`, else Debian's.
+/// The Chromium the page tests start (`$LLAMAFILE_CHROMIUM`, else Debian's), and npm, which
+/// fetches the openai JS SDK one of them loads.
 fn browser_missing() -> Option<String> {
     let exe = std::env::var_os("LLAMAFILE_CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
-    (!Path::new(&exe).is_file()).then(|| Path::new(&exe).display().to_string())
+    if !Path::new(&exe).is_file() {
+        return Some(Path::new(&exe).display().to_string());
+    }
+    (!dist::on_path("npm")).then(|| "npm".into())
 }
 
 /// Debian's nginx, in /usr/sbin (which a user's PATH may lack) or on PATH.
