@@ -162,7 +162,8 @@ pub fn chat_template(data: &[u8]) {
 /// Every request body parser of the server, and the JSON-schema validator a request may carry,
 /// fed with the body itself.
 pub fn server_request(data: &[u8]) {
-    for parse in [openai::chat::parse, openai::completions::parse] {
+    let completions = |body: &[u8]| openai::completions::parse(body).map(|(req, _echo)| req);
+    for parse in [openai::chat::parse, completions] {
         if let Ok(req) = parse(data) {
             if let Some(schema) = req.params.json {
                 let mut state = JsonState::new(schema);

@@ -18,6 +18,7 @@ use crate::sampling::{log_sum_exp, top_logprobs, Sampler, SamplerConfig};
 use crate::tools::CallDetector;
 
 /// How a generation samples and when it ends.
+#[derive(Clone)]
 pub(crate) struct GenParams {
     pub sampling: SamplerConfig,
     /// Tokens to generate at most; `None`: until the reply ends or the context is full.

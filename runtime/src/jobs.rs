@@ -42,6 +42,7 @@ impl Refusal {
 }
 
 /// What a generation starts from.
+#[derive(Clone)]
 pub(crate) enum PromptInput {
     /// Rendered with the model's chat template, then tokenized; with the tools the reply may
     /// call.
@@ -111,6 +112,17 @@ pub(crate) struct Usage {
     pub cached_tokens: usize,
     pub prompt_ms: f64,
     pub gen_ms: f64,
+}
+
+impl Usage {
+    /// Adds another generation's counts and times (the usage of an answer of several choices).
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.prompt_ms += other.prompt_ms;
+        self.gen_ms += other.gen_ms;
+    }
 }
 
 pub(crate) enum Event {

@@ -429,6 +429,7 @@ pub(crate) fn generic_messages(
 
 /// Watches a reply as it streams for the start of a call: text before it goes out, the call is
 /// kept until the reply ends and then parsed.
+#[derive(Clone)]
 pub(crate) struct CallDetector {
     format: ToolFormat,
     tools: Vec<Tool>,

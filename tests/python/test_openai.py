@@ -82,6 +82,33 @@ def check_completions_with_logprobs():
         assert math.isclose(chosen, max(top.values()), abs_tol=1e-4), (chosen, top)
 
 
+def check_several_choices_and_echo():
+    """`n`, a list of prompts (n copies of each, in order), `echo`, and their streams."""
+    model = model_id()
+    r = client.completions.create(model=model, prompt=["def add(a, b):", "Once upon a"], n=2, max_tokens=4, temperature=0)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3], r.choices
+    texts = [c.text for c in r.choices]
+    assert texts[0] == texts[1] and texts[2] == texts[3] and texts[0] != texts[2], texts
+    assert r.usage.completion_tokens <= 16 and r.usage.prompt_tokens >= 4 * 4, r.usage
+    stream = client.completions.create(model=model, prompt=["def add(a, b):", "Once upon a"], n=2, max_tokens=4, temperature=0, stream=True)
+    streamed, finished = ["", "", "", ""], set()
+    for chunk in stream:
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+            if c.finish_reason:
+                finished.add(c.index)
+    assert streamed == texts and finished == {0, 1, 2, 3}, (streamed, finished)
+    echoed = client.completions.create(model=model, prompt="Once upon a", echo=True, max_tokens=3, temperature=0)
+    assert echoed.choices[0].text == "Once upon a" + texts[2][: len(echoed.choices[0].text) - len("Once upon a")], echoed
+    # Each choice draws with its own seed: at a high temperature over the whole vocabulary they differ.
+    chat = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Write one random word."}], n=3, max_tokens=6,
+        temperature=1.5, seed=7, extra_body={"top_k": 0, "min_p": 0},
+    )
+    assert [c.index for c in chat.choices] == [0, 1, 2] and all(c.message.content for c in chat.choices), chat
+    assert len({c.message.content for c in chat.choices}) > 1, chat.choices
+
+
 def check_embeddings():
     inputs = ["A cat sat on the mat.", "def add(a, b): return a + b"]
     r = client.embeddings.create(model=model_id(), input=inputs)  # the SDK asks for base64
@@ -330,6 +357,7 @@ CHECKS = [
     check_chat_and_stream,
     check_completions_with_logprobs,
     check_embeddings,
+    check_several_choices_and_echo,
     check_json_schema,
     check_tool_round_trip,
     check_tool_choice_required_named_and_streamed,

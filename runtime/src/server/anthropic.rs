@@ -6,9 +6,9 @@
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::reply::{new_id, Reply, SseFrame};
+use super::reply::{new_id, Answer, Reply, SseFrame};
 use super::request::{parse_object, short, Fields, GenRequest};
-use crate::generator::{Delta, Finish, GenParams, Sampled};
+use crate::generator::{Delta, Finish, GenParams};
 use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
 use crate::messages::{ChatMessage, ContentPart, ToolCall};
@@ -56,10 +56,10 @@ pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
     let mut messages = parse_system(f.get("system"))?;
     messages.extend(parse_messages(f.get("messages"))?);
     Ok(GenRequest {
-        prompt: PromptInput::Chat {
+        prompts: vec![PromptInput::Chat {
             messages,
             tools: parse_tools(&f)?,
-        },
+        }],
         params: GenParams {
             sampling,
             max_tokens: Some(max_tokens as usize),
@@ -410,7 +410,7 @@ impl MessagesReply {
 }
 
 impl Reply for MessagesReply {
-    fn delta(&mut self, delta: &Delta) -> Vec<SseFrame> {
+    fn delta(&mut self, _choice: usize, delta: &Delta) -> Vec<SseFrame> {
         let mut frames = Vec::new();
         if delta.text.is_empty() {
             return frames;
@@ -432,7 +432,7 @@ impl Reply for MessagesReply {
         frames
     }
 
-    fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
+    fn done(&mut self, _choice: usize, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
         let mut frames = Vec::new();
         self.start(&mut frames);
         if let Some(i) = self.text_block.take() {
@@ -479,7 +479,10 @@ impl Reply for MessagesReply {
         )]
     }
 
-    fn whole(&self, text: &str, _tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {
+    fn whole(&self, answers: &[Answer], usage: &Usage) -> Value {
+        let [Answer { text, finish, .. }, ..] = answers else {
+            return Value::Null;
+        };
         let mut content = Vec::new();
         if !text.is_empty() {
             content.push(json!({"type": "text", "text": text}));
@@ -519,7 +522,7 @@ mod tests {
             ],
         }))
         .unwrap();
-        let PromptInput::Chat { messages, tools } = &r.prompt else {
+        let PromptInput::Chat { messages, tools } = &r.prompts[0] else {
             panic!("not a chat")
         };
         let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
@@ -602,7 +605,12 @@ mod tests {
             arguments: json!({"a": 1}),
         };
         let mut reply = MessagesReply::new("m");
-        let whole = reply.whole("Hi", &[], &Finish::ToolCalls(vec![call.clone()]), &usage);
+        let answer = Answer {
+            text: "Hi".into(),
+            tokens: Vec::new(),
+            finish: Finish::ToolCalls(vec![call.clone()]),
+        };
+        let whole = reply.whole(&[answer], &usage);
         assert_eq!(whole["type"], "message");
         assert_eq!(whole["content"][0], json!({"type": "text", "text": "Hi"}));
         assert_eq!(whole["content"][1]["input"], json!({"a": 1}));
@@ -611,15 +619,21 @@ mod tests {
         assert_eq!(whole["usage"]["cache_read_input_tokens"], 4);
 
         let mut events: Vec<&str> = Vec::new();
-        let mut frames = reply.delta(&Delta {
-            text: "Hi".into(),
-            tokens: Vec::new(),
-        });
-        frames.extend(reply.delta(&Delta {
-            text: " there".into(),
-            tokens: Vec::new(),
-        }));
-        frames.extend(reply.done(&Finish::StopString("END".into()), &usage));
+        let mut frames = reply.delta(
+            0,
+            &Delta {
+                text: "Hi".into(),
+                tokens: Vec::new(),
+            },
+        );
+        frames.extend(reply.delta(
+            0,
+            &Delta {
+                text: " there".into(),
+                tokens: Vec::new(),
+            },
+        ));
+        frames.extend(reply.done(0, &Finish::StopString("END".into()), &usage));
         events.extend(frames.iter().map(|f| f.event.unwrap()));
         assert_eq!(
             events,

@@ -31,9 +31,9 @@ use super::openai::chat::{self, ChatReply};
 use super::openai::completions::{self, CompletionReply};
 use super::openai::embeddings;
 use super::openai::responses::{self, ResponseStore, ResponsesReply};
-use super::reply::{Reply, SseFrame};
+use super::reply::{Answer, Reply, SseFrame};
 use super::request::GenRequest;
-use crate::jobs::{Client, Event, Job};
+use crate::jobs::{Client, Event, Job, Usage};
 use crate::scheduler::Status;
 
 /// Request bodies larger than this are refused with 413.
@@ -249,10 +249,19 @@ impl http_body::Body for Body {
 /// [`Reply`] makes: the writer knows the framing, not the format. Dropping it (the client went
 /// away) closes the channel, which stops the generation.
 pub(crate) struct EventStream {
-    rx: mpsc::UnboundedReceiver<Event>,
+    choices: Vec<Choice>,
     reply: Box<dyn Reply>,
-    pending: Option<Event>,
+    /// The choice polled first next time (they take turns, so that none waits on another).
+    next: usize,
     done: bool,
+}
+
+/// One choice of an answer in progress: its events, one already received, and its usage once
+/// it has ended.
+struct Choice {
+    rx: mpsc::UnboundedReceiver<Event>,
+    pending: Option<Event>,
+    usage: Option<Usage>,
 }
 
 /// The wire form of frames: an optional `event:` line, the data one `data:` line per line, and
@@ -281,18 +290,44 @@ impl EventStream {
             if self.done {
                 return Poll::Ready(None);
             }
-            let frames = match self.pending.take() {
-                Some(e) => self.frames(e),
-                None => match self.rx.poll_recv(cx) {
-                    Poll::Ready(Some(e)) => self.frames(e),
-                    Poll::Ready(None) => {
-                        self.done = true;
-                        let e = ApiError::internal("the generation ended unexpectedly");
-                        self.reply.error(&e)
-                    }
-                    Poll::Pending => return Poll::Pending,
-                },
+            let mut frames = None;
+            let n = self.choices.len();
+            for k in 0..n {
+                let i = (self.next + k) % n;
+                let choice = &mut self.choices[i];
+                if choice.usage.is_some() {
+                    continue;
+                }
+                let event = match choice.pending.take() {
+                    Some(e) => Some(e),
+                    None => match choice.rx.poll_recv(cx) {
+                        Poll::Ready(Some(e)) => Some(e),
+                        Poll::Ready(None) => {
+                            self.done = true;
+                            let e = ApiError::internal("the generation ended unexpectedly");
+                            return Poll::Ready(Some(Bytes::from(sse(&self.reply.error(&e)))));
+                        }
+                        Poll::Pending => None,
+                    },
+                };
+                if let Some(event) = event {
+                    self.next = (i + 1) % n;
+                    frames = Some(self.frames(i, event));
+                    break;
+                }
+            }
+            let Some(mut frames) = frames else {
+                return Poll::Pending;
             };
+            if !self.done && self.choices.iter().all(|c| c.usage.is_some()) {
+                self.done = true;
+                let mut total = Usage::default();
+                self.choices
+                    .iter()
+                    .filter_map(|c| c.usage.as_ref())
+                    .for_each(|u| total.add(u));
+                frames.extend(self.reply.end(&total));
+            }
             // An event with nothing to send (one this protocol does not show) waits for the next.
             if !frames.is_empty() {
                 return Poll::Ready(Some(Bytes::from(sse(&frames))));
@@ -300,13 +335,14 @@ impl EventStream {
         }
     }
 
-    fn frames(&mut self, event: Event) -> Vec<SseFrame> {
+    fn frames(&mut self, choice: usize, event: Event) -> Vec<SseFrame> {
         match event {
-            Event::Delta(delta) => self.reply.delta(&delta),
+            Event::Delta(delta) => self.reply.delta(choice, &delta),
             Event::PromptLogprobs(_) => Vec::new(),
             Event::Done { finish, usage } => {
-                self.done = true;
-                self.reply.done(&finish, &usage)
+                let frames = self.reply.done(choice, &finish, &usage);
+                self.choices[choice].usage = Some(usage);
+                frames
             }
             Event::Error(refusal) => {
                 self.done = true;
@@ -599,8 +635,8 @@ async fn route(
             generate(shared, req, Box::new(reply)).await
         }
         Route::Completions => {
-            let req = completions::parse(&read_body(shared, &parts.headers, body).await?)?;
-            let reply = CompletionReply::new(&req, &shared.model);
+            let (req, echo) = completions::parse(&read_body(shared, &parts.headers, body).await?)?;
+            let reply = CompletionReply::new(&req, &shared.model, echo);
             generate(shared, req, Box::new(reply)).await
         }
         Route::Embeddings => {
@@ -811,25 +847,37 @@ fn metrics(shared: &Shared) -> Result<Response<Body>, ApiError> {
     Ok(r)
 }
 
+/// Generates a request's choices, each a job of its own (their seeds one apart, so that `n`
+/// copies of a prompt differ), and answers them through `reply`, whole or streamed.
 async fn generate(
     shared: &Shared,
     req: GenRequest,
     reply: Box<dyn Reply>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut rx = shared
-        .jobs
-        .generate(req.prompt, req.params)
-        .map_err(|_| stopped())?;
-    // The first event decides the status: an error before any output is answered as such.
-    let first = rx.recv().await.ok_or_else(stopped)?;
-    if let Event::Error(e) = first {
-        return Err(e.into());
+    let mut choices = Vec::with_capacity(req.prompts.len());
+    for (i, prompt) in req.prompts.into_iter().enumerate() {
+        let mut params = req.params.clone();
+        params.sampling.seed = params.sampling.seed.wrapping_add(i as u64);
+        let mut rx = shared
+            .jobs
+            .generate(prompt, params)
+            .map_err(|_| stopped())?;
+        // The first events decide the status: an error before any output is answered as such.
+        let first = rx.recv().await.ok_or_else(stopped)?;
+        if let Event::Error(e) = first {
+            return Err(e.into());
+        }
+        choices.push(Choice {
+            rx,
+            pending: Some(first),
+            usage: None,
+        });
     }
     if req.stream {
         let stream = EventStream {
-            rx,
+            choices,
             reply,
-            pending: Some(first),
+            next: 0,
             done: false,
         };
         let mut r = Response::new(Body::Events(Box::new(stream)));
@@ -842,29 +890,35 @@ async fn generate(
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         return Ok(r);
     }
-    let mut text = String::new();
-    let mut tokens = Vec::new();
-    let mut next = Some(first);
-    loop {
-        let event = match next.take() {
-            Some(e) => e,
-            None => rx.recv().await.ok_or_else(stopped)?,
-        };
-        match event {
-            Event::Delta(delta) => {
-                text.push_str(&delta.text);
-                tokens.extend(delta.tokens);
+    let mut answers = Vec::with_capacity(choices.len());
+    let mut total = Usage::default();
+    for mut choice in choices {
+        let (mut text, mut tokens) = (String::new(), Vec::new());
+        loop {
+            let event = match choice.pending.take() {
+                Some(e) => e,
+                None => choice.rx.recv().await.ok_or_else(stopped)?,
+            };
+            match event {
+                Event::Delta(delta) => {
+                    text.push_str(&delta.text);
+                    tokens.extend(delta.tokens);
+                }
+                Event::PromptLogprobs(_) => {}
+                Event::Done { finish, usage } => {
+                    total.add(&usage);
+                    answers.push(Answer {
+                        text,
+                        tokens,
+                        finish,
+                    });
+                    break;
+                }
+                Event::Error(e) => return Err(e.into()),
             }
-            Event::PromptLogprobs(_) => {}
-            Event::Done { finish, usage } => {
-                return Ok(json_response(
-                    200,
-                    &reply.whole(&text, &tokens, &finish, &usage),
-                ));
-            }
-            Event::Error(e) => return Err(e.into()),
         }
     }
+    Ok(json_response(200, &reply.whole(&answers, &total)))
 }
 
 async fn embeddings(shared: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::openai::chat::parse_messages;
-use super::reply::{Reply, SseFrame};
+use super::reply::{Answer, Reply, SseFrame};
 use super::request::{parse_object, parse_sampling, short, token_ids, Fields, GenRequest};
 use crate::generator::{Delta, Finish, GenParams, Sampled};
 use crate::jobs::{Infill, PromptInput, Usage};
@@ -89,7 +89,7 @@ fn generation(f: &Fields, prompt: PromptInput) -> Result<GenRequest, ApiError> {
         .map(|n| n as usize);
     let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
     Ok(GenRequest {
-        prompt,
+        prompts: vec![prompt],
         params: GenParams {
             sampling,
             max_tokens: usize::try_from(n_predict).ok(),
@@ -184,7 +184,7 @@ impl CompletionReply {
 }
 
 impl Reply for CompletionReply {
-    fn delta(&mut self, delta: &Delta) -> Vec<SseFrame> {
+    fn delta(&mut self, _choice: usize, delta: &Delta) -> Vec<SseFrame> {
         let mut chunk =
             json!({"index": 0, "content": delta.text, "tokens": [], "stop": false, "id_slot": 0});
         if let Some(p) = self.probabilities(&delta.tokens) {
@@ -193,7 +193,7 @@ impl Reply for CompletionReply {
         vec![SseFrame::json(&chunk)]
     }
 
-    fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
+    fn done(&mut self, _choice: usize, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
         vec![SseFrame::json(&self.last("", finish, usage))]
     }
 
@@ -201,7 +201,15 @@ impl Reply for CompletionReply {
         vec![SseFrame::json(&e.to_json())]
     }
 
-    fn whole(&self, text: &str, tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {
+    fn whole(&self, answers: &[Answer], usage: &Usage) -> Value {
+        let [Answer {
+            text,
+            tokens,
+            finish,
+        }, ..] = answers
+        else {
+            return Value::Null;
+        };
         let mut v = self.last(text, finish, usage);
         if let Some(p) = self.probabilities(tokens) {
             v["completion_probabilities"] = p;

@@ -30,16 +30,28 @@ impl SseFrame {
     }
 }
 
-/// A protocol's rendering of one generation's answer.
+/// One choice of an answer, whole: its text, its tokens and why it ended.
+pub(crate) struct Answer {
+    pub text: String,
+    pub tokens: Vec<Sampled>,
+    pub finish: Finish,
+}
+
+/// A protocol's rendering of one request's answer: one choice, or several (OpenAI's `n` and lists
+/// of prompts), numbered from 0 in the request's order.
 pub(crate) trait Reply: Send {
-    /// The frames for new text in a streamed answer.
-    fn delta(&mut self, delta: &Delta) -> Vec<SseFrame>;
-    /// The frames that end a streamed answer.
-    fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame>;
+    /// The frames for new text of a choice in a streamed answer.
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Vec<SseFrame>;
+    /// The frames that end a choice of a streamed answer (`usage` is that choice's).
+    fn done(&mut self, choice: usize, finish: &Finish, usage: &Usage) -> Vec<SseFrame>;
+    /// The frames that end a streamed answer once every choice is done (`usage`: all of them).
+    fn end(&mut self, _usage: &Usage) -> Vec<SseFrame> {
+        Vec::new()
+    }
     /// The frames that end a streamed answer that failed after it started.
     fn error(&mut self, e: &ApiError) -> Vec<SseFrame>;
-    /// The body of an answer that is not streamed, from all its text and tokens.
-    fn whole(&self, text: &str, tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value;
+    /// The body of an answer that is not streamed, from every choice whole.
+    fn whole(&self, answers: &[Answer], usage: &Usage) -> Value;
 }
 
 /// Seconds since the Unix epoch, the `created` of responses and models.

@@ -10,7 +10,9 @@ use crate::sampling::SamplerConfig;
 
 /// A generation request as a protocol parsed it: what to continue, how, and how to answer.
 pub(crate) struct GenRequest {
-    pub prompt: PromptInput,
+    /// One prompt per choice of the answer, in the answer's order (OpenAI's `n` copies of each
+    /// of its prompts); the others have one.
+    pub prompts: Vec<PromptInput>,
     pub params: GenParams,
     pub stream: bool,
     /// OpenAI's `stream_options.include_usage`: a last chunk with the usage.

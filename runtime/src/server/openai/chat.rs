@@ -8,7 +8,7 @@ use crate::generator::{Delta, Finish, Sampled};
 use crate::jobs::{PromptInput, Usage};
 use crate::messages::{ChatMessage, ContentPart, ToolCall};
 use crate::server::error::ApiError;
-use crate::server::reply::{Reply, SseFrame};
+use crate::server::reply::{Answer, Reply, SseFrame};
 use crate::server::request::{parse_object, short, Fields, GenRequest};
 
 pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
@@ -23,7 +23,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
         Some(true) => Some(f.int("top_logprobs", 0, 20)?.unwrap_or(0) as usize),
         _ => None,
     };
-    parse_common(&f, prompt, logprobs)
+    parse_common(&f, vec![prompt], logprobs)
 }
 
 pub(crate) fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
@@ -185,8 +185,8 @@ pub(crate) struct ChatReply {
     envelope: Envelope,
     logprobs: bool,
     include_usage: bool,
-    /// No chunk sent yet: the first carries the role.
-    first: bool,
+    /// Choices that have sent no chunk yet: a choice's first carries the role.
+    started: Vec<bool>,
 }
 
 impl ChatReply {
@@ -195,7 +195,7 @@ impl ChatReply {
             envelope: Envelope::new("chatcmpl", model),
             logprobs: req.params.logprobs.is_some(),
             include_usage: req.include_usage,
-            first: true,
+            started: vec![false; req.prompts.len()],
         }
     }
 
@@ -219,19 +219,22 @@ impl ChatReply {
         json!({"content": content, "refusal": null})
     }
 
-    /// One chunk: new text, calls, or the end.
+    /// One chunk of a choice: new text, calls, or its end.
     fn chunk(
         &mut self,
+        index: usize,
         mut delta: Map<String, Value>,
         logprobs: Value,
         finish: Option<&Finish>,
     ) -> Value {
-        if std::mem::replace(&mut self.first, false) {
-            delta.insert("role".into(), json!("assistant"));
+        if let Some(started) = self.started.get_mut(index) {
+            if !std::mem::replace(started, true) {
+                delta.insert("role".into(), json!("assistant"));
+            }
         }
         let finish_reason = finish.map_or(Value::Null, |f| json!(finish_reason(f)));
         let mut chunk = self.envelope.object(CHUNK);
-        chunk["choices"] = json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]);
+        chunk["choices"] = json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]);
         chunk
     }
 }
@@ -239,7 +242,7 @@ impl ChatReply {
 const CHUNK: &str = "chat.completion.chunk";
 
 impl Reply for ChatReply {
-    fn delta(&mut self, delta: &Delta) -> Vec<SseFrame> {
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Vec<SseFrame> {
         // Tokens whose text was held back (a tool call) and no log-probabilities to report.
         if delta.text.is_empty() && !self.logprobs {
             return Vec::new();
@@ -247,45 +250,61 @@ impl Reply for ChatReply {
         let logprobs = self.logprobs_json(&delta.tokens);
         let mut content = Map::new();
         content.insert("content".into(), json!(delta.text));
-        vec![SseFrame::json(&self.chunk(content, logprobs, None))]
+        vec![SseFrame::json(&self.chunk(choice, content, logprobs, None))]
     }
 
-    fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
+    fn done(&mut self, choice: usize, finish: &Finish, _usage: &Usage) -> Vec<SseFrame> {
         let mut frames = Vec::new();
         if let Finish::ToolCalls(calls) = finish {
             for call in chat_tools::stream_deltas(calls) {
                 let mut delta = Map::new();
                 delta.insert("tool_calls".into(), json!([call]));
-                frames.push(SseFrame::json(&self.chunk(delta, Value::Null, None)));
+                frames.push(SseFrame::json(&self.chunk(
+                    choice,
+                    delta,
+                    Value::Null,
+                    None,
+                )));
             }
         }
-        let last = self.chunk(Map::new(), Value::Null, Some(finish));
-        frames.extend(
-            self.envelope
-                .stream_end(CHUNK, last, self.include_usage, usage),
-        );
+        frames.push(SseFrame::json(&self.chunk(
+            choice,
+            Map::new(),
+            Value::Null,
+            Some(finish),
+        )));
         frames
+    }
+
+    fn end(&mut self, usage: &Usage) -> Vec<SseFrame> {
+        self.envelope.stream_end(CHUNK, self.include_usage, usage)
     }
 
     fn error(&mut self, e: &ApiError) -> Vec<SseFrame> {
         stream_error(e)
     }
 
-    fn whole(&self, text: &str, tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {
-        let mut message = json!({"role": "assistant", "content": text});
-        if let Finish::ToolCalls(calls) = finish {
-            if text.is_empty() {
-                message["content"] = Value::Null;
-            }
-            message["tool_calls"] = calls.iter().map(chat_tools::call_json).collect();
-        }
-        let choice = json!({
-            "index": 0,
-            "message": message,
-            "logprobs": self.logprobs_json(tokens),
-            "finish_reason": finish_reason(finish),
-        });
-        self.envelope.whole("chat.completion", choice, usage)
+    fn whole(&self, answers: &[Answer], usage: &Usage) -> Value {
+        let choices = answers
+            .iter()
+            .enumerate()
+            .map(|(index, a)| {
+                let mut message = json!({"role": "assistant", "content": a.text});
+                if let Finish::ToolCalls(calls) = &a.finish {
+                    if a.text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls.iter().map(chat_tools::call_json).collect();
+                }
+                json!({
+                    "index": index,
+                    "message": message,
+                    "logprobs": self.logprobs_json(&a.tokens),
+                    "finish_reason": finish_reason(&a.finish),
+                })
+            })
+            .collect();
+        self.envelope.whole("chat.completion", choices, usage)
     }
 }
 
@@ -304,7 +323,7 @@ mod tests {
                        "temperature":0,"max_tokens":5,"stop":"\n","seed":-1,"stream":true,"stream_options":{"include_usage":true},
                        "logprobs":true,"top_logprobs":3,"response_format":{"type":"json_object"},"tools":[],"user":"x"}"#)
         .unwrap();
-        let PromptInput::Chat { messages: m, .. } = &r.prompt else {
+        let PromptInput::Chat { messages: m, .. } = &r.prompts[0] else {
             panic!("chat")
         };
         assert_eq!(m[0], ChatMessage::new("system", "be brief"));
@@ -354,7 +373,7 @@ mod tests {
                 "`max_tokens`",
             ),
             (
-                r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#,
+                r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#,
                 "`n`",
             ),
             (
@@ -387,7 +406,7 @@ mod tests {
               "function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}}]},
             {"role":"tool","tool_call_id":"call_1","name":"get_weather","content":"18 C"}]}"#)
         .unwrap();
-        let PromptInput::Chat { messages: m, .. } = &r.prompt else {
+        let PromptInput::Chat { messages: m, .. } = &r.prompts[0] else {
             panic!("chat")
         };
         assert_eq!(
@@ -475,7 +494,12 @@ mod tests {
                 top: vec![candidate(7, b"Hi", -0.5), candidate(9, b"Yo", -1.5)],
             }),
         }];
-        let v = reply.whole("Hi", &tokens, &Finish::StopString("\n".into()), &usage);
+        let answer = Answer {
+            text: "Hi".into(),
+            tokens: tokens.clone(),
+            finish: Finish::StopString("\n".into()),
+        };
+        let v = reply.whole(&[answer], &usage);
         assert_eq!(v["object"], "chat.completion");
         assert_eq!(v["choices"][0]["message"]["content"], "Hi");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -484,15 +508,18 @@ mod tests {
             v["choices"][0]["logprobs"]["content"][0]["top_logprobs"][1]["token"],
             "Yo"
         );
-        let frames = reply.delta(&Delta {
-            text: "Hi".into(),
-            tokens,
-        });
+        let frames = reply.delta(
+            0,
+            &Delta {
+                text: "Hi".into(),
+                tokens,
+            },
+        );
         let c: Value = serde_json::from_str(&frames[0].data).unwrap();
         assert_eq!(c["object"], "chat.completion.chunk");
         assert_eq!(c["choices"][0]["delta"]["role"], "assistant");
-        let end = reply.done(&Finish::Length, &usage);
-        assert_eq!(end.last().unwrap().data, "[DONE]");
+        let end = reply.done(0, &Finish::Length, &usage);
+        assert_eq!(reply.end(&usage).last().unwrap().data, "[DONE]");
         let c: Value = serde_json::from_str(&end[0].data).unwrap();
         assert_eq!(c["choices"][0]["finish_reason"], "length");
         assert!(c["choices"][0]["delta"].get("role").is_none());

@@ -7,32 +7,55 @@ use super::{finish_reason, parse_common, refuse_tools, stream_error, Envelope};
 use crate::generator::{Delta, Finish, Sampled};
 use crate::jobs::{PromptInput, Usage};
 use crate::server::error::ApiError;
-use crate::server::reply::{Reply, SseFrame};
+use crate::server::reply::{Answer, Reply, SseFrame};
 use crate::server::request::{parse_object, token_ids, Fields, GenRequest};
 
-pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
+/// The request, and whether its prompts are echoed before their completions (`echo`).
+pub(crate) fn parse(body: &[u8]) -> Result<(GenRequest, bool), ApiError> {
     let obj = parse_object(body)?;
     let f = Fields(&obj);
     refuse_tools(&f, &["tools", "tool_choice", "functions", "function_call"])?;
-    let prompt = parse_prompt(f.get("prompt"))?;
+    let prompts = parse_prompts(f.get("prompt"))?;
     let logprobs = f.int("logprobs", 0, 20)?.map(|k| k as usize);
-    parse_common(&f, prompt, logprobs)
+    let echo = f.bool("echo")?.unwrap_or(false);
+    if echo && logprobs.is_some() {
+        return Err(ApiError::bad_request(
+            "`echo` with `logprobs` is not supported (the prompt's log-probabilities are not given)",
+        ));
+    }
+    if echo && prompts.iter().any(|p| !matches!(p, PromptInput::Text(_))) {
+        return Err(ApiError::bad_request(
+            "`echo` needs text prompts, not token ids",
+        ));
+    }
+    Ok((parse_common(&f, prompts, logprobs)?, echo))
 }
 
-/// One prompt: a string, token ids, or a list holding exactly one of those.
-fn parse_prompt(v: Option<&Value>) -> Result<PromptInput, ApiError> {
+/// The prompts: a string, token ids, or a list of strings or of token-id lists (one choice each).
+fn parse_prompts(v: Option<&Value>) -> Result<Vec<PromptInput>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "`prompt` must be a string, an array of token ids, or an array of those",
+        )
+    };
     match v {
-        Some(Value::String(s)) => Ok(PromptInput::Text(s.clone())),
+        Some(Value::String(s)) => Ok(vec![PromptInput::Text(s.clone())]),
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_number) => {
-            Ok(PromptInput::Tokens(token_ids(a, "prompt")?))
+            Ok(vec![PromptInput::Tokens(token_ids(a, "prompt")?)])
         }
-        Some(Value::Array(a)) if a.len() == 1 => parse_prompt(a.first()),
-        Some(Value::Array(a)) if a.len() > 1 => {
-            Err(ApiError::bad_request("send one prompt per request"))
-        }
-        _ => Err(ApiError::bad_request(
-            "`prompt` must be a string or an array of token ids",
-        )),
+        Some(Value::Array(a)) if !a.is_empty() => a
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                Value::String(s) => Ok(PromptInput::Text(s.clone())),
+                Value::Array(ids) if !ids.is_empty() => Ok(PromptInput::Tokens(token_ids(
+                    ids,
+                    &format!("prompt[{i}]"),
+                )?)),
+                _ => Err(bad()),
+            })
+            .collect(),
+        _ => Err(bad()),
     }
 }
 
@@ -73,61 +96,94 @@ pub(crate) struct CompletionReply {
     envelope: Envelope,
     logprobs: bool,
     include_usage: bool,
-    /// Characters of text sent so far: `text_offset` counts from the start of the completion.
-    offset: usize,
+    /// Characters of text sent so far in each choice: `text_offset` counts from its start.
+    offsets: Vec<usize>,
+    /// With `echo`, each choice's prompt, sent before its text (taken once sent).
+    echo: Vec<Option<String>>,
 }
 
 impl CompletionReply {
-    pub fn new(req: &GenRequest, model: &str) -> Self {
+    pub fn new(req: &GenRequest, model: &str, echo: bool) -> Self {
         CompletionReply {
             envelope: Envelope::new("cmpl", model),
             logprobs: req.params.logprobs.is_some(),
             include_usage: req.include_usage,
-            offset: 0,
+            offsets: vec![0; req.prompts.len()],
+            echo: req
+                .prompts
+                .iter()
+                .map(|p| match p {
+                    PromptInput::Text(t) if echo => Some(t.clone()),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
-    fn chunk(&self, text: &str, logprobs: Value, finish: Option<&Finish>) -> Value {
+    fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Option<&Finish>) -> Value {
         let finish_reason = finish.map_or(Value::Null, |f| json!(finish_reason(f)));
         let mut chunk = self.envelope.object(OBJECT);
-        chunk["choices"] = json!([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]);
+        chunk["choices"] = json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]);
         chunk
+    }
+
+    /// The prompt a choice's text starts with, if echoed and not yet sent.
+    fn echoed(&mut self, choice: usize) -> String {
+        self.echo
+            .get_mut(choice)
+            .and_then(Option::take)
+            .unwrap_or_default()
     }
 }
 
 impl Reply for CompletionReply {
-    fn delta(&mut self, delta: &Delta) -> Vec<SseFrame> {
-        let logprobs = if self.logprobs {
-            logprobs_json(&delta.tokens, &mut self.offset)
-        } else {
-            Value::Null
+    fn delta(&mut self, choice: usize, delta: &Delta) -> Vec<SseFrame> {
+        let logprobs = match self.offsets.get_mut(choice) {
+            Some(offset) if self.logprobs => logprobs_json(&delta.tokens, offset),
+            _ => Value::Null,
         };
-        vec![SseFrame::json(&self.chunk(&delta.text, logprobs, None))]
+        let text = self.echoed(choice) + &delta.text;
+        vec![SseFrame::json(&self.chunk(choice, &text, logprobs, None))]
     }
 
-    fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
-        let last = self.chunk("", Value::Null, Some(finish));
-        self.envelope
-            .stream_end(OBJECT, last, self.include_usage, usage)
+    fn done(&mut self, choice: usize, finish: &Finish, _usage: &Usage) -> Vec<SseFrame> {
+        let text = self.echoed(choice);
+        vec![SseFrame::json(&self.chunk(
+            choice,
+            &text,
+            Value::Null,
+            Some(finish),
+        ))]
+    }
+
+    fn end(&mut self, usage: &Usage) -> Vec<SseFrame> {
+        self.envelope.stream_end(OBJECT, self.include_usage, usage)
     }
 
     fn error(&mut self, e: &ApiError) -> Vec<SseFrame> {
         stream_error(e)
     }
 
-    fn whole(&self, text: &str, tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {
-        let logprobs = if self.logprobs {
-            logprobs_json(tokens, &mut 0)
-        } else {
-            Value::Null
-        };
-        let choice = json!({
-            "index": 0,
-            "text": text,
-            "logprobs": logprobs,
-            "finish_reason": finish_reason(finish),
-        });
-        self.envelope.whole(OBJECT, choice, usage)
+    fn whole(&self, answers: &[Answer], usage: &Usage) -> Value {
+        let choices = answers
+            .iter()
+            .enumerate()
+            .map(|(index, a)| {
+                let logprobs = if self.logprobs {
+                    logprobs_json(&a.tokens, &mut 0)
+                } else {
+                    Value::Null
+                };
+                let prompt = self.echo.get(index).cloned().flatten().unwrap_or_default();
+                json!({
+                    "index": index,
+                    "text": prompt + &a.text,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason(&a.finish),
+                })
+            })
+            .collect();
+        self.envelope.whole(OBJECT, choices, usage)
     }
 }
 
@@ -137,12 +193,33 @@ mod tests {
     use crate::generator::{Candidate, TokenLogprob};
 
     #[test]
-    fn prompts_are_text_or_token_ids_one_per_request() {
-        let r = parse(br#"{"prompt":[[1,2,3]],"logprobs":2}"#).unwrap();
-        assert!(matches!(&r.prompt, PromptInput::Tokens(t) if t == &[1, 2, 3]));
-        assert_eq!(r.params.logprobs, Some(2));
-        let e = parse(br#"{"prompt":["a","b"]}"#).err().unwrap();
-        assert!(e.message.contains("one prompt"));
+    fn prompts_are_text_or_token_ids_and_n_copies_of_each_make_the_choices() {
+        let (r, echo) = parse(br#"{"prompt":[[1,2,3]],"logprobs":2}"#).unwrap();
+        assert!(matches!(&r.prompts[..], [PromptInput::Tokens(t)] if t == &[1, 2, 3]));
+        assert_eq!((r.params.logprobs, echo), (Some(2), false));
+        let (r, echo) = parse(br#"{"prompt":["a",[7]],"n":2,"echo":false}"#).unwrap();
+        assert!(matches!(
+            &r.prompts[..],
+            [PromptInput::Text(a), PromptInput::Text(b), PromptInput::Tokens(c), PromptInput::Tokens(_)]
+                if a == "a" && b == "a" && c == &[7]
+        ));
+        assert!(!echo);
+        let e = parse(br#"{"prompt":"x","n":200}"#).err().unwrap();
+        assert!(e.message.contains("`n`"), "{}", e.message);
+        let e = parse(br#"{"prompt":[1],"echo":true}"#).err().unwrap();
+        assert!(
+            e.message.contains("`echo` needs text prompts"),
+            "{}",
+            e.message
+        );
+        let e = parse(br#"{"prompt":"x","echo":true,"logprobs":1}"#)
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("`echo` with `logprobs`"),
+            "{}",
+            e.message
+        );
         let e = parse(br#"{"prompt":[1,-2]}"#).err().unwrap();
         assert!(e.message.contains("token ids"));
         let e = parse(br#"{"prompt":"x","best_of":3}"#).err().unwrap();
@@ -151,8 +228,8 @@ mod tests {
 
     #[test]
     fn text_offsets_run_on_across_chunks() {
-        let req = parse(br#"{"prompt":"x","logprobs":1}"#).unwrap();
-        let mut reply = CompletionReply::new(&req, "m");
+        let (req, echo) = parse(br#"{"prompt":"x","logprobs":1}"#).unwrap();
+        let mut reply = CompletionReply::new(&req, "m", echo);
         let token = Sampled {
             id: 7,
             logprob: Some(TokenLogprob {
@@ -171,8 +248,8 @@ mod tests {
         };
         let chunk =
             |frames: Vec<SseFrame>| -> Value { serde_json::from_str(&frames[0].data).unwrap() };
-        let a = chunk(reply.delta(&delta));
-        let b = chunk(reply.delta(&delta));
+        let a = chunk(reply.delta(0, &delta));
+        let b = chunk(reply.delta(0, &delta));
         let lp = |c: &Value, key: &str| c["choices"][0]["logprobs"][key].clone();
         assert_eq!(a["object"], "text_completion");
         assert_eq!(

@@ -23,17 +23,27 @@ use crate::timings::timings_json;
 /// Upper bound on `max_tokens` worth stating; the context clamps it anyway.
 const MAX_TOKENS_LIMIT: i64 = 1 << 40;
 
-/// The fields chat and completions share (all but the prompt and the shape of `logprobs`).
+/// Choices one request may ask for (`n` times its prompts).
+const MAX_CHOICES: usize = 128;
+
+/// The fields chat and completions share (all but the prompts and the shape of `logprobs`);
+/// `n` copies of each prompt make the answer's choices.
 fn parse_common(
     f: &Fields,
-    prompt: PromptInput,
+    prompts: Vec<PromptInput>,
     logprobs: Option<usize>,
 ) -> Result<GenRequest, ApiError> {
-    f.int("n", 1, 1)
-        .map_err(|_| ApiError::bad_request("`n` must be 1: one choice per request"))?;
-    if f.bool("echo")? == Some(true) {
-        return Err(ApiError::bad_request("`echo` is not supported"));
+    let n = f.int("n", 1, MAX_CHOICES as i64)?.unwrap_or(1) as usize;
+    if n * prompts.len() > MAX_CHOICES {
+        return Err(ApiError::bad_request(format!(
+            "{} prompts times `n` {n} is more than the {MAX_CHOICES} choices one request may ask for",
+            prompts.len()
+        )));
     }
+    let prompts: Vec<PromptInput> = prompts
+        .into_iter()
+        .flat_map(|p| std::iter::repeat_n(p, n))
+        .collect();
     if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request("`suffix` is not supported"));
     }
@@ -85,7 +95,7 @@ fn parse_common(
         }
     };
     Ok(GenRequest {
-        prompt,
+        prompts,
         params: GenParams {
             sampling,
             max_tokens,
@@ -220,15 +230,10 @@ impl Envelope {
     }
 
     /// The frames that end a stream: the chunk with the `finish_reason`, then, with
-    /// `stream_options.include_usage`, a chunk with no choices and the usage, then `[DONE]`.
-    fn stream_end(
-        &self,
-        object: &str,
-        finish_chunk: Value,
-        include_usage: bool,
-        usage: &Usage,
-    ) -> Vec<SseFrame> {
-        let mut frames = vec![SseFrame::json(&finish_chunk)];
+    /// What ends a stream once every choice has ended: the usage chunk when asked for, and
+    /// `[DONE]`.
+    fn stream_end(&self, object: &str, include_usage: bool, usage: &Usage) -> Vec<SseFrame> {
+        let mut frames = Vec::new();
         if include_usage {
             let mut chunk = self.object(object);
             chunk["choices"] = json!([]);
@@ -240,10 +245,10 @@ impl Envelope {
         frames
     }
 
-    /// A whole answer: its one choice, the usage and llama.cpp's timings.
-    fn whole(&self, object: &str, choice: Value, usage: &Usage) -> Value {
+    /// A whole answer: its choices, the usage and llama.cpp's timings.
+    fn whole(&self, object: &str, choices: Vec<Value>, usage: &Usage) -> Value {
         let mut v = self.object(object);
-        v["choices"] = json!([choice]);
+        v["choices"] = Value::Array(choices);
         v["usage"] = usage_json(usage);
         v["timings"] = timings_json(usage);
         v

@@ -11,12 +11,12 @@ use serde_json::{json, Value};
 
 use super::chat_tools::parse_choice;
 use super::usage_json;
-use crate::generator::{Delta, Finish, GenParams, Sampled};
+use crate::generator::{Delta, Finish, GenParams};
 use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
 use crate::messages::{ChatMessage, ContentPart, ToolCall};
 use crate::server::error::ApiError;
-use crate::server::reply::{new_id, unix_now, Reply, SseFrame};
+use crate::server::reply::{new_id, unix_now, Answer, Reply, SseFrame};
 use crate::server::request::{parse_object, parse_sampling, Fields, GenRequest};
 use crate::tools::{Tool, ToolError, ToolRequest};
 
@@ -151,7 +151,7 @@ pub(crate) fn parse(body: &[u8], store: &ResponseStore) -> Result<ResponsesReque
     let store_it = f.bool("store")?.unwrap_or(true);
     Ok(ResponsesRequest {
         gen: GenRequest {
-            prompt: PromptInput::Chat { messages, tools },
+            prompts: vec![PromptInput::Chat { messages, tools }],
             params: GenParams {
                 sampling,
                 max_tokens: max_tokens.map(|n| n as usize),
@@ -462,7 +462,7 @@ fn usage_object(usage: &Usage) -> Value {
 }
 
 impl Reply for ResponsesReply {
-    fn delta(&mut self, delta: &Delta) -> Vec<SseFrame> {
+    fn delta(&mut self, _choice: usize, delta: &Delta) -> Vec<SseFrame> {
         let mut frames = Vec::new();
         if self.sequence == 0 {
             let response = self.response("in_progress", Vec::new(), None, None);
@@ -497,8 +497,8 @@ impl Reply for ResponsesReply {
         frames
     }
 
-    fn done(&mut self, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
-        let mut frames = self.delta(&Delta::default());
+    fn done(&mut self, _choice: usize, finish: &Finish, usage: &Usage) -> Vec<SseFrame> {
+        let mut frames = self.delta(0, &Delta::default());
         let (message_id, text) = self.message.take().unwrap_or_default();
         let mut index = 0;
         if !text.is_empty() {
@@ -564,7 +564,10 @@ impl Reply for ResponsesReply {
         )]
     }
 
-    fn whole(&self, text: &str, _tokens: &[Sampled], finish: &Finish, usage: &Usage) -> Value {
+    fn whole(&self, answers: &[Answer], usage: &Usage) -> Value {
+        let [Answer { text, finish, .. }, ..] = answers else {
+            return Value::Null;
+        };
         self.keep(text, finish);
         let output = self.output(text, &new_id("msg"), finish);
         self.response(Self::status(finish), output, Some(finish), Some(usage))
@@ -580,7 +583,7 @@ mod tests {
     }
 
     fn messages(r: &ResponsesRequest) -> &[ChatMessage] {
-        match &r.gen.prompt {
+        match &r.gen.prompts[0] {
             PromptInput::Chat { messages, .. } => messages,
             _ => panic!("not a chat"),
         }
@@ -606,7 +609,14 @@ mod tests {
         // The answer is kept with the conversation (not the instructions) under the response id.
         let (_, reply) = ResponsesReply::new(r, "m", Arc::new(ResponseStore::default()));
         let store = Arc::clone(&reply.store);
-        let answer = reply.whole("It is 3 C.", &[], &Finish::Length, &Usage::default());
+        let answer = reply.whole(
+            &[Answer {
+                text: "It is 3 C.".into(),
+                tokens: Vec::new(),
+                finish: Finish::Length,
+            }],
+            &Usage::default(),
+        );
         assert_eq!(answer["status"], "incomplete");
         assert_eq!(answer["output"][0]["content"][0]["text"], "It is 3 C.");
         let id = answer["id"].as_str().unwrap();
@@ -690,20 +700,26 @@ mod tests {
         )
         .unwrap();
         let (_, mut reply) = ResponsesReply::new(r, "m", Arc::new(ResponseStore::default()));
-        let mut frames = reply.delta(&Delta {
-            text: "Hel".into(),
-            tokens: Vec::new(),
-        });
-        frames.extend(reply.delta(&Delta {
-            text: "lo".into(),
-            tokens: Vec::new(),
-        }));
+        let mut frames = reply.delta(
+            0,
+            &Delta {
+                text: "Hel".into(),
+                tokens: Vec::new(),
+            },
+        );
+        frames.extend(reply.delta(
+            0,
+            &Delta {
+                text: "lo".into(),
+                tokens: Vec::new(),
+            },
+        ));
         let call = ToolCall {
             id: "call_1".into(),
             name: "f".into(),
             arguments: json!({"a": 1}),
         };
-        frames.extend(reply.done(&Finish::ToolCalls(vec![call]), &Usage::default()));
+        frames.extend(reply.done(0, &Finish::ToolCalls(vec![call]), &Usage::default()));
         let kinds: Vec<&str> = frames.iter().map(|f| f.event.unwrap()).collect();
         assert_eq!(
             kinds,
