@@ -36,6 +36,17 @@ pub(crate) struct Status {
     pub predicted_tokens: AtomicU64,
     pub predicted_us: AtomicU64,
     pub decodes: AtomicU64,
+    /// Each slot as `/slots` shows it, updated after every step.
+    pub slots: std::sync::Mutex<Vec<SlotState>>,
+}
+
+/// One slot, as `/slots` reports it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SlotState {
+    pub n_ctx: usize,
+    pub is_processing: bool,
+    /// Tokens whose keys and values the slot's cache holds.
+    pub n_cached: usize,
 }
 
 /// How a sequence's hidden states become one embedding (`<arch>.pooling_type`; mean unless the
@@ -244,6 +255,17 @@ impl<'e, 'a> Scheduler<'e, 'a> {
         self.status
             .queued
             .store(self.queue.len(), Ordering::Relaxed);
+        if let Ok(mut slots) = self.status.slots.lock() {
+            *slots = self
+                .slots
+                .iter()
+                .map(|s| SlotState {
+                    n_ctx: self.slot_ctx,
+                    is_processing: !s.is_free(),
+                    n_cached: s.tokens.len(),
+                })
+                .collect();
+        }
     }
 
     fn free_slots(&self) -> usize {

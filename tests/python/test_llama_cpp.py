@@ -79,6 +79,20 @@ def check_props_and_model():
     assert status_of("/v1/models/no-such-model") == 404
 
 
+def check_slots_and_embedding():
+    _, _, text = call("/slots")
+    slots = json.loads(text)
+    _, _, props = call("/props")
+    assert len(slots) == json.loads(props)["total_slots"], slots
+    assert all(s["n_ctx"] > 0 and s["is_processing"] is False for s in slots), slots
+    assert any(s["n_cached_tokens"] > 0 for s in slots), slots  # the completions above left their prompts
+    _, _, text = call("/embedding", {"content": "A cat sat on the mat."})
+    (entry,) = json.loads(text)
+    (vector,) = entry["embedding"]
+    assert entry["index"] == 0 and len(vector) > 100, entry["index"]
+    assert abs(sum(x * x for x in vector) - 1.0) < 1e-3
+
+
 def check_metrics():
     _, kind, text = call("/metrics")
     assert kind.startswith("text/plain"), kind
@@ -89,7 +103,7 @@ def check_metrics():
     assert families["llamacpp:n_decode"].samples[0].value >= predicted
 
 
-CHECKS = [check_completion, check_infill, check_props_and_model, check_metrics]
+CHECKS = [check_completion, check_infill, check_props_and_model, check_slots_and_embedding, check_metrics]
 
 if __name__ == "__main__":
     checks.run(CHECKS)

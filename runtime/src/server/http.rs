@@ -510,6 +510,8 @@ enum Route {
     Infill,
     Props,
     Metrics,
+    Slots,
+    Embedding,
 }
 
 /// Every API path (OpenAI's with and without `/v1`, llama.cpp's), the one method it takes and its
@@ -531,6 +533,8 @@ const ROUTES: &[(&str, Method, Route)] = &[
     ("/apply-template", Method::POST, Route::ApplyTemplate),
     ("/completion", Method::POST, Route::Completion),
     ("/props", Method::GET, Route::Props),
+    ("/slots", Method::GET, Route::Slots),
+    ("/embedding", Method::POST, Route::Embedding),
     ("/metrics", Method::GET, Route::Metrics),
     ("/infill", Method::POST, Route::Infill),
 ];
@@ -608,6 +612,23 @@ async fn route(
             shared.props.get().unwrap_or(&Value::Null),
         )),
         Route::Metrics => metrics(shared),
+        Route::Slots => {
+            let slots = shared
+                .status
+                .slots
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default();
+            let list: Vec<Value> = slots
+                .iter()
+                .enumerate()
+                .map(|(id, s)| {
+                    json!({"id": id, "n_ctx": s.n_ctx, "is_processing": s.is_processing,
+                           "n_cached_tokens": s.n_cached})
+                })
+                .collect();
+            Ok(json_response(200, &Value::Array(list)))
+        }
         Route::Chat => {
             let req = chat::parse(&read_body(shared, &parts.headers, body).await?)?;
             let reply = ChatReply::new(&req, &shared.model);
@@ -639,8 +660,9 @@ async fn route(
             let reply = CompletionReply::new(&req, &shared.model, echo);
             generate(shared, req, Box::new(reply)).await
         }
-        Route::Embeddings => {
-            embeddings(shared, &read_body(shared, &parts.headers, body).await?).await
+        Route::Embeddings | Route::Embedding => {
+            let body = read_body(shared, &parts.headers, body).await?;
+            embeddings(shared, &body, matches!(route, Route::Embedding)).await
         }
         Route::Tokenize => {
             let req = llama_cpp::parse_tokenize(&read_body(shared, &parts.headers, body).await?)?;
@@ -921,7 +943,13 @@ async fn generate(
     Ok(json_response(200, &reply.whole(&answers, &total)))
 }
 
-async fn embeddings(shared: &Shared, body: &[u8]) -> Result<Response<Body>, ApiError> {
+/// `/v1/embeddings`, or llama.cpp's `/embedding` (`llama_cpp_shape`: a list of
+/// `{"index", "embedding": [vector]}`).
+async fn embeddings(
+    shared: &Shared,
+    body: &[u8],
+    llama_cpp_shape: bool,
+) -> Result<Response<Body>, ApiError> {
     let req = embeddings::parse(body)?;
     if let Some(width) = shared.model_meta.get().and_then(|m| m["n_embd"].as_u64()) {
         req.check_dimensions(width as usize)?;
@@ -935,10 +963,11 @@ async fn embeddings(shared: &Shared, body: &[u8]) -> Result<Response<Body>, ApiE
         },
     )?;
     let result = rx.await.map_err(|_| stopped())??;
-    Ok(json_response(
-        200,
-        &embeddings::response(&shared.model, &result, req.base64),
-    ))
+    let body = match llama_cpp_shape {
+        true => llama_cpp::embedding_response(&result),
+        false => embeddings::response(&shared.model, &result, req.base64),
+    };
+    Ok(json_response(200, &body))
 }
 
 #[cfg(test)]

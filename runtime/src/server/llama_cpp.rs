@@ -9,7 +9,7 @@ use super::openai::chat::parse_messages;
 use super::reply::{Answer, Reply, SseFrame};
 use super::request::{parse_object, parse_sampling, short, token_ids, Fields, GenRequest};
 use crate::generator::{Delta, Finish, GenParams, Sampled};
-use crate::jobs::{Infill, PromptInput, Usage};
+use crate::jobs::{Embedding, Infill, PromptInput, Usage};
 use crate::json_schema::Schema;
 use crate::messages::ChatMessage;
 use crate::timings::timings_json;
@@ -267,4 +267,16 @@ pub(crate) fn tokenize_response(tokens: &[(u32, Vec<u8>)], with_pieces: bool) ->
         })
         .collect();
     json!({"tokens": list})
+}
+
+/// `/embedding`'s answer, as llama-server gives it with pooling: one entry per input, its vector
+/// inside a list.
+pub(crate) fn embedding_response(embeddings: &[Embedding]) -> Value {
+    Value::Array(
+        embeddings
+            .iter()
+            .enumerate()
+            .map(|(i, e)| json!({"index": i, "embedding": [e.vector]}))
+            .collect(),
+    )
 }
