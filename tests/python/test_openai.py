@@ -293,6 +293,14 @@ def check_responses_api():
     )
     (call,) = [item for item in call_r.output if item.type == "function_call"]
     assert call.name == "get_weather" and call.call_id, call
+    with client.responses.stream(
+        model=model, input="What is the weather like in Paris today?", tools=[RESPONSES_WEATHER],
+        tool_choice="required", max_output_tokens=60, temperature=0,
+    ) as stream:
+        pieces = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]
+        streamed = stream.get_final_response()
+    (streamed_call,) = [item for item in streamed.output if item.type == "function_call"]
+    assert "".join(pieces) == streamed_call.arguments and json.loads(streamed_call.arguments)["city"], streamed
     args = json.loads(call.arguments)
     answer = client.responses.create(
         model=model, previous_response_id=call_r.id, tools=[RESPONSES_WEATHER], tool_choice="none",
@@ -305,6 +313,24 @@ def check_responses_api():
         400,
         lambda: client.responses.create(model=model, input="x", previous_response_id="resp-unknown"),
     )
+
+
+def check_parallel_tool_calls():
+    """Several calls in one reply (each checked), or exactly one with parallel_tool_calls=False."""
+    model = model_id()
+    question = [{"role": "user", "content": "What is the weather in Paris, in Rome and in Oslo?"}]
+    r = client.chat.completions.create(
+        model=model, messages=question, tools=[WEATHER_TOOL], max_tokens=120, temperature=0
+    )
+    calls = r.choices[0].message.tool_calls or []
+    assert calls and r.choices[0].finish_reason == "tool_calls", r
+    for call in calls:
+        assert_weather_call(call)
+    assert len({c.id for c in calls}) == len(calls), calls
+    one = client.chat.completions.create(
+        model=model, messages=question, tools=[WEATHER_TOOL], parallel_tool_calls=False, max_tokens=120, temperature=0
+    )
+    assert len(one.choices[0].message.tool_calls) == 1, one
 
 
 def check_bad_tools():
@@ -361,6 +387,7 @@ CHECKS = [
     check_json_schema,
     check_tool_round_trip,
     check_tool_choice_required_named_and_streamed,
+    check_parallel_tool_calls,
     check_bad_tools,
     check_responses_api,
     check_errors,

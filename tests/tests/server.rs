@@ -140,6 +140,78 @@ fn langchain_and_langgraph() {
     );
 }
 
+/// Every endpoint answers bad input with 400 and a message naming the field: wrong types, unknown
+/// tool names, schemas that do not compile, arguments that are not JSON.
+#[test]
+fn bad_input_to_every_endpoint_names_the_field() {
+    let _serial = serial();
+    let server = qwen_server(&[]);
+    let weather = json!({"type": "function", "name": "w", "parameters": {"type": "object"}});
+    for (path, body, word) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": "hi"}),
+            "`messages`",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "\"g\" is asked for but not among the tools",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "assistant", "content": null,
+            "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}),
+            "`messages[0].tool_calls[0].function.arguments`",
+        ),
+        ("/v1/completions", json!({"prompt": "x", "n": 1000}), "`n`"),
+        ("/v1/responses", json!({"input": 5}), "`input`"),
+        (
+            "/v1/responses",
+            json!({"input": "x", "tools": [weather], "tool_choice": {"type": "function", "name": "nope"}}),
+            "\"nope\" is asked for",
+        ),
+        (
+            "/v1/responses",
+            json!({"input": [{"type": "function_call", "call_id": "c", "name": "w", "arguments": "{"}]}),
+            "`input[0].arguments` is not JSON",
+        ),
+        (
+            "/v1/messages",
+            json!({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {"n": {"type": "number", "minimum": 0}}}}]}),
+            "`tools[0].input_schema` is not a schema a call can be held to: `minimum`",
+        ),
+        (
+            "/v1/messages",
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            "`max_tokens` is required",
+        ),
+        ("/completion", json!({"prompt": {"a": 1}}), "`prompt`"),
+        (
+            "/completion",
+            json!({"prompt": "x", "json_schema": {"type": "string", "pattern": "a"}}),
+            "`json_schema`: `pattern`",
+        ),
+        (
+            "/infill",
+            json!({"input_extra": [{"filename": 3}]}),
+            "`input_extra[0].filename`",
+        ),
+        ("/embedding", json!({"content": 5}), "`input`"),
+        (
+            "/v1/embeddings",
+            json!({"input": "x", "dimensions": 3}),
+            "`dimensions`",
+        ),
+    ] {
+        let r = post(server.addr, path, None, &body);
+        assert_eq!(r.status, 400, "{path} {body}: {}", r.body);
+        assert!(r.message().contains(word), "{path} {body}: {}", r.body);
+    }
+}
+
 /// Without a key, pages of other origins are refused unless `--cors-origin` names theirs.
 #[test]
 fn cors_origins_open_a_keyless_server_to_the_pages_named() {
