@@ -277,6 +277,25 @@ fn default_args_apply_user_args_override_and_dots_splice() {
     );
 }
 
+/// `llamafile-pack inspect … | head`: a reader that goes away ends the output quietly.
+#[test]
+fn inspect_into_a_closed_pipe_says_nothing() {
+    let p = packed();
+    let mut child = Command::new(bin("llamafile-pack"))
+        .arg("inspect")
+        .arg(&p.native)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closes before anything is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(out.status.success(), "{}", out.status);
+}
+
 fn inspect(file: &Path) -> Value {
     let out = ok(Command::new(bin("llamafile-pack"))
         .args(["inspect", "--json"])
