@@ -178,7 +178,8 @@ impl fmt::Debug for ChatTemplate {
 
 impl ChatTemplate {
     /// The template a model is chatted with: the built-in one called `name` when given, else the
-    /// model's own (`tokenizer.chat_template`), else ChatML for models that carry none.
+    /// model's own (`tokenizer.chat_template`), else its family's for models that carry none
+    /// (Gemma's for the gemma architectures, ChatML for the rest, as llama.cpp falls back).
     pub fn for_model(
         tokenizer: &tokenizer::Tokenizer,
         g: &gguf::Gguf<'_>,
@@ -195,7 +196,13 @@ impl ChatTemplate {
         match (name, source) {
             (Some(name), _) => Self::builtin(name, &bos, &eos),
             (None, Some(src)) => Self::from_source(src, &bos, &eos),
-            (None, None) => Self::builtin("chatml", &bos, &eos),
+            (None, None) => {
+                let family = match g.architecture().unwrap_or_default() {
+                    "gemma" | "gemma2" | "gemma3" => "gemma",
+                    _ => "chatml",
+                };
+                Self::builtin(family, &bos, &eos)
+            }
         }
         .map_err(|e| e.to_string())
     }
