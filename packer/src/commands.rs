@@ -291,13 +291,26 @@ fn default_runtimes(kind: Kind) -> Result<Vec<PathBuf>> {
             .into_iter()
             .collect(),
     };
-    let mut found: Vec<PathBuf> = wanted
+    let (present, mut missing): (Vec<Target>, Vec<Target>) = wanted
+        .iter()
+        .partition(|t| dir.join(format!("llamafile-{}", t.triple())).is_file());
+    let mut found: Vec<PathBuf> = present
         .iter()
         .map(|t| dir.join(format!("llamafile-{}", t.triple())))
-        .filter(|p| p.is_file())
         .collect();
     if found.is_empty() && dir.join("llamafile").is_file() {
         found.push(dir.join("llamafile"));
+        missing.retain(|t| Some(*t) != Target::host());
+    }
+    // A universal file is meant for every platform: say which it will not run on.
+    if kind == Kind::Universal && !found.is_empty() && !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(Target::to_string).collect();
+        eprintln!(
+            "llamafile-pack: warning: no runtime for {} beside llamafile-pack in {}: the llamafile \
+             will not run there (build them with `cargo xtask dist`, or pass --runtime PATH)",
+            names.join(", "),
+            dir.display()
+        );
     }
     if found.is_empty() {
         let names: Vec<String> = wanted

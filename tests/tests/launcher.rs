@@ -401,3 +401,40 @@ fn an_interrupted_build_leaves_no_temporary_file_and_the_old_output() {
     assert_eq!(fs::read(&out).unwrap(), b"the previous build");
     assert_eq!(temporaries(dir), Vec::<String>::new());
 }
+
+/// A universal build from the runtimes beside the packer says which platforms it will not run
+/// on when some are missing, instead of quietly carrying fewer; runtimes named with --runtime are
+/// what the user asked for.
+#[test]
+fn a_universal_build_names_the_platforms_it_lacks() {
+    let scratch = Scratch::new("missing-platforms");
+    let dir = &scratch.0;
+    let packer = dir.join("llamafile-pack");
+    fs::copy(bin("llamafile-pack"), &packer).unwrap();
+    fs::copy(bin("llamafile"), dir.join("llamafile")).unwrap();
+    let out = Command::new(&packer)
+        .arg("build")
+        .arg(synth())
+        .arg("-o")
+        .arg(dir.join("a.llamafile"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("warning: no runtime for"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    for platform in ["linux-aarch64", "darwin-aarch64", "darwin-x86_64"] {
+        assert!(warning.contains(platform), "{platform}: {warning}");
+    }
+    assert!(!warning.contains("linux-x86_64"), "{warning}");
+    let named = pack(&[
+        &synth(),
+        Path::new("-o"),
+        &dir.join("b.llamafile"),
+        Path::new("--runtime"),
+        &bin("llamafile"),
+    ]);
+    assert!(!String::from_utf8_lossy(&named.stderr).contains("warning"));
+}
