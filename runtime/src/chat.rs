@@ -20,6 +20,50 @@ use crate::messages::ChatMessage;
 use crate::scheduler::{self, Pooling};
 use crate::server::Server;
 
+/// What `/help` prints.
+const HELP: &str = "Type a message and press Enter. Commands:\n  \
+    /help, /?        this help\n  \
+    /clear           forget the conversation (the system prompt stays)\n  \
+    /bye, /exit      leave (as Ctrl-D does)\n\
+    A message of several lines goes between lines of \"\"\" (as in ollama run). Ctrl-C stops a reply.";
+
+/// Reads the next message: one line, or the lines between `"""` and `"""` (the text after the
+/// opening and before the closing marks included). `None` at the end of input.
+fn read_message(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+) -> Result<Option<String>, String> {
+    let mut next = || -> Result<Option<String>, String> {
+        lines
+            .next()
+            .transpose()
+            .map_err(|e| format!("reading the terminal: {e}"))
+    };
+    let Some(line) = next()? else {
+        return Ok(None);
+    };
+    let Some(rest) = line.trim_start().strip_prefix("\"\"\"") else {
+        return Ok(Some(line));
+    };
+    if let Some(whole) = rest.strip_suffix("\"\"\"") {
+        return Ok(Some(whole.to_string()));
+    }
+    let mut text = rest.to_string();
+    while let Some(line) = next()? {
+        if let Some(last) = line.trim_end().strip_suffix("\"\"\"") {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(last);
+            break;
+        }
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&line);
+    }
+    Ok(Some(text.trim_end().to_string()))
+}
+
 /// How often a reply in progress looks for Ctrl-C between its pieces of text.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -89,13 +133,28 @@ fn converse(client: Client, cfg: &Config, tokenizer: &tokenizer::Tokenizer) -> R
                 eprintln!("{message}");
                 message
             }
-            None => match lines.next() {
-                Some(line) => line.map_err(|e| format!("reading the terminal: {e}"))?,
+            None => match read_message(&mut lines)? {
+                Some(line) => line,
                 None => break,
             },
         };
-        if line.trim().is_empty() {
-            continue;
+        match line.trim() {
+            "" => continue,
+            "/bye" | "/exit" | "/quit" => break,
+            "/clear" => {
+                messages.truncate(usize::from(cfg.chat.system_prompt.is_some()));
+                eprintln!("(the conversation is cleared)");
+                continue;
+            }
+            "/help" | "/?" => {
+                eprintln!("{HELP}");
+                continue;
+            }
+            command if command.starts_with('/') && !command.contains(char::is_whitespace) => {
+                eprintln!("unknown command {command}; /help lists them");
+                continue;
+            }
+            _ => {}
         }
         messages.push(ChatMessage::new("user", line));
         let params = GenParams {

@@ -310,6 +310,26 @@ fn reverse_prompts_ignore_eos_and_json_schemas_on_the_command_line() {
     assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
 }
 
+/// The chat's commands, as in ollama run: /help, /clear, an unknown one named, a message of
+/// several lines between `"""` marks (one message, one reply), /bye leaving before the rest.
+#[test]
+fn the_chat_takes_commands_and_messages_of_several_lines() {
+    let m = synth("Q4_0");
+    let input = "/help\n/clear\n/frob\n\"\"\"\nline one\nline two\n\"\"\"\n/bye\nnever sent\n";
+    let out = with_input(&["-m", &m, "-i", "-n", "4", "--temp", "0"], input);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("/clear           forget the conversation"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(the conversation is cleared)"), "{stderr}");
+    assert!(stderr.contains("unknown command /frob"), "{stderr}");
+    // /help, /clear, /frob, the message of two lines, /bye: five prompts, one reply.
+    assert_eq!(stderr.matches("\n> ").count(), 5, "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+}
+
 /// With `-i`, `-p` is the first message, answered before the terminal is read.
 #[test]
 fn a_prompt_given_with_i_is_the_first_message() {
