@@ -4,7 +4,7 @@
 //! (sampling, stop, UTF-8 streaming): in a bare launch it shares the server's slots (one model,
 //! one KV pool, the API served beside it); with `-i` it runs a scheduler of its own, without HTTP.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,10 @@ use crate::jobs::{Client, Event, PromptInput};
 use crate::messages::ChatMessage;
 use crate::scheduler::{self, Pooling};
 use crate::server::Server;
+
+/// ANSI colours: green for what the user types, then back to the terminal's own.
+const USER_COLOR: &str = "\x1b[32m";
+const RESET_COLOR: &str = "\x1b[0m";
 
 /// What `/help` prints.
 const HELP: &str = "Type a message and press Enter. Commands:\n  \
@@ -124,18 +128,31 @@ fn converse(client: Client, cfg: &Config, tokenizer: &tokenizer::Tokenizer) -> R
     let mut lines = stdin.lock().lines();
     // `-p` is the first message, as if typed.
     let mut first = cfg.chat.first_message.clone();
+    // With --color on a terminal, what the user types shows in green, as in llama.cpp.
+    let color = cfg.chat.color && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let (typing, typed) = if color {
+        (USER_COLOR, RESET_COLOR)
+    } else {
+        ("", "")
+    };
     loop {
-        eprint!("\n> ");
+        eprint!("\n> {typing}");
         let _ = std::io::stderr().flush();
         interrupted.store(false, Ordering::SeqCst);
         let line = match first.take() {
             Some(message) => {
-                eprintln!("{message}");
+                eprintln!("{message}{typed}");
                 message
             }
             None => match read_message(&mut lines)? {
-                Some(line) => line,
-                None => break,
+                Some(line) => {
+                    eprint!("{typed}");
+                    line
+                }
+                None => {
+                    eprint!("{typed}");
+                    break;
+                }
             },
         };
         match line.trim() {

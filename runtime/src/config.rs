@@ -86,6 +86,8 @@ pub struct ChatConfig {
     pub system_prompt: Option<String>,
     /// `-p` with `-i`: the first message, sent before the terminal is read.
     pub first_message: Option<String>,
+    /// `--color`, unless `NO_COLOR` is set (https://no-color.org); the chat also needs a terminal.
+    pub color: bool,
     /// Tokens per reply at most.
     pub max_tokens: Option<usize>,
 }
@@ -133,6 +135,7 @@ impl Config {
                 template: args.chat_template,
                 system_prompt: args.system_prompt,
                 first_message,
+                color: args.color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                 max_tokens: usize::try_from(args.n_predict).ok(),
             },
             server: Options {

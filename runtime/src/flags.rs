@@ -229,7 +229,7 @@ pub static FLAGS: &[Flag] = &[
         names: &["-co", "--color"],
         set: switch!(color),
         default: None,
-        help: "Accepted for compatibility with llama.cpp's command line.",
+        help: "Colour the terminal chat: what you type shows in green (not with NO_COLOR set, nor off a terminal).",
     },
     Flag {
         names: &["--no-display-prompt", "--silent-prompt"],

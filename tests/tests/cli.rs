@@ -330,6 +330,45 @@ fn the_chat_takes_commands_and_messages_of_several_lines() {
     assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
 }
 
+/// Under a terminal (a pseudo-terminal from `script`), `--color` shows what the user types in
+/// green; NO_COLOR, or no `--color`, leaves the terminal's colours alone.
+#[test]
+fn the_chat_colours_a_terminal_only_when_asked() {
+    let m = synth("Q4_0");
+    let run = |color: bool, no_color: bool| {
+        let flag = if color { " --color" } else { "" };
+        let cmd = format!(
+            "{} -m {m} -i -n 2 --temp 0{flag}",
+            bin("llamafile").display()
+        );
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]);
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        let out = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                // Ctrl-D ends the chat once the first turn is in.
+                child.stdin.take().unwrap().write_all(b"hello\n\x04")?;
+                child.wait_with_output()
+            })
+            .expect("run script (util-linux)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let green = "\x1b[32m";
+    let shown = run(true, false);
+    assert!(shown.contains(green), "{shown:?}");
+    assert!(shown.contains("\x1b[0m"), "{shown:?}");
+    assert!(!run(true, true).contains(green));
+    assert!(!run(false, false).contains(green));
+}
+
 /// With `-i`, `-p` is the first message, answered before the terminal is read.
 #[test]
 fn a_prompt_given_with_i_is_the_first_message() {
