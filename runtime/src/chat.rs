@@ -24,6 +24,46 @@ use crate::server::Server;
 const USER_COLOR: &str = "\x1b[32m";
 const RESET_COLOR: &str = "\x1b[0m";
 
+/// A spinner drawn on stderr while a reply has not started, then erased.
+struct Spinner {
+    /// Drawing (a terminal, and no text yet).
+    on: bool,
+    frame: usize,
+    last: Option<std::time::Instant>,
+}
+
+impl Spinner {
+    const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn new(on: bool) -> Self {
+        let mut s = Spinner {
+            on,
+            frame: 0,
+            last: None,
+        };
+        s.tick();
+        s
+    }
+
+    fn tick(&mut self) {
+        if !self.on || self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        eprint!("{}\x08", Self::FRAMES[self.frame % Self::FRAMES.len()]);
+        let _ = std::io::stderr().flush();
+        self.frame += 1;
+        self.last = Some(std::time::Instant::now());
+    }
+
+    fn stop(&mut self) {
+        if std::mem::replace(&mut self.on, false) && self.last.is_some() {
+            eprint!(" \x08");
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
 /// What `/help` prints.
 const HELP: &str = "Type a message and press Enter. Commands:\n  \
     /help, /?        this help\n  \
@@ -194,9 +234,12 @@ fn converse(client: Client, cfg: &Config, tokenizer: &tokenizer::Tokenizer) -> R
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         let mut reply = String::new();
+        // Until the first words come, a spinner on a terminal shows the model is at work.
+        let mut spinner = Spinner::new(std::io::stderr().is_terminal());
         let failure = loop {
             match events.try_recv() {
                 Ok(Event::Delta(delta)) => {
+                    spinner.stop();
                     let _ = out.write_all(delta.text.as_bytes());
                     let _ = out.flush();
                     reply.push_str(&delta.text);
@@ -207,9 +250,13 @@ fn converse(client: Client, cfg: &Config, tokenizer: &tokenizer::Tokenizer) -> R
                 Err(TryRecvError::Disconnected) => break Some("the model stopped".to_string()),
                 // Stopping a reply: dropping the events tells the scheduler to end it.
                 Err(TryRecvError::Empty) if interrupted.load(Ordering::SeqCst) => break None,
-                Err(TryRecvError::Empty) => std::thread::sleep(POLL),
+                Err(TryRecvError::Empty) => {
+                    spinner.tick();
+                    std::thread::sleep(POLL);
+                }
             }
         };
+        spinner.stop();
         drop(events);
         let _ = writeln!(out);
         match failure {

@@ -331,7 +331,8 @@ fn the_chat_takes_commands_and_messages_of_several_lines() {
 }
 
 /// Under a terminal (a pseudo-terminal from `script`), `--color` shows what the user types in
-/// green; NO_COLOR, or no `--color`, leaves the terminal's colours alone.
+/// green; NO_COLOR, or no `--color`, leaves the terminal's colours alone. A spinner turns while
+/// the reply has not started.
 #[test]
 fn the_chat_colours_a_terminal_only_when_asked() {
     let m = synth("Q4_0");
@@ -365,6 +366,9 @@ fn the_chat_colours_a_terminal_only_when_asked() {
     let shown = run(true, false);
     assert!(shown.contains(green), "{shown:?}");
     assert!(shown.contains("\x1b[0m"), "{shown:?}");
+    // A spinner shows until the reply starts, and is erased.
+    assert!(shown.contains("⠋\x08"), "{shown:?}");
+    assert!(shown.contains(" \x08"), "{shown:?}");
     assert!(!run(true, true).contains(green));
     assert!(!run(false, false).contains(green));
 }
@@ -764,11 +768,19 @@ fn a_bare_launch_in_a_terminal_chats_and_serves_from_one_scheduler() {
     });
     // What the chat printed between the user's line and the next prompt.
     let turn = after.rsplit("\n> ").nth(1).unwrap();
-    // The terminal turns each newline into CR LF.
-    let chat_reply = turn
+    // The terminal turns each newline into CR LF; the spinner drawn before the reply (a frame,
+    // then a space, each followed by a backspace) leaves nothing on the screen.
+    let mut chat_reply = turn
         .split_once("hi")
         .map_or(turn, |(_, r)| r)
         .replace("\r\n", "\n");
+    while let Some(at) = chat_reply.find('\u{8}') {
+        let start = chat_reply[..at]
+            .char_indices()
+            .last()
+            .map_or(at, |(i, _)| i);
+        chat_reply.replace_range(start..at + 1, "");
+    }
     let chat_reply = chat_reply.trim();
 
     let body = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"temperature":0}"#;
