@@ -406,13 +406,35 @@ fn strftime_now(format: String) -> Result<String, Error> {
         ));
     }
     let mut out = String::new();
-    write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+    write!(out, "{}", local_now().format(&format)).map_err(|_| {
         Error::new(
             ErrorKind::InvalidOperation,
             format!("strftime_now: cannot format {format:?}"),
         )
     })?;
     Ok(out)
+}
+
+/// The time now, at the local UTC offset as the C library knows it (`TZ`, else /etc/localtime).
+/// `%Z` then prints the offset, not the zone's name.
+fn local_now() -> chrono::DateTime<chrono::FixedOffset> {
+    let now = chrono::Utc::now();
+    let seconds = now.timestamp() as libc::time_t;
+    // SAFETY: `tm` is plain data that localtime_r fills (or leaves, returning null on failure);
+    // localtime_r, unlike localtime, keeps no shared state, so other threads are no concern.
+    let offset = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&seconds, &mut tm).is_null() {
+            0
+        } else {
+            tm.tm_gmtoff
+        }
+    };
+    let offset = i32::try_from(offset)
+        .ok()
+        .and_then(chrono::FixedOffset::east_opt)
+        .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("zero is a valid offset"));
+    now.with_timezone(&offset)
 }
 
 /// How `json.dumps` lays out its output.
@@ -981,12 +1003,39 @@ mod tests {
         );
     }
 
+    /// The offset comes from `TZ`; each zone is tried in a child process (this test binary, run
+    /// for this test alone), since changing `TZ` here would race the other tests' threads.
+    #[test]
+    fn strftime_now_follows_the_time_zone() {
+        const EXPECTED: &str = "LLAMAFILE_TEST_EXPECTED_OFFSET";
+        if let Ok(offset) = std::env::var(EXPECTED) {
+            assert_eq!(render("{{ strftime_now('%z') }}", &[]).unwrap(), offset);
+            return;
+        }
+        for (tz, offset) in [("UTC0", "+0000"), ("IST-5:30", "+0530"), ("EST5", "-0500")] {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "chat_template::tests::strftime_now_follows_the_time_zone",
+                ])
+                .env("TZ", tz)
+                .env(EXPECTED, offset)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "TZ={tz}: {text}"
+            );
+        }
+    }
+
     #[test]
     fn strftime_now_formats_the_local_time() {
         let fmt = "%d %b %Y";
-        let before = chrono::Local::now().format(fmt).to_string();
+        let before = local_now().format(fmt).to_string();
         let got = render("{{ strftime_now('%d %b %Y') }} 100%%", &[]).unwrap();
-        let after = chrono::Local::now().format(fmt).to_string();
+        let after = local_now().format(fmt).to_string();
         assert!(
             got == format!("{before} 100%%") || got == format!("{after} 100%%"),
             "{got}"
