@@ -15,11 +15,12 @@ use serde::Serialize;
 
 use crate::copy;
 use crate::launcher;
+use crate::macho::{self, MacExecutable};
 use crate::model::{self, ModelSummary};
 use crate::pack::{self, Kind, Model, Plan, Runtime, TempFile};
 use crate::quant_mix::Mix;
 use crate::quantize;
-use crate::target::{Os, Target};
+use crate::target::{self, Os, Target};
 
 pub fn build(
     model_path: &Path,
@@ -34,13 +35,9 @@ pub fn build(
     } else {
         Kind::Universal
     };
-    let runtime_paths = if runtime_paths.is_empty() {
-        default_runtimes(kind)?
-    } else {
-        runtime_paths.to_vec()
-    };
-    let mut runtimes = load_runtimes(&runtime_paths)?;
+    let mut runtimes = runtimes_to_pack(kind, runtime_paths)?;
     pack::check_runtimes(kind, &mut runtimes)?;
+    let runtime_files: Vec<PathBuf> = runtimes.iter().filter_map(|r| r.path.clone()).collect();
 
     let input_meta =
         fs::metadata(model_path).with_context(|| format!("opening {}", model_path.display()))?;
@@ -93,7 +90,7 @@ pub fn build(
         args_text: args_text.into_bytes(),
     };
     let mut inputs: Vec<&Path> = vec![model_path];
-    inputs.extend(runtime_paths.iter().map(PathBuf::as_path));
+    inputs.extend(runtime_files.iter().map(PathBuf::as_path));
     let manifest = pack::write(&plan, output, &inputs)?;
     report_written(output, &manifest, &summary);
     Ok(ExitCode::SUCCESS)
@@ -111,13 +108,9 @@ pub fn upgrade(old: &Path, output: &Path, runtime_paths: &[PathBuf]) -> Result<E
         Some(m) => parse_kind(old, &m.kind)?,
         None => guess_kind(&file, &payload)?,
     };
-    let runtime_paths = if runtime_paths.is_empty() {
-        default_runtimes(kind)?
-    } else {
-        runtime_paths.to_vec()
-    };
-    let mut runtimes = load_runtimes(&runtime_paths)?;
+    let mut runtimes = runtimes_to_pack(kind, runtime_paths)?;
     pack::check_runtimes(kind, &mut runtimes)?;
+    let runtime_files: Vec<PathBuf> = runtimes.iter().filter_map(|r| r.path.clone()).collect();
 
     // The `.args` text is kept byte for byte, comments included.
     let args_text = match payload.entry(ARGS_NAME) {
@@ -146,7 +139,7 @@ pub fn upgrade(old: &Path, output: &Path, runtime_paths: &[PathBuf]) -> Result<E
         args,
     };
     let mut inputs: Vec<&Path> = vec![old];
-    inputs.extend(runtime_paths.iter().map(PathBuf::as_path));
+    inputs.extend(runtime_files.iter().map(PathBuf::as_path));
     let manifest = pack::write(&plan, output, &inputs)?;
     report_written(output, &manifest, &summary);
     Ok(ExitCode::SUCCESS)
@@ -275,15 +268,21 @@ fn model_entry_name(path: &Path) -> Result<String> {
     }
 }
 
-fn load_runtimes(paths: &[PathBuf]) -> Result<Vec<Runtime>> {
-    paths.iter().map(|p| Runtime::load(p)).collect()
+/// The runtimes named with --runtime, else [`default_runtimes`].
+fn runtimes_to_pack(kind: Kind, paths: &[PathBuf]) -> Result<Vec<Runtime>> {
+    if paths.is_empty() {
+        default_runtimes(kind)
+    } else {
+        paths.iter().map(|p| Runtime::load(p)).collect()
+    }
 }
 
-/// The runtimes `cargo xtask dist` puts beside the packer (`llamafile-<triple>`), else the
-/// `llamafile` a plain `cargo build` puts beside it (the host's runtime).
-fn default_runtimes(kind: Kind) -> Result<Vec<PathBuf>> {
-    let exe = std::env::current_exe().context("finding llamafile-pack's own path")?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
+/// The runtimes `build` and `upgrade` pack when none is named. For each platform the file is for
+/// (all four for a universal file, this Linux machine's for a native one): the one this packer
+/// carries, else `llamafile-<triple>` beside it (what `cargo xtask dist` writes), else for this
+/// machine the `llamafile` beside it (a plain `cargo build`). A platform with none stops the
+/// build: a universal file that quietly left out the Macs would be found out only on a Mac.
+fn default_runtimes(kind: Kind) -> Result<Vec<Runtime>> {
     let wanted: Vec<Target> = match kind {
         Kind::Universal => Target::ALL.to_vec(),
         Kind::Native => Target::host()
@@ -291,40 +290,138 @@ fn default_runtimes(kind: Kind) -> Result<Vec<PathBuf>> {
             .into_iter()
             .collect(),
     };
-    let (present, mut missing): (Vec<Target>, Vec<Target>) = wanted
-        .iter()
-        .partition(|t| dir.join(format!("llamafile-{}", t.triple())).is_file());
-    let mut found: Vec<PathBuf> = present
+    if wanted.is_empty() {
+        bail!("--native makes a Linux file, and this machine is not Linux: name the Linux runtime with --runtime PATH");
+    }
+    let dir = own_dir()?;
+    let mut carried: Vec<Option<Runtime>> = Runtime::carried()?.into_iter().map(Some).collect();
+    let mut chosen: Vec<Runtime> = Vec::new();
+    let mut missing = Vec::new();
+    for t in wanted {
+        if chosen.iter().any(|r| r.targets.contains(&t)) {
+            continue; // a fat Mach-O covers both Macs
+        }
+        if let Some(r) = carried
+            .iter_mut()
+            .find(|r| r.as_ref().is_some_and(|r| r.targets.contains(&t)))
+            .and_then(Option::take)
+        {
+            chosen.push(r);
+            continue;
+        }
+        let beside = dir.join(format!("llamafile-{}", t.triple()));
+        let plain = dir.join("llamafile");
+        if beside.is_file() {
+            chosen.push(Runtime::load(&beside)?);
+        } else if Some(t) == Target::host() && plain.is_file() {
+            chosen.push(Runtime::load(&plain)?);
+        } else {
+            missing.push(t);
+        }
+    }
+    if !missing.is_empty() {
+        let have: Vec<Target> = chosen.iter().flat_map(|r| r.targets.clone()).collect();
+        bail!(
+            "no runtime for {}: this llamafile-pack carries {} and finds {} beside it in {}. \
+             A {} file is for {}; name the runtimes to pack with --runtime PATH (the file is then \
+             for those platforms only), or use a llamafile-pack that carries all four \
+             (`cargo xtask dist` builds one)",
+            pack::join(&missing),
+            carried_summary()?,
+            if have.is_empty() {
+                "no other".to_string()
+            } else {
+                format!("only {}", pack::join(&have))
+            },
+            dir.display(),
+            kind.name(),
+            if kind == Kind::Universal {
+                "every platform"
+            } else {
+                "this machine"
+            },
+        );
+    }
+    Ok(chosen)
+}
+
+/// The directory llamafile-pack is in, where `cargo xtask dist` puts the runtimes.
+fn own_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding llamafile-pack's own path")?;
+    Ok(exe.parent().unwrap_or(Path::new(".")).to_path_buf())
+}
+
+/// "runtimes for linux-x86_64, …" or "no runtimes", for messages.
+fn carried_summary() -> Result<String> {
+    let carried = Runtime::carried()?;
+    Ok(if carried.is_empty() {
+        "no runtimes".to_string()
+    } else {
+        let targets: Vec<Target> = carried.iter().flat_map(|r| r.targets.clone()).collect();
+        format!("runtimes for {}", pack::join(&targets))
+    })
+}
+
+/// `llamafile-pack sign`: a signed copy of a thin Mach-O executable, checked as `verify` checks.
+pub fn sign(input: &Path, output: &Path, identifier: &str) -> Result<ExitCode> {
+    pack::refuse_overwriting_inputs(output, &[input])?;
+    let data = fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let signed =
+        macho::sign_adhoc(&data, identifier).with_context(|| input.display().to_string())?;
+    let exe = macho::read(&signed).context("the signed file does not verify")?;
+    let tmp = TempFile::create(output)?;
+    (&tmp.file)
+        .write_all(&signed)
+        .with_context(|| format!("writing {}", tmp.path.display()))?;
+    tmp.commit(output, 0o755)?;
+    eprintln!("wrote {}: {}", output.display(), mac_summary(&exe));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llamafile-pack runtimes`: what `build` and `upgrade` pack when no --runtime is named.
+pub fn runtimes() -> Result<ExitCode> {
+    let carried = Runtime::carried()?;
+    let dir = own_dir()?;
+    let mut out = std::io::stdout().lock();
+    if carried.is_empty() {
+        writeln!(
+            out,
+            "{} carries no runtimes (it was built without `cargo xtask dist`)",
+            pack::PACKER
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{} carries these runtimes, built with it from the same source:",
+            pack::PACKER
+        )?;
+        for r in &carried {
+            writeln!(
+                out,
+                "  {:<15} llamafile {:<8} {:>10} bytes  sha256 {}",
+                pack::join(&r.targets),
+                env!("CARGO_PKG_VERSION"),
+                r.data.len(),
+                r.digest.sha256_hex()
+            )?;
+        }
+    }
+    let beside: Vec<PathBuf> = Target::ALL
         .iter()
         .map(|t| dir.join(format!("llamafile-{}", t.triple())))
+        .chain([dir.join("llamafile")])
+        .filter(|p| p.is_file())
         .collect();
-    if found.is_empty() && dir.join("llamafile").is_file() {
-        found.push(dir.join("llamafile"));
-        missing.retain(|t| Some(*t) != Target::host());
+    if !beside.is_empty() {
+        writeln!(
+            out,
+            "beside it, used for a platform it does not carry (or with --runtime):"
+        )?;
+        for p in beside {
+            writeln!(out, "  {}", p.display())?;
+        }
     }
-    // A universal file is meant for every platform: say which it will not run on.
-    if kind == Kind::Universal && !found.is_empty() && !missing.is_empty() {
-        let names: Vec<String> = missing.iter().map(Target::to_string).collect();
-        eprintln!(
-            "llamafile-pack: warning: no runtime for {} beside llamafile-pack in {}: the llamafile \
-             will not run there (build them with `cargo xtask dist`, or pass --runtime PATH)",
-            names.join(", "),
-            dir.display()
-        );
-    }
-    if found.is_empty() {
-        let names: Vec<String> = wanted
-            .iter()
-            .map(|t| format!("llamafile-{}", t.triple()))
-            .collect();
-        bail!(
-            "no --runtime given and none beside llamafile-pack in {} (looked for {} and llamafile): \
-             pass --runtime PATH or run `cargo xtask dist`",
-            dir.display(),
-            names.join(", ")
-        );
-    }
-    Ok(found)
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open_llamafile(path: &Path) -> Result<(File, Payload)> {
@@ -412,6 +509,16 @@ struct ModelReport {
 }
 
 pub fn inspect(path: &Path, json: bool) -> Result<ExitCode> {
+    if let Some(report) = runtime_report(path)? {
+        let mut out = std::io::stdout().lock();
+        if json {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        } else {
+            print_runtime_report(&mut out, &report)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (file, payload) = open_llamafile(path)?;
     let manifest = payload
         .manifest(&file)
@@ -465,6 +572,107 @@ pub fn inspect(path: &Path, json: bool) -> Result<ExitCode> {
         print_report(&mut out, &report)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `inspect` and `verify` say of a runtime executable given on its own.
+#[derive(Serialize)]
+struct RuntimeReport {
+    file: String,
+    size: u64,
+    sha256: String,
+    targets: Vec<String>,
+    /// Each Mach-O slice, as macho.rs reads it; empty for a Linux runtime.
+    macos: Vec<MacExecutable>,
+}
+
+/// `Some` when `path` is a runtime executable with no payload (not a llamafile). Reading a Mac
+/// runtime checks its signature: a mismatch is an error naming the page.
+fn runtime_report(path: &Path) -> Result<Option<RuntimeReport>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    if read_payload(&file)
+        .with_context(|| path.display().to_string())?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let data = map(&file, path)?;
+    if object::FileKind::parse(&data[..]).is_err() {
+        return Ok(None); // neither: open_llamafile says it is not a llamafile
+    }
+    let targets = target::detect(path, &data)?;
+    let macos = if targets.iter().any(|t| t.os == Os::Darwin) {
+        let slices = macho::read_slices(&data).with_context(|| path.display().to_string())?;
+        for exe in &slices {
+            macho::require_valid_signature(exe).with_context(|| path.display().to_string())?;
+        }
+        slices
+    } else {
+        Vec::new()
+    };
+    Ok(Some(RuntimeReport {
+        file: path.display().to_string(),
+        size: data.len() as u64,
+        sha256: copy::digest_bytes(&data).sha256_hex(),
+        targets: targets.iter().map(Target::to_string).collect(),
+        macos,
+    }))
+}
+
+fn runtime_summary(r: &RuntimeReport) -> String {
+    let mut text = format!("runtime for {}", r.targets.join(", "));
+    for exe in &r.macos {
+        text += &format!("; {}", mac_summary(exe));
+    }
+    text
+}
+
+/// One line: the CPU, the oldest macOS, and the signature's coverage.
+fn mac_summary(exe: &MacExecutable) -> String {
+    let signed = match &exe.signature {
+        Some(s) => format!(
+            "signed ({}), {} pages of {} bytes match, covering all {} bytes before the signature",
+            s.flags.join(", "),
+            s.pages,
+            s.page_size,
+            s.code_limit
+        ),
+        None => "not signed".into(),
+    };
+    format!(
+        "Mach-O {} executable{}, macOS {} or later, {signed}",
+        exe.cpu,
+        if exe.pie { " (PIE)" } else { "" },
+        exe.min_macos
+    )
+}
+
+fn print_runtime_report(out: &mut impl Write, r: &RuntimeReport) -> Result<()> {
+    writeln!(out, "file: {} ({} bytes)", r.file, r.size)?;
+    writeln!(out, "{}", runtime_summary(r))?;
+    writeln!(out, "sha256: {}", r.sha256)?;
+    for exe in &r.macos {
+        writeln!(out, "{} slice:", exe.cpu)?;
+        writeln!(out, "  libraries: {}", exe.libraries.join(", "))?;
+        if exe.imports_not_from_libsystem.is_empty() {
+            writeln!(
+                out,
+                "  imports: {} symbols, all from libSystem",
+                exe.imports
+            )?;
+        } else {
+            writeln!(
+                out,
+                "  imports: {} symbols, {} not from libSystem: {}",
+                exe.imports,
+                exe.imports_not_from_libsystem.len(),
+                exe.imports_not_from_libsystem.join(", ")
+            )?;
+        }
+        if let Some(s) = &exe.signature {
+            writeln!(out, "  code signature identifier: {}", s.identifier)?;
+        }
+    }
+    Ok(())
 }
 
 fn alignment(offset: u64) -> u64 {
@@ -565,6 +773,20 @@ fn human_count(n: u64) -> String {
 }
 
 pub fn verify(path: &Path) -> Result<ExitCode> {
+    // A runtime on its own: reading it checks it (a Mac one's signature, page by page).
+    match runtime_report(path) {
+        Ok(Some(report)) => {
+            println!("ok    {}", runtime_summary(&report));
+            println!("{}: verified", path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            println!("FAIL  {e:#}");
+            println!("{}: 1 check(s) failed", path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let (file, payload) = open_llamafile(path)?;
     let mut failures = 0usize;
     let mut check = |ok: bool, what: String| {
@@ -631,6 +853,21 @@ pub fn verify(path: &Path) -> Result<ExitCode> {
                 size == e.size && digest.sha256_hex() == *sha,
                 format!("`{}` sha256 {}", e.name, digest.sha256_hex()),
             );
+        }
+        // A Mac runs the runtime the launcher extracts only if its signature still holds.
+        if e.name.starts_with("runtime/darwin") {
+            let map = map(&file, path)?;
+            match macho::read_slices(entry_bytes(&map, e, path)?) {
+                Ok(slices) => {
+                    for exe in &slices {
+                        match macho::require_valid_signature(exe) {
+                            Ok(()) => check(true, format!("`{}` {}", e.name, mac_summary(exe))),
+                            Err(err) => check(false, format!("`{}`: {err:#}", e.name)),
+                        }
+                    }
+                }
+                Err(err) => check(false, format!("`{}`: {err:#}", e.name)),
+            }
         }
     }
     for r in &manifest.runtimes {

@@ -151,9 +151,15 @@ use_dir() {{
 }}
 runtime=
 damaged=
+# The cache: XDG's where set, else where the system keeps caches (~/Library/Caches on a Mac).
 case ${{XDG_CACHE_HOME:-}} in
   /*) cache=$XDG_CACHE_HOME/llamafile-rs ;;
-  *) case ${{HOME:-}} in /*) cache=$HOME/.cache/llamafile-rs ;; *) cache= ;; esac ;;
+  *)
+    case ${{HOME:-}}-$os in
+      /*-darwin) cache=$HOME/Library/Caches/llamafile-rs ;;
+      /*) cache=$HOME/.cache/llamafile-rs ;;
+      *) cache= ;;
+    esac ;;
 esac
 if [ -n "$cache" ] && use_dir "$cache/$sha"; then
   runtime=$cache/$sha/llamafile

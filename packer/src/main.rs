@@ -4,6 +4,7 @@
 mod commands;
 mod copy;
 mod launcher;
+mod macho;
 mod model;
 mod pack;
 mod quant_mix;
@@ -41,8 +42,9 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         /// A runtime executable (ELF or Mach-O, thin or fat); repeat for each platform.
-        /// Default: the `llamafile-<target triple>` files beside llamafile-pack
-        /// (what `cargo xtask dist` builds), else the `llamafile` beside it.
+        /// Default: for every platform (Linux and macOS, x86_64 and aarch64), the runtime
+        /// llamafile-pack carries (see `llamafile-pack runtimes`), else the
+        /// `llamafile-<target triple>` beside it; a platform with none is an error.
         #[arg(long = "runtime", value_name = "PATH")]
         runtimes: Vec<PathBuf>,
         /// Write a native file: one Linux runtime with the payload appended, no launcher.
@@ -96,6 +98,19 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Sign a macOS executable ad hoc (as Apple's linker does for arm64, and zig does not for
+    /// x86_64), so that a Mac checks its pages against the signature; writes a new file.
+    Sign {
+        executable: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The identifier the signature records.
+        #[arg(long, default_value = "llamafile")]
+        identifier: String,
+    },
+    /// List the runtimes this packer carries (platform, version, size, sha256): what `build` and
+    /// `upgrade` pack when no --runtime is named.
+    Runtimes,
     /// Write a new llamafile with new runtimes and the same weights and default arguments.
     Upgrade {
         old: PathBuf,
@@ -140,6 +155,12 @@ fn main() -> ExitCode {
         } => commands::quantize(&input, &rest, pure, allow_requantize, dry_run),
         Command::Inspect { file, json } => commands::inspect(&file, json),
         Command::Verify { file } => commands::verify(&file),
+        Command::Runtimes => commands::runtimes(),
+        Command::Sign {
+            executable,
+            output,
+            identifier,
+        } => commands::sign(&executable, &output, &identifier),
         Command::Extract {
             file,
             entry,

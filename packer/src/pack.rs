@@ -22,6 +22,7 @@ use payload::{
 
 use crate::copy::{self, digest_bytes, Digest};
 use crate::launcher::{self, Placed};
+use crate::macho;
 use crate::target::{self, Os, Target};
 
 pub const PACKER: &str = concat!("llamafile-pack ", env!("CARGO_PKG_VERSION"));
@@ -41,12 +42,34 @@ impl Kind {
     }
 }
 
-/// A runtime executable given to the packer, mapped (runtimes are tens of MB).
+/// The runtimes compiled into this packer by `cargo xtask dist` (packer/build.rs).
+mod carried {
+    include!(concat!(env!("OUT_DIR"), "/carried.rs"));
+}
+
+/// A runtime executable to pack: a file (mapped: runtimes are megabytes), or one this packer
+/// carries.
 pub struct Runtime {
-    pub path: PathBuf,
-    pub data: Mmap,
+    /// The file it was read from; None for one this packer carries.
+    pub path: Option<PathBuf>,
+    pub data: RuntimeBytes,
     pub targets: Vec<Target>,
     pub digest: Digest,
+}
+
+pub enum RuntimeBytes {
+    Mapped(Mmap),
+    Carried(&'static [u8]),
+}
+
+impl std::ops::Deref for RuntimeBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            RuntimeBytes::Mapped(map) => map,
+            RuntimeBytes::Carried(bytes) => bytes,
+        }
+    }
 }
 
 impl Runtime {
@@ -56,14 +79,45 @@ impl Runtime {
         // would at worst produce a file whose verify fails.
         let data =
             unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-        let targets = target::detect(path, &data)?;
+        Runtime::new(Some(path.to_path_buf()), RuntimeBytes::Mapped(data), path)
+    }
+
+    /// The runtimes this packer carries, in the order they were compiled in.
+    pub fn carried() -> Result<Vec<Runtime>> {
+        carried::CARRIED
+            .iter()
+            .map(|(built_from, bytes)| {
+                let name = format!("llamafile-pack's copy of {built_from}");
+                Runtime::new(None, RuntimeBytes::Carried(bytes), Path::new(&name))
+            })
+            .collect()
+    }
+
+    /// A darwin runtime must be signed as a Mac requires (see macho.rs): packing one that is not
+    /// would make a file that fails only on a Mac, long after.
+    fn new(path: Option<PathBuf>, data: RuntimeBytes, named: &Path) -> Result<Runtime> {
+        let targets = target::detect(named, &data)?;
+        if targets.iter().any(|t| t.os == Os::Darwin) {
+            for exe in macho::read_slices(&data).with_context(|| named.display().to_string())? {
+                macho::require_valid_signature(&exe)
+                    .with_context(|| named.display().to_string())?;
+            }
+        }
         let digest = digest_bytes(&data);
         Ok(Runtime {
-            path: path.to_path_buf(),
+            path,
             data,
             targets,
             digest,
         })
+    }
+
+    /// The runtime as messages name it.
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => format!("llamafile-pack's own {} runtime", join(&self.targets)),
+        }
     }
 
     fn entry_name(&self) -> String {
@@ -112,8 +166,11 @@ pub fn check_runtimes(kind: Kind, runtimes: &mut [Runtime]) -> Result<()> {
         let r = &runtimes[0];
         if r.targets.iter().any(|t| t.os != Os::Linux) {
             bail!(
-                "{}: a native file needs a Linux ELF runtime; this one is for {}",
-                r.path.display(),
+                "{}: a native file needs a Linux ELF runtime; this one is for {}. A native file is \
+                 the runtime with the weights appended, and bytes appended to a Mac executable fall \
+                 outside its code signature, so macOS would kill it: make a universal file (leave \
+                 out --native), which runs on Macs",
+                r.describe(),
                 join(&r.targets)
             );
         }
@@ -124,8 +181,8 @@ pub fn check_runtimes(kind: Kind, runtimes: &mut [Runtime]) -> Result<()> {
             if let Some(t) = a.targets.iter().find(|t| b.targets.contains(t)) {
                 bail!(
                     "{} and {} both run on {t}: give one runtime per platform",
-                    a.path.display(),
-                    b.path.display()
+                    a.describe(),
+                    b.describe()
                 );
             }
         }

@@ -23,6 +23,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// `target/dist/<name>` (beside `target/<profile>/`), if `cargo xtask dist` made it: the static
+/// runtimes `llamafile-<triple>` and the packer that carries them all.
+pub fn dist(name: &str) -> Option<PathBuf> {
+    let profile_dir = bin("llamafile").parent().unwrap().to_path_buf();
+    let p = profile_dir.parent().unwrap().join("dist").join(name);
+    p.is_file().then_some(p)
+}
+
 /// The fixtures copied into this repository.
 pub fn fixtures() -> PathBuf {
     workspace().join("tests/fixtures")

@@ -402,14 +402,14 @@ fn an_interrupted_build_leaves_no_temporary_file_and_the_old_output() {
     assert_eq!(temporaries(dir), Vec::<String>::new());
 }
 
-/// A universal build from the runtimes beside the packer says which platforms it will not run
-/// on when some are missing, instead of quietly carrying fewer; runtimes named with --runtime are
-/// what the user asked for.
+/// A universal build stops, naming the platforms it has no runtime for, rather than quietly
+/// making a file that fails there; runtimes named with --runtime are what the user asked for.
 #[test]
-fn a_universal_build_names_the_platforms_it_lacks() {
+fn a_universal_build_stops_when_a_platform_has_no_runtime() {
     let scratch = Scratch::new("missing-platforms");
     let dir = &scratch.0;
     let packer = dir.join("llamafile-pack");
+    // The packer of a plain `cargo build` carries no runtimes; the host's is beside it.
     fs::copy(bin("llamafile-pack"), &packer).unwrap();
     fs::copy(bin("llamafile"), dir.join("llamafile")).unwrap();
     let out = Command::new(&packer)
@@ -420,15 +420,17 @@ fn a_universal_build_names_the_platforms_it_lacks() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let warning = stderr
-        .lines()
-        .find(|l| l.contains("warning: no runtime for"))
-        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!dir.join("a.llamafile").exists());
+    let (missing, rest) = stderr
+        .split_once("no runtime for ")
+        .and_then(|(_, said)| said.split_once(':'))
+        .unwrap_or_else(|| panic!("{stderr}"));
     for platform in ["linux-aarch64", "darwin-aarch64", "darwin-x86_64"] {
-        assert!(warning.contains(platform), "{platform}: {warning}");
+        assert!(missing.contains(platform), "{platform}: {stderr}");
     }
-    assert!(!warning.contains("linux-x86_64"), "{warning}");
+    assert!(!missing.contains("linux-x86_64"), "{stderr}");
+    assert!(rest.contains("--runtime"), "{stderr}");
     let named = pack(&[
         &synth(),
         Path::new("-o"),
@@ -436,5 +438,6 @@ fn a_universal_build_names_the_platforms_it_lacks() {
         Path::new("--runtime"),
         &bin("llamafile"),
     ]);
+    assert!(named.status.success());
     assert!(!String::from_utf8_lossy(&named.stderr).contains("warning"));
 }

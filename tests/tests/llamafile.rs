@@ -91,15 +91,9 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-/// `target/dist/llamafile-<triple>` (beside `target/<profile>/`), if `cargo xtask dist` made it.
+/// `target/dist/llamafile-<triple>`, if `cargo xtask dist` made it.
 fn dist_runtime(triple: &str) -> Option<PathBuf> {
-    let profile_dir = bin("llamafile").parent().unwrap().to_path_buf();
-    let p = profile_dir
-        .parent()
-        .unwrap()
-        .join("dist")
-        .join(format!("llamafile-{triple}"));
-    p.is_file().then_some(p)
+    e2e::dist(&format!("llamafile-{triple}"))
 }
 
 /// `llamafile-pack build qwen.gguf -o OUT --runtime R... [--native] [-- ARGS]`.

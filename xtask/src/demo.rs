@@ -43,8 +43,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut passed: &[String] = &[];
     for (i, a) in args.iter().enumerate() {
         match a.as_str() {
-            // Pack with the runtimes already in target/dist (the release workflow puts all four
-            // platforms' there).
+            // Pack with the packer already in target/dist, which carries the four runtimes (the
+            // release workflow's dist step made it).
             "--no-build" => build = false,
             // Only pack.
             "--no-run" => start = false,

@@ -1,35 +1,55 @@
-//! `cargo xtask dist [--require-aarch64]`: the runtimes `llamafile-pack` packs by default, and the
-//! packer, in `target/dist/`.
+//! `cargo xtask dist [--skip aarch64] [--skip macos]`: the four runtimes, and for each platform a
+//! `llamafile-pack` that carries all of them, in `target/dist/`.
 //!
-//! Each runtime is named `llamafile-<target triple>`, the name the packer looks for beside itself.
-//! Linux runtimes are linked statically (`-C target-feature=+crt-static`) so that one file runs
-//! on any distribution, whatever its glibc. The flag goes to that cargo invocation only, through
-//! `RUSTFLAGS` with an explicit `--target` (so build scripts and proc macros stay dynamic), and
-//! each target builds in its own directory under `target/dist-build/`, so the normal build's
-//! artifacts are never invalidated by the changed flags.
+//! Each runtime is named `llamafile-<target triple>`. Linux runtimes are linked statically
+//! (`-C target-feature=+crt-static`) so that one file runs on any distribution, whatever its
+//! glibc. The flags go to that cargo invocation only, through `RUSTFLAGS` with an explicit
+//! `--target` (so build scripts and proc macros stay dynamic), and each target builds in its own
+//! directory under `target/dist-build/`, so the normal build's artifacts are never invalidated.
 //!
-//! On x86_64 Linux the aarch64 runtime is cross-built with Debian's packaged Rust toolchain (its
-//! `rustc` ships the aarch64 standard library as a package) and `aarch64-linux-gnu-gcc` as the
-//! linker; when that toolchain is missing, dist says so and builds x86_64 only, unless
-//! `--require-aarch64`. On macOS it builds the two Apple targets (macOS cannot link libSystem
-//! statically, so they are dynamic as every macOS program is).
+//! On x86_64 Linux, which is where releases are made:
+//! - linux-aarch64 is cross-built with Debian's packaged Rust (`rustc-web`, whose `rustc` ships
+//!   the aarch64 standard library as a package) and `aarch64-linux-gnu-gcc` as the linker;
+//! - the two macOS runtimes are built with the same Rust compiling its own standard library from
+//!   source (`rust-web-src`, `-Zbuild-std`; `RUSTC_BOOTSTRAP` lets a stable compiler take the
+//!   flag) and zig as the linker through cargo-zigbuild. zig carries the macOS SDK's library stubs
+//!   (so no Xcode is needed) and signs arm64 output ad hoc, which Apple Silicon requires. Both
+//!   tools come from PyPI, into a virtual environment under the user's cache.
 //!
-//! Every Linux binary is checked: it must have no `PT_INTERP` program header (no dynamic loader
-//! needed), and `--help` must run, the aarch64 one under `qemu-aarch64` on an x86_64 machine.
+//! Debian's packages are installed with apt when this runs as root, else dist stops with the
+//! command to run; `--skip aarch64` / `--skip macos` leave those platforms out (for machines that
+//! cannot have them), and the packers then carry fewer runtimes (and say so).
+//!
+//! On macOS it builds the two Apple targets with the Mac's own toolchain (the Linux ones come from
+//! a Linux machine; see the release workflow).
+//!
+//! zig signs the arm64 Mac runtime as it links it; the x86_64 one is signed ad hoc by the packer
+//! (`llamafile-pack sign`), built first for this machine. The packers are built last, with the runtimes compiled in (`LLAMAFILE_PACK_RUNTIMES`, read by
+//! packer/build.rs): `llamafile-pack` for this machine, `llamafile-pack-<triple>` for the others.
+//!
+//! Every binary is checked: a Linux one must have no `PT_INTERP` program header (no dynamic loader
+//! needed) and `--help` must run (the aarch64 one under `qemu-aarch64`); a Mac one must pass the
+//! packer's own `verify` (its code signature matches every page).
 
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::prerequisites;
+
 /// The Debian packages that provide the aarch64 cross toolchain (see README.md).
 pub const CROSS_PACKAGES: &str =
     "rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user";
+/// The Debian packages that build the standard library for macOS from source.
+pub const MACOS_PACKAGES: &str = "rustc-web cargo-web rust-web-src";
+/// cargo-zigbuild and the zig it drives, from PyPI, pinned: a new zig can change the binaries.
+const ZIG_TOOLS: [&str; 2] = ["cargo-zigbuild==0.24.1", "ziglang==0.17.1"];
 
 /// The Linux triples, as `llamafile-pack` names its default runtimes (packer/src/target.rs).
 const X86_64_LINUX: &str = "x86_64-unknown-linux-gnu";
 pub const AARCH64_LINUX: &str = "aarch64-unknown-linux-gnu";
-const APPLE: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
+pub const APPLE: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
 
 /// The Debian cross toolchain's pieces.
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
@@ -37,55 +57,133 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const AARCH64_GCC: &str = "aarch64-linux-gnu-gcc";
 
 /// How one target is built.
+#[derive(Clone)]
 pub(crate) struct Build {
     triple: &'static str,
-    /// The cargo to run, and the environment it needs on top of ours.
+    /// The cargo to run, its subcommand (`build`, or `zigbuild`), the arguments it needs on top
+    /// of ours, and the environment.
     pub(crate) cargo: OsString,
+    subcommand: &'static str,
+    extra_args: Vec<&'static str>,
     pub(crate) env: Vec<(&'static str, OsString)>,
-    /// Linux: linked with `+crt-static` and checked for having no dynamic loader.
-    linux: bool,
+    /// Signed ad hoc after linking, by the packer (`llamafile-pack sign`): zig signs arm64 Mac
+    /// binaries, which Apple Silicon requires, but not x86_64 ones.
+    sign: bool,
+}
+
+impl Build {
+    fn linux(&self) -> bool {
+        self.triple.contains("-linux-")
+    }
+}
+
+/// What `dist` made.
+pub struct Dist {
+    /// `target/dist/llamafile-<triple>`, this machine's first.
+    pub runtimes: Vec<PathBuf>,
+    /// This machine's packer, carrying every runtime above.
+    pub packer: PathBuf,
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let require_aarch64 = match args {
-        [] => false,
-        [flag] if flag == "--require-aarch64" => true,
-        _ => return Err("usage: cargo xtask dist [--require-aarch64]".into()),
-    };
+    let mut skip = Vec::new();
+    let mut rest = args;
+    loop {
+        match rest {
+            [flag, group, tail @ ..]
+                if flag == "--skip" && ["aarch64", "macos"].contains(&group.as_str()) =>
+            {
+                skip.push(group.clone());
+                rest = tail;
+            }
+            [] => break,
+            _ => return Err("usage: cargo xtask dist [--skip aarch64] [--skip macos]".into()),
+        }
+    }
+    let made = make(&skip)?;
+    println!(
+        "dist: built in {}:",
+        made.packer.parent().unwrap_or(Path::new(".")).display()
+    );
+    for r in &made.runtimes {
+        println!("  {}", r.display());
+    }
+    println!("  {} (carries them all)", made.packer.display());
+    println!(
+        "pack a model with: {} build MODEL.gguf -o MODEL.llamafile",
+        made.packer.display()
+    );
+    Ok(())
+}
+
+/// Builds and checks every runtime but those of the platform groups in `skip` ("aarch64",
+/// "macos"), then the packers that carry them.
+pub fn make(skip: &[String]) -> Result<Dist, String> {
     let root = workspace_root();
     let target = target_dir(&root);
     let dist = target.join("dist");
     fs::create_dir_all(&dist).map_err(|e| format!("creating {}: {e}", dist.display()))?;
 
-    let builds = plan(require_aarch64)?;
-    // The packer is built (statically too, on Linux) with the first target: the host's.
-    for (i, b) in builds.iter().enumerate() {
-        let build_dir = target.join("dist-build").join(b.triple);
-        let mut packages = vec!["-p", "runtime"];
-        if i == 0 {
-            packages.extend(["-p", "packer"]);
-        }
-        build(&root, b, &build_dir, &packages)?;
-        let out = build_dir.join(b.triple).join("release");
-        let runtime = dist.join(format!("llamafile-{}", b.triple));
-        install(&out.join("llamafile"), &runtime)?;
-        check(b, &runtime)?;
-        if i == 0 {
-            let packer = dist.join("llamafile-pack");
-            install(&out.join("llamafile-pack"), &packer)?;
-            check(b, &packer)?;
-        }
-    }
-    println!("dist: built in {}:", dist.display());
+    let builds = plan(skip)?;
+    let mut runtimes = Vec::new();
+    // This machine's packer, carrying nothing yet, signs what needs signing.
+    let mut signer = None;
     for b in &builds {
-        println!("  llamafile-{}", b.triple);
+        let packages: &[&str] = if signer.is_none() {
+            &["-p", "runtime", "-p", "packer"]
+        } else {
+            &["-p", "runtime"]
+        };
+        let out = build(&root, b, packages)?;
+        let signer = signer.get_or_insert_with(|| out.join("llamafile-pack"));
+        let runtime = dist.join(format!("llamafile-{}", b.triple));
+        if b.sign {
+            sign(signer, &out.join("llamafile"), &runtime)?;
+        } else {
+            install(&out.join("llamafile"), &runtime)?;
+        }
+        check_elf(b, &runtime)?;
+        runtimes.push(runtime);
     }
-    println!("  llamafile-pack");
-    println!(
-        "pack a model with: {}/llamafile-pack build MODEL.gguf -o MODEL.llamafile",
-        dist.display()
-    );
-    Ok(())
+    // The packers, each carrying every runtime; this machine's first, since it checks the others.
+    let carried = std::env::join_paths(&runtimes).map_err(|e| format!("runtime paths: {e}"))?;
+    let mut packer = None;
+    for (i, b) in builds.iter().enumerate() {
+        let mut with_runtimes = b.clone();
+        with_runtimes
+            .env
+            .push(("LLAMAFILE_PACK_RUNTIMES", carried.clone()));
+        let out = build(&root, &with_runtimes, &["-p", "packer"])?;
+        let name = if i == 0 {
+            "llamafile-pack".to_string()
+        } else {
+            format!("llamafile-pack-{}", b.triple)
+        };
+        let installed = dist.join(name);
+        if b.sign {
+            sign(
+                signer.as_deref().expect("built first"),
+                &out.join("llamafile-pack"),
+                &installed,
+            )?;
+        } else {
+            install(&out.join("llamafile-pack"), &installed)?;
+        }
+        if i == 0 {
+            check_packer(&installed, &runtimes)?;
+            packer = Some(installed);
+        } else {
+            check_elf(b, &installed)?;
+            check_mac(
+                packer.as_deref().expect("the host's packer is built first"),
+                &installed,
+            )?;
+        }
+    }
+    Ok(Dist {
+        runtimes,
+        packer: packer.expect("at least the host's build"),
+    })
 }
 
 /// The workspace root: xtask's parent directory.
@@ -104,37 +202,33 @@ pub fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-/// The targets this machine can build, the host's first.
-fn plan(require_aarch64: bool) -> Result<Vec<Build>, String> {
+/// The targets to build, the host's first.
+fn plan(skip: &[String]) -> Result<Vec<Build>, String> {
     let host = native(host_triple()?);
+    let wants = |group: &str| !skip.iter().any(|s| s == group);
     match host.triple {
         X86_64_LINUX => {
+            let groups: Vec<&prerequisites::Group> =
+                [&prerequisites::AARCH64, &prerequisites::MACOS]
+                    .into_iter()
+                    .filter(|g| wants(g.name))
+                    .collect();
+            prerequisites::install_missing(&groups, "dist")?;
             let mut builds = vec![host];
-            match debian_cross_aarch64() {
-                Ok(b) => builds.push(b),
-                Err(why) if require_aarch64 => {
-                    return Err(format!("--require-aarch64: {why}"));
-                }
-                Err(why) => println!(
-                    "dist: NOT building {AARCH64_LINUX}: {why}\n      \
-                     install the cross toolchain with: dpkg --add-architecture arm64 && \
-                     apt-get update && apt-get install -y {CROSS_PACKAGES}"
-                ),
+            if wants("aarch64") {
+                builds.push(debian_cross_aarch64()?);
+            }
+            if wants("macos") {
+                let zig = zig_tools()?;
+                builds.extend(APPLE.map(|t| zig_cross_apple(t, &zig)));
             }
             Ok(builds)
         }
         AARCH64_LINUX => {
-            if !require_aarch64 {
-                println!("dist: on aarch64 Linux only {AARCH64_LINUX} is built; the x86_64 runtime comes from an x86_64 machine");
-            }
+            println!("dist: on aarch64 Linux only {AARCH64_LINUX} is built; the others come from an x86_64 Linux machine");
             Ok(vec![host])
         }
         _ => {
-            if require_aarch64 {
-                return Err(format!(
-                    "--require-aarch64 asks for {AARCH64_LINUX}, which is built on Linux"
-                ));
-            }
             // The host's own target first: its packer is the one that runs here.
             let other = APPLE.into_iter().find(|&t| t != host.triple);
             Ok([host].into_iter().chain(other.map(native)).collect())
@@ -160,23 +254,22 @@ fn native(triple: &'static str) -> Build {
     Build {
         triple,
         cargo: std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
+        subcommand: "build",
+        extra_args: Vec::new(),
         env: Vec::new(),
-        linux: triple.contains("-linux-"),
+        sign: false,
     }
 }
 
 /// This machine's runtime built as `dist` builds it (static on Linux, without debug info), in
 /// dist's build directory: what a packed llamafile carries, for measuring how fast it starts.
 pub fn host_runtime(root: &Path) -> Result<PathBuf, String> {
-    let b = native(host_triple()?);
-    let build_dir = target_dir(root).join("dist-build").join(b.triple);
-    build(root, &b, &build_dir, &["-p", "runtime"])?;
-    Ok(build_dir.join(b.triple).join("release").join("llamafile"))
+    let out = build(root, &native(host_triple()?), &["-p", "runtime"])?;
+    Ok(out.join("llamafile"))
 }
 
-/// Debian's packaged Rust (`rustc-web`, which installs as /usr/bin/rustc) with the arm64 standard
-/// library, linking with the GNU cross compiler.
-pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
+/// Debian's packaged Rust's sysroot, if its rustc is there.
+fn debian_sysroot() -> Result<PathBuf, String> {
     for tool in [DEBIAN_CARGO, DEBIAN_RUSTC] {
         if !Path::new(tool).is_file() {
             return Err(format!("{tool} is missing"));
@@ -186,8 +279,15 @@ pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
         .args(["--print", "sysroot"])
         .output()
         .map_err(|e| format!("running {DEBIAN_RUSTC}: {e}"))?;
-    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    let std_dir = Path::new(&sysroot).join("lib/rustlib").join(AARCH64_LINUX);
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&sysroot.stdout).trim(),
+    ))
+}
+
+/// Debian's packaged Rust (`rustc-web`, which installs as /usr/bin/rustc) with the arm64 standard
+/// library, linking with the GNU cross compiler.
+pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
+    let std_dir = debian_sysroot()?.join("lib/rustlib").join(AARCH64_LINUX);
     if !std_dir.is_dir() {
         return Err(format!(
             "{} is missing (the arm64 standard library, libstd-rust-web-dev:arm64)",
@@ -200,6 +300,8 @@ pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
     Ok(Build {
         triple: AARCH64_LINUX,
         cargo: DEBIAN_CARGO.into(),
+        subcommand: "build",
+        extra_args: Vec::new(),
         env: vec![
             ("RUSTC", DEBIAN_RUSTC.into()),
             (
@@ -207,8 +309,93 @@ pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
                 AARCH64_GCC.into(),
             ),
         ],
-        linux: true,
+        sign: false,
     })
+}
+
+/// What is missing to build the standard library for macOS from source, if anything.
+pub(crate) fn macos_std_source_missing() -> Option<String> {
+    let sysroot = match debian_sysroot() {
+        Ok(s) => s,
+        Err(why) => return Some(why),
+    };
+    let std_src = sysroot.join("lib/rustlib/src/rust/library/std");
+    (!std_src.is_dir()).then(|| {
+        format!(
+            "{} (the standard library's source, rust-web-src)",
+            std_src.display()
+        )
+    })
+}
+
+/// cargo-zigbuild and zig, installed from PyPI into a virtual environment under the user's cache
+/// (once; pinned versions). Returns the environment's `bin` directory.
+fn zig_tools() -> Result<PathBuf, String> {
+    let cache = crate::fetch_models::default_dir()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or("the models directory has no parent")?;
+    let venv = cache.join(format!(
+        "zig-tools-{}",
+        ZIG_TOOLS.join("-").replace("==", "-")
+    ));
+    let bin = venv.join("bin");
+    if bin.join("cargo-zigbuild").is_file() && bin.join("python-zig").is_file() {
+        return Ok(bin);
+    }
+    println!(
+        "dist: installing {} from PyPI into {}",
+        ZIG_TOOLS.join(" "),
+        venv.display()
+    );
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .map_err(|e| format!("running python3 -m venv: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "python3 -m venv {} failed ({status})",
+            venv.display()
+        ));
+    }
+    let status = Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(ZIG_TOOLS)
+        .status()
+        .map_err(|e| format!("running pip: {e}"))?;
+    if !status.success() {
+        let _ = fs::remove_dir_all(&venv);
+        return Err(format!(
+            "pip install {} failed ({status})",
+            ZIG_TOOLS.join(" ")
+        ));
+    }
+    Ok(bin)
+}
+
+/// A macOS target from Linux: Debian's Rust building the standard library from source, zig (from
+/// the environment `zig_bin`) linking against the macOS stubs it carries, and signing.
+fn zig_cross_apple(triple: &'static str, zig_bin: &Path) -> Build {
+    let mut path = OsString::from(zig_bin);
+    if let Some(rest) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(rest);
+    }
+    Build {
+        triple,
+        cargo: DEBIAN_CARGO.into(),
+        subcommand: "zigbuild",
+        extra_args: vec!["-Zbuild-std=std,panic_abort"],
+        env: vec![
+            ("RUSTC", DEBIAN_RUSTC.into()),
+            // -Zbuild-std is unstable; this lets the stable compiler take it.
+            ("RUSTC_BOOTSTRAP", "1".into()),
+            // cargo-zigbuild finds zig as `python3 -m ziglang`, in the environment first on PATH.
+            ("PATH", path),
+        ],
+        sign: !triple.starts_with("aarch64-"),
+    }
 }
 
 pub(crate) fn on_path(name: &str) -> bool {
@@ -216,31 +403,36 @@ pub(crate) fn on_path(name: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
 }
 
-fn build(root: &Path, b: &Build, build_dir: &Path, packages: &[&str]) -> Result<(), String> {
-    let mut args = vec!["build", "--release", "--target", b.triple];
+/// Builds `packages` for `b` in dist's directory for that target; returns where the binaries are.
+fn build(root: &Path, b: &Build, packages: &[&str]) -> Result<PathBuf, String> {
+    let build_dir = target_dir(root).join("dist-build").join(b.triple);
+    let mut args = vec![b.subcommand, "--release", "--target", b.triple];
+    args.extend(&b.extra_args);
     args.extend_from_slice(packages);
     let mut cmd = Command::new(&b.cargo);
     cmd.args(&args)
         .arg("--target-dir")
-        .arg(build_dir)
+        .arg(&build_dir)
         .current_dir(root);
     for (k, v) in &b.env {
         cmd.env(k, v);
     }
     // Symbol names stay for backtraces; the debug info (most of the binary's size) goes, since
-    // every llamafile carries its runtimes and the launcher hashes them on each start.
+    // every llamafile carries its runtimes and the launcher compares them on each start.
     cmd.env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
-    if b.linux {
-        let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
-        if !flags.is_empty() {
-            flags.push(' ');
+    let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+    if b.linux() {
+        flags.push_str(" -C target-feature=+crt-static");
+    } else {
+        // The libc crate asks for libiconv, which nothing here calls: without this the binary
+        // would load it on every Mac. A runtime links libSystem only.
+        flags.push_str(" -C link-arg=-Wl,-dead_strip_dylibs");
+        if std::env::var_os("MACOSX_DEPLOYMENT_TARGET").is_none() {
+            // The oldest macOS with Apple Silicon: the runtimes then run on every Mac that has it.
+            cmd.env("MACOSX_DEPLOYMENT_TARGET", "11.0");
         }
-        flags.push_str("-C target-feature=+crt-static");
-        cmd.env("RUSTFLAGS", flags);
-    } else if std::env::var_os("MACOSX_DEPLOYMENT_TARGET").is_none() {
-        // The oldest macOS with Apple Silicon: the runtimes then run on every Mac that has it.
-        cmd.env("MACOSX_DEPLOYMENT_TARGET", "11.0");
     }
+    cmd.env("RUSTFLAGS", flags.trim());
     println!(
         "dist: {} {} --target-dir {}",
         Path::new(&b.cargo).display(),
@@ -251,12 +443,26 @@ fn build(root: &Path, b: &Build, build_dir: &Path, packages: &[&str]) -> Result<
         .status()
         .map_err(|e| format!("running {}: {e}", Path::new(&b.cargo).display()))?;
     if !status.success() {
-        let hint = if b.linux {
-            ""
-        } else {
-            " (missing standard library? `rustup target add aarch64-apple-darwin x86_64-apple-darwin`)"
-        };
-        return Err(format!("building {} failed ({status}){hint}", b.triple));
+        return Err(format!(
+            "building {} for {} failed ({status})",
+            packages.join(" "),
+            b.triple
+        ));
+    }
+    Ok(build_dir.join(b.triple).join("release"))
+}
+
+/// `packer sign from -o to`: a signed copy, written through a temporary file and a rename.
+fn sign(packer: &Path, from: &Path, to: &Path) -> Result<(), String> {
+    let status = Command::new(packer)
+        .arg("sign")
+        .arg(from)
+        .arg("-o")
+        .arg(to)
+        .status()
+        .map_err(|e| format!("running {} sign: {e}", packer.display()))?;
+    if !status.success() {
+        return Err(format!("signing {} failed ({status})", from.display()));
     }
     Ok(())
 }
@@ -274,9 +480,11 @@ fn install(from: &Path, to: &Path) -> Result<(), String> {
     })
 }
 
-/// A Linux binary must need no dynamic loader; every binary must answer `--help`.
-fn check(b: &Build, exe: &Path) -> Result<(), String> {
-    if b.linux {
+/// A Linux binary must need no dynamic loader, and answer `--help` (under qemu for aarch64 on an
+/// x86_64 machine). A Mac binary built on a Mac runs there too; one built here is checked by
+/// [`check_mac`] once the packer exists.
+fn check_elf(b: &Build, exe: &Path) -> Result<(), String> {
+    if b.linux() {
         let data = fs::read(exe).map_err(|e| format!("reading {}: {e}", exe.display()))?;
         if has_interp(&data).map_err(|e| format!("{}: {e}", exe.display()))? {
             return Err(format!(
@@ -285,31 +493,15 @@ fn check(b: &Build, exe: &Path) -> Result<(), String> {
             ));
         }
     }
-    if let Ok(out) = Command::new("file").arg("-b").arg(exe).output() {
-        let desc = String::from_utf8_lossy(&out.stdout);
-        println!("dist: {}: {}", exe.display(), desc.trim());
-    }
     let host = format!("{}-", std::env::consts::ARCH);
-    let same_os = b.linux == cfg!(target_os = "linux");
+    let same_os = b.linux() == cfg!(target_os = "linux");
     let mut cmd = if b.triple.starts_with(&host) && same_os {
         Command::new(exe)
     } else if b.triple == AARCH64_LINUX && cfg!(target_os = "linux") && on_path("qemu-aarch64") {
         let mut c = Command::new("qemu-aarch64");
         c.arg(exe);
         c
-    } else if b.linux {
-        println!(
-            "dist: not running {} (it is for another machine, and qemu-aarch64 is not installed)",
-            exe.display()
-        );
-        return Ok(());
     } else {
-        // An x86_64 Mac binary on Apple Silicon runs under Rosetta when it is installed; without
-        // it the launch fails, which says nothing about the binary.
-        println!(
-            "dist: not running {} here (built for the other Mac architecture)",
-            exe.display()
-        );
         return Ok(());
     };
     let shown = format!("{} --help", exe.display());
@@ -326,6 +518,47 @@ fn check(b: &Build, exe: &Path) -> Result<(), String> {
         ));
     }
     println!("dist: {shown}: ok");
+    Ok(())
+}
+
+/// A Mac binary (by its name) must pass the packer's `verify`: a Mach-O whose code signature
+/// covers the file and matches every page.
+fn check_mac(packer: &Path, exe: &Path) -> Result<(), String> {
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if !name.ends_with("-apple-darwin") {
+        return Ok(());
+    }
+    let out = Command::new(packer)
+        .arg("verify")
+        .arg(exe)
+        .output()
+        .map_err(|e| format!("running {} verify: {e}", packer.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{} verify {}:\n{text}",
+            packer.display(),
+            exe.display()
+        ));
+    }
+    print!("dist: {text}");
+    Ok(())
+}
+
+/// This machine's packer runs, lists every runtime it carries, and vouches for the Mac ones.
+fn check_packer(packer: &Path, runtimes: &[PathBuf]) -> Result<(), String> {
+    let out = Command::new(packer)
+        .arg("runtimes")
+        .output()
+        .map_err(|e| format!("running {} runtimes: {e}", packer.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("{} runtimes failed:\n{text}", packer.display()));
+    }
+    print!("dist: {text}");
+    for r in runtimes {
+        check_mac(packer, r)?;
+    }
     Ok(())
 }
 

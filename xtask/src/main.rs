@@ -31,7 +31,7 @@ const COMMANDS: &[(&str, &str, Run)] = &[
     ),
     (
         "dist",
-        "build the static runtimes and the packer into target/dist/ [--require-aarch64]",
+        "build the four runtimes and packers that carry them into target/dist/ [--skip aarch64] [--skip macos]",
         dist::run,
     ),
     (

@@ -3,7 +3,8 @@
 //! `rustc --print sysroot`), and installed with apt when this runs as root on Debian, as CI does;
 //! otherwise the error names the exact command to run.
 //!
-//! Each group can be left out only by name (`--skip browser`, `--skip proxy`, `--skip aarch64`);
+//! Each group can be left out only by name (`--skip browser`, `--skip proxy`, `--skip aarch64`,
+//! `--skip macos`);
 //! the tests that need it are then not run, and the summary says so. The base group cannot be left
 //! out: the
 //! models are fetched with pip and made with Python, and the packer's tests run the launcher under
@@ -34,7 +35,8 @@ pub struct Group {
 pub const GROUPS: &[Group] = &[
     Group {
         name: "base",
-        needed_by: "fetching and making the test models (pip, numpy), the launcher's shells, zip listings",
+        needed_by:
+            "fetching and making the test models (pip, numpy), the launcher's shells, zip listings",
         packages: "python3 python3-venv python3-pip unzip dash zsh busybox",
         arm64: false,
         missing: base_missing,
@@ -52,23 +54,39 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         name: "proxy",
-        needed_by: "the test of two servers behind nginx, one killed mid-run (README's configuration)",
+        needed_by:
+            "the test of two servers behind nginx, one killed mid-run (README's configuration)",
         packages: "nginx",
         arm64: false,
         missing: proxy_missing,
         tests: &["behind_nginx"],
         skippable: true,
     },
-    Group {
-        name: "aarch64",
-        needed_by: "the aarch64 runtime (built with Debian's cross toolchain, run under qemu) and the NEON kernels' tests",
-        packages: dist::CROSS_PACKAGES,
-        arm64: true,
-        missing: aarch64_missing,
-        tests: &["under_qemu"],
-        skippable: true,
-    },
+    AARCH64,
+    MACOS,
 ];
+
+/// linux-aarch64, cross-built and run under qemu.
+pub const AARCH64: Group = Group {
+    name: "aarch64",
+    needed_by: "the aarch64 runtime (built with Debian's cross toolchain, run under qemu) and the NEON kernels' tests",
+    packages: dist::CROSS_PACKAGES,
+    arm64: true,
+    missing: aarch64_missing,
+    tests: &["under_qemu"],
+    skippable: true,
+};
+
+/// darwin-aarch64 and darwin-x86_64, built here with zig (which dist fetches from PyPI itself).
+pub const MACOS: Group = Group {
+    name: "macos",
+    needed_by: "the two macOS runtimes (Debian's Rust builds the standard library from source; zig from PyPI links and signs) and the tests that check and pack them",
+    packages: dist::MACOS_PACKAGES,
+    arm64: false,
+    missing: dist::macos_std_source_missing,
+    tests: &["macos"],
+    skippable: true,
+};
 
 fn base_missing() -> Option<String> {
     let tools: Vec<&str> = ["python3", "unzip", "dash", "zsh", "busybox"]

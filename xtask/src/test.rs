@@ -21,7 +21,7 @@ use crate::prerequisites::{self, GROUPS};
 use crate::{dist, fetch_models};
 
 const USAGE: &str =
-    "usage: cargo xtask test [--skip browser] [--skip proxy] [--skip aarch64] [-- CARGO TEST ARGS]";
+    "usage: cargo xtask test [--skip browser] [--skip proxy] [--skip aarch64] [--skip macos] [-- CARGO TEST ARGS]";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut skip = Vec::new();
@@ -49,10 +49,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let root = dist::workspace_root();
     let host_cargo: OsString = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let env = vec![("LLAMAFILE_TEST_MODELS", models.clone().into_os_string())];
-    if aarch64 {
-        // The static runtimes in target/dist: the tests pack the aarch64 one and run it under qemu.
-        dist::run(&["--require-aarch64".to_string()])?;
-    }
+    // The runtimes and packers in target/dist: the tests pack the aarch64 runtime and run it under
+    // qemu, check the macOS ones and pack with the packer that carries them all.
+    let platforms: Vec<String> = skip
+        .iter()
+        .filter(|s| *s == "aarch64" || *s == "macos")
+        .cloned()
+        .collect();
+    dist::make(&platforms)?;
     cargo(
         &root,
         &host_cargo,
