@@ -36,25 +36,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::prerequisites;
+use crate::prerequisites::{self, on_path, AARCH64_GCC, AARCH64_LINUX, DEBIAN_CARGO, DEBIAN_RUSTC};
 
-/// The Debian packages that provide the aarch64 cross toolchain (see README.md).
-pub const CROSS_PACKAGES: &str =
-    "rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user";
-/// The Debian packages that build the standard library for macOS from source.
-pub const MACOS_PACKAGES: &str = "rustc-web cargo-web rust-web-src";
 /// cargo-zigbuild and the zig it drives, from PyPI, pinned: a new zig can change the binaries.
 const ZIG_TOOLS: [&str; 2] = ["cargo-zigbuild==0.24.1", "ziglang==0.17.1"];
 
-/// The Linux triples, as `llamafile-pack` names its default runtimes (packer/src/target.rs).
+/// The triples, as `llamafile-pack` names its default runtimes (packer/src/target.rs).
 const X86_64_LINUX: &str = "x86_64-unknown-linux-gnu";
-pub const AARCH64_LINUX: &str = "aarch64-unknown-linux-gnu";
-pub const APPLE: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
-
-/// The Debian cross toolchain's pieces.
-const DEBIAN_CARGO: &str = "/usr/bin/cargo";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-const AARCH64_GCC: &str = "aarch64-linux-gnu-gcc";
+const APPLE: [&str; 2] = ["aarch64-apple-darwin", "x86_64-apple-darwin"];
 
 /// How one target is built.
 #[derive(Clone)]
@@ -268,34 +257,11 @@ pub fn host_runtime(root: &Path) -> Result<PathBuf, String> {
     Ok(out.join("llamafile"))
 }
 
-/// Debian's packaged Rust's sysroot, if its rustc is there.
-fn debian_sysroot() -> Result<PathBuf, String> {
-    for tool in [DEBIAN_CARGO, DEBIAN_RUSTC] {
-        if !Path::new(tool).is_file() {
-            return Err(format!("{tool} is missing"));
-        }
-    }
-    let sysroot = Command::new(DEBIAN_RUSTC)
-        .args(["--print", "sysroot"])
-        .output()
-        .map_err(|e| format!("running {DEBIAN_RUSTC}: {e}"))?;
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&sysroot.stdout).trim(),
-    ))
-}
-
 /// Debian's packaged Rust (`rustc-web`, which installs as /usr/bin/rustc) with the arm64 standard
 /// library, linking with the GNU cross compiler.
 pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
-    let std_dir = debian_sysroot()?.join("lib/rustlib").join(AARCH64_LINUX);
-    if !std_dir.is_dir() {
-        return Err(format!(
-            "{} is missing (the arm64 standard library, libstd-rust-web-dev:arm64)",
-            std_dir.display()
-        ));
-    }
-    if !on_path(AARCH64_GCC) {
-        return Err(format!("{AARCH64_GCC} is not on PATH"));
+    if let Some(why) = prerequisites::aarch64_toolchain_missing() {
+        return Err(why);
     }
     Ok(Build {
         triple: AARCH64_LINUX,
@@ -313,29 +279,10 @@ pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
     })
 }
 
-/// What is missing to build the standard library for macOS from source, if anything.
-pub(crate) fn macos_std_source_missing() -> Option<String> {
-    let sysroot = match debian_sysroot() {
-        Ok(s) => s,
-        Err(why) => return Some(why),
-    };
-    let std_src = sysroot.join("lib/rustlib/src/rust/library/std");
-    (!std_src.is_dir()).then(|| {
-        format!(
-            "{} (the standard library's source, rust-web-src)",
-            std_src.display()
-        )
-    })
-}
-
 /// cargo-zigbuild and zig, installed from PyPI into a virtual environment under the user's cache
 /// (once; pinned versions). Returns the environment's `bin` directory.
 fn zig_tools() -> Result<PathBuf, String> {
-    let cache = crate::fetch_models::default_dir()?
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or("the models directory has no parent")?;
-    let venv = cache.join(format!(
+    let venv = prerequisites::cache_root()?.join(format!(
         "zig-tools-{}",
         ZIG_TOOLS.join("-").replace("==", "-")
     ));
@@ -396,11 +343,6 @@ fn zig_cross_apple(triple: &'static str, zig_bin: &Path) -> Build {
         ],
         sign: !triple.starts_with("aarch64-"),
     }
-}
-
-pub(crate) fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
 }
 
 /// Builds `packages` for `b` in dist's directory for that target; returns where the binaries are.

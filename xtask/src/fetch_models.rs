@@ -109,22 +109,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
 /// `$LLAMAFILE_TEST_MODELS`, else `${XDG_CACHE_HOME:-$HOME/.cache}/llamafile-rs/models`: outside
 /// the repository, so that half a gigabyte of weights never ends up in a commit.
 pub fn default_dir() -> Result<PathBuf, String> {
-    let set = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = set("LLAMAFILE_TEST_MODELS") {
-        return Ok(dir);
+    match std::env::var_os("LLAMAFILE_TEST_MODELS").filter(|v| !v.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => Ok(crate::prerequisites::cache_root()
+            .map_err(|e| format!("{e}: set LLAMAFILE_TEST_MODELS or pass --dir DIR"))?
+            .join("models")),
     }
-    // The XDG spec says to ignore a relative XDG_CACHE_HOME.
-    let cache = match set("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
-        Some(c) => c,
-        None => set("HOME")
-            .ok_or("neither LLAMAFILE_TEST_MODELS nor HOME is set: pass --dir DIR")?
-            .join(".cache"),
-    };
-    Ok(cache.join("llamafile-rs").join("models"))
 }
 
 fn fetch(model: &Model, dir: &Path) -> Result<(), String> {

@@ -10,10 +10,20 @@
 //! models are fetched with pip and made with Python, and the packer's tests run the launcher under
 //! each shell.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::dist;
+/// The Debian packages that provide the aarch64 cross toolchain (see README.md).
+const CROSS_PACKAGES: &str =
+    "rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user";
+/// The Debian packages that build the standard library for macOS from source.
+const MACOS_PACKAGES: &str = "rustc-web cargo-web rust-web-src";
+
+/// Debian's packaged Rust, and the aarch64 cross linker.
+pub const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+pub const AARCH64_GCC: &str = "aarch64-linux-gnu-gcc";
+pub const AARCH64_LINUX: &str = "aarch64-unknown-linux-gnu";
 
 /// A group of prerequisites.
 pub struct Group {
@@ -70,7 +80,7 @@ pub const GROUPS: &[Group] = &[
 pub const AARCH64: Group = Group {
     name: "aarch64",
     needed_by: "the aarch64 runtime (built with Debian's cross toolchain, run under qemu) and the NEON kernels' tests",
-    packages: dist::CROSS_PACKAGES,
+    packages: CROSS_PACKAGES,
     arm64: true,
     missing: aarch64_missing,
     tests: &["under_qemu"],
@@ -81,9 +91,9 @@ pub const AARCH64: Group = Group {
 pub const MACOS: Group = Group {
     name: "macos",
     needed_by: "the two macOS runtimes (Debian's Rust builds the standard library from source; zig from PyPI links and signs) and the tests that check and pack them",
-    packages: dist::MACOS_PACKAGES,
+    packages: MACOS_PACKAGES,
     arm64: false,
-    missing: dist::macos_std_source_missing,
+    missing: macos_std_source_missing,
     tests: &["macos"],
     skippable: true,
 };
@@ -91,7 +101,7 @@ pub const MACOS: Group = Group {
 fn base_missing() -> Option<String> {
     let tools: Vec<&str> = ["python3", "unzip", "dash", "zsh", "busybox"]
         .into_iter()
-        .filter(|t| !dist::on_path(t))
+        .filter(|t| !on_path(t))
         .collect();
     if !tools.is_empty() {
         return Some(tools.join(", "));
@@ -115,19 +125,87 @@ fn browser_missing() -> Option<String> {
     if !Path::new(&exe).is_file() {
         return Some(Path::new(&exe).display().to_string());
     }
-    (!dist::on_path("npm")).then(|| "npm".into())
+    (!on_path("npm")).then(|| "npm".into())
 }
 
 /// Debian's nginx, in /usr/sbin (which a user's PATH may lack) or on PATH.
 fn proxy_missing() -> Option<String> {
-    (!Path::new("/usr/sbin/nginx").is_file() && !dist::on_path("nginx")).then(|| "nginx".into())
+    (!Path::new("/usr/sbin/nginx").is_file() && !on_path("nginx")).then(|| "nginx".into())
 }
 
 fn aarch64_missing() -> Option<String> {
-    if !dist::on_path("qemu-aarch64") {
+    if !on_path("qemu-aarch64") {
         return Some("qemu-aarch64".into());
     }
-    dist::debian_cross_aarch64().err()
+    aarch64_toolchain_missing()
+}
+
+/// Debian's packaged Rust's sysroot, if its rustc is there.
+fn debian_sysroot() -> Result<PathBuf, String> {
+    for tool in [DEBIAN_CARGO, DEBIAN_RUSTC] {
+        if !Path::new(tool).is_file() {
+            return Err(format!("{tool} is missing"));
+        }
+    }
+    let sysroot = Command::new(DEBIAN_RUSTC)
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("running {DEBIAN_RUSTC}: {e}"))?;
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&sysroot.stdout).trim(),
+    ))
+}
+
+/// What the aarch64 cross build lacks: Debian's Rust, its arm64 standard library, the linker.
+pub fn aarch64_toolchain_missing() -> Option<String> {
+    let std_dir = match debian_sysroot() {
+        Ok(s) => s.join("lib/rustlib").join(AARCH64_LINUX),
+        Err(why) => return Some(why),
+    };
+    if !std_dir.is_dir() {
+        return Some(format!(
+            "{} (the arm64 standard library, libstd-rust-web-dev:arm64)",
+            std_dir.display()
+        ));
+    }
+    (!on_path(AARCH64_GCC)).then(|| format!("{AARCH64_GCC} is not on PATH"))
+}
+
+/// What building the standard library for macOS from source lacks, if anything.
+fn macos_std_source_missing() -> Option<String> {
+    let std_src = match debian_sysroot() {
+        Ok(s) => s.join("lib/rustlib/src/rust/library/std"),
+        Err(why) => return Some(why),
+    };
+    (!std_src.is_dir()).then(|| {
+        format!(
+            "{} (the standard library's source, rust-web-src)",
+            std_src.display()
+        )
+    })
+}
+
+pub fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/llamafile-rs`: where the test models and the tools fetched from
+/// PyPI are kept, outside the repository.
+pub fn cache_root() -> Result<PathBuf, String> {
+    let set = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    // The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    let cache = match set("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
+        Some(c) => c,
+        None => set("HOME")
+            .ok_or("HOME is not set: no cache directory")?
+            .join(".cache"),
+    };
+    Ok(cache.join("llamafile-rs"))
 }
 
 /// Checks every group not in `skip`; installs what is missing when root with apt, else fails
@@ -176,7 +254,7 @@ pub const LLAMA_CPP_BUILD: Group = Group {
 fn llama_cpp_build_missing() -> Option<String> {
     let tools: Vec<&str> = ["cmake", "c++"]
         .into_iter()
-        .filter(|t| !dist::on_path(t))
+        .filter(|t| !on_path(t))
         .collect();
     (!tools.is_empty()).then(|| tools.join(", "))
 }
@@ -201,7 +279,7 @@ pub fn install_missing(groups: &[&Group], task: &str) -> Result<(), String> {
         .iter()
         .map(|(g, what)| format!("  {} (for {}): missing {what}", g.name, g.needed_by))
         .collect();
-    if is_root() && dist::on_path("apt-get") {
+    if is_root() && on_path("apt-get") {
         eprintln!(
             "xtask {task}: installing what is missing:\n{}\n  $ {command}",
             report.join("\n")

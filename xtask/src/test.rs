@@ -170,7 +170,7 @@ fn aarch64_kernels(root: &Path, mut env: Vec<(&'static str, OsString)>) -> Resul
             "--lib",
             "--tests",
             "--target",
-            dist::AARCH64_LINUX,
+            prerequisites::AARCH64_LINUX,
         ],
         &env,
     )?;
