@@ -4,13 +4,14 @@
 //! (sampling, stop, UTF-8 streaming): in a bare launch it shares the server's slots (one model,
 //! one KV pool, the API served beside it); with `-i` it runs a scheduler of its own, without HTTP.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::error::TryRecvError;
 
+use crate::chat_input::{ChatInput, Input, PROMPT, RESET_COLOR, USER_COLOR};
 use crate::chat_template::ChatTemplate;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -19,10 +20,6 @@ use crate::jobs::{Client, Event, PromptInput};
 use crate::messages::ChatMessage;
 use crate::scheduler::{self, Pooling};
 use crate::server::Server;
-
-/// ANSI colours: green for what the user types, then back to the terminal's own.
-const USER_COLOR: &str = "\x1b[32m";
-const RESET_COLOR: &str = "\x1b[0m";
 
 /// A spinner drawn on stderr while a reply has not started, then erased.
 struct Spinner {
@@ -68,45 +65,10 @@ impl Spinner {
 const HELP: &str = "Type a message and press Enter. Commands:\n  \
     /help, /?        this help\n  \
     /clear           forget the conversation (the system prompt stays)\n  \
-    /bye, /exit      leave (as Ctrl-D does)\n\
-    A message of several lines goes between lines of \"\"\" (as in ollama run). Ctrl-C stops a reply.";
-
-/// Reads the next message: one line, or the lines between `"""` and `"""` (the text after the
-/// opening and before the closing marks included). `None` at the end of input.
-fn read_message(
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
-) -> Result<Option<String>, String> {
-    let mut next = || -> Result<Option<String>, String> {
-        lines
-            .next()
-            .transpose()
-            .map_err(|e| format!("reading the terminal: {e}"))
-    };
-    let Some(line) = next()? else {
-        return Ok(None);
-    };
-    let Some(rest) = line.trim_start().strip_prefix("\"\"\"") else {
-        return Ok(Some(line));
-    };
-    if let Some(whole) = rest.strip_suffix("\"\"\"") {
-        return Ok(Some(whole.to_string()));
-    }
-    let mut text = rest.to_string();
-    while let Some(line) = next()? {
-        if let Some(last) = line.trim_end().strip_suffix("\"\"\"") {
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(last);
-            break;
-        }
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        text.push_str(&line);
-    }
-    Ok(Some(text.trim_end().to_string()))
-}
+    /bye, /exit      leave (as Ctrl-D does, or Ctrl-C twice at the prompt)\n\
+    A message of several lines goes between lines of \"\"\" (as in ollama run). Ctrl-C stops a reply.\n\
+    On a terminal the line can be edited (arrows, Home/End, Ctrl-A/E/K/U/W), and Up and Ctrl-R\n\
+    recall earlier messages, kept from session to session.";
 
 /// How often a reply in progress looks for Ctrl-C between its pieces of text.
 const POLL: Duration = Duration::from_millis(5);
@@ -164,34 +126,39 @@ fn converse(client: Client, cfg: &Config, tokenizer: &tokenizer::Tokenizer) -> R
         messages.push(ChatMessage::new("system", sys.clone()));
     }
     let logit_bias = cfg.output.logit_bias(tokenizer);
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
     // `-p` is the first message, as if typed.
     let mut first = cfg.chat.first_message.clone();
+    let terminal = std::io::stdin().is_terminal();
     // With --color on a terminal, what the user types shows in green, as in llama.cpp.
-    let color = cfg.chat.color && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let (typing, typed) = if color {
-        (USER_COLOR, RESET_COLOR)
-    } else {
-        ("", "")
-    };
+    let color = cfg.chat.color && terminal && std::io::stderr().is_terminal();
+    let mut input = ChatInput::new(terminal, color);
+    // Ctrl-C at the prompt once says how to leave; twice in a row leaves.
+    let mut interrupted_at_prompt = false;
     loop {
-        eprint!("\n> {typing}");
-        let _ = std::io::stderr().flush();
+        eprintln!();
         interrupted.store(false, Ordering::SeqCst);
         let line = match first.take() {
             Some(message) => {
-                eprintln!("{message}{typed}");
+                let (on, off) = if color {
+                    (USER_COLOR, RESET_COLOR)
+                } else {
+                    ("", "")
+                };
+                eprintln!("{PROMPT}{on}{message}{off}");
                 message
             }
-            None => match read_message(&mut lines)? {
-                Some(line) => {
-                    eprint!("{typed}");
+            None => match input.read()? {
+                Input::Message(line) => {
+                    interrupted_at_prompt = false;
                     line
                 }
-                None => {
-                    eprint!("{typed}");
-                    break;
+                Input::End => break,
+                Input::Interrupted => {
+                    if std::mem::replace(&mut interrupted_at_prompt, true) {
+                        std::process::exit(130);
+                    }
+                    eprintln!("(Ctrl-C again, Ctrl-D or /bye to leave)");
+                    continue;
                 }
             },
         };

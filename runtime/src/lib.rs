@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub(crate) mod chat_input;
 pub mod chat_template;
 pub mod completion;
 pub mod config;

@@ -318,3 +318,4 @@ impl GgufFile {
 pub mod agreement;
 pub mod files;
 pub mod server;
+pub mod terminal;

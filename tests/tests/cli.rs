@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use e2e::{bin, json_stdout, llama_synth, llamafile};
+use e2e::terminal::Terminal;
+use e2e::{bin, json_stdout, llama_synth, llamafile, models_dir};
 use serde_json::Value;
 
 fn synth(ty: &str) -> String {
@@ -342,35 +343,121 @@ fn the_chat_colours_a_terminal_only_when_asked() {
             "{} -m {m} -i -n 2 --temp 0{flag}",
             bin("llamafile").display()
         );
-        let mut c = Command::new("script");
-        c.args(["-qec", &cmd, "/dev/null"]);
+        let home = scratch_home("colour");
+        let mut env = vec![("HOME", home.as_str())];
         if no_color {
-            c.env("NO_COLOR", "1");
-        } else {
-            c.env_remove("NO_COLOR");
+            env.push(("NO_COLOR", "1"));
         }
-        let out = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                // Ctrl-D ends the chat once the first turn is in.
-                child.stdin.take().unwrap().write_all(b"hello\n\x04")?;
-                child.wait_with_output()
-            })
-            .expect("run script (util-linux)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut terminal = Terminal::start(&cmd, &env);
+        terminal.wait_for("the prompt", |t| t.contains("\n> "));
+        terminal.send("hello\r");
+        terminal.wait_for("the reply", |t| t.matches("\n> ").count() == 2);
+        terminal.send("\x04");
+        let shown = terminal.raw();
+        let (status, _) = terminal.finish();
+        assert!(status.success(), "{shown:?}");
+        shown
     };
     let green = "\x1b[32m";
     let shown = run(true, false);
-    assert!(shown.contains(green), "{shown:?}");
-    assert!(shown.contains("\x1b[0m"), "{shown:?}");
+    assert!(shown.contains(&format!("{green}hello\x1b[0m")), "{shown:?}");
     // A spinner shows until the reply starts, and is erased.
     assert!(shown.contains("⠋\x08"), "{shown:?}");
     assert!(shown.contains(" \x08"), "{shown:?}");
     assert!(!run(true, true).contains(green));
     assert!(!run(false, false).contains(green));
+}
+
+/// A home directory of the test's own (the chat keeps its history under it), emptied first.
+fn scratch_home(name: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("chat-home")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// The chat on a terminal is a line editor: a typo taken back with Backspace never reaches the
+/// model or the history; the next session recalls the message with Up, and Ctrl-A goes to the
+/// line's start to put words before it. The history is the user's alone (0600). Ctrl-C at the
+/// prompt says how to leave; twice leaves (exit status 130, as llama-cli's).
+#[test]
+fn the_terminal_chat_edits_lines_and_recalls_them_in_the_next_session() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = synth("Q4_0");
+    let home = scratch_home("history");
+    let history = std::path::Path::new(&home).join(".local/share/llamafile-rs/chat_history");
+    let cmd = format!("{} -m {m} -i -n 2 --temp 0", bin("llamafile").display());
+    let env = [("HOME", home.as_str()), ("XDG_DATA_HOME", "")];
+
+    let mut terminal = Terminal::start(&cmd, &env);
+    terminal.wait_for("the prompt", |t| t.contains("\n> "));
+    terminal.send("hellx\x7fo\r"); // Backspace takes the x back
+    terminal.wait_for("the reply", |t| t.matches("\n> ").count() == 2);
+    terminal.send("\x04");
+    let (status, screen) = terminal.finish();
+    assert!(status.success(), "{screen}");
+    let kept = std::fs::read_to_string(&history).unwrap();
+    let lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with("#V"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(lines(&kept), ["hello"], "{kept}");
+    let mode = std::fs::metadata(&history).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let mut terminal = Terminal::start(&cmd, &env);
+    terminal.wait_for("the prompt", |t| t.contains("\n> "));
+    terminal.send("\x1b[A"); // Up: the last session's message
+    terminal.wait_for("the recalled message", |t| t.ends_with("> hello"));
+    terminal.send("\x01say \r"); // Ctrl-A, then words before it
+    terminal.wait_for("the reply", |t| t.matches("\n> ").count() == 2);
+    terminal.send("\x03");
+    terminal.wait_for("how to leave", |t| {
+        t.contains("(Ctrl-C again, Ctrl-D or /bye to leave)")
+    });
+    terminal.send("\x03");
+    let (status, screen) = terminal.finish();
+    assert_eq!(status.code(), Some(130), "{screen}");
+    let kept = std::fs::read_to_string(&history).unwrap();
+    assert_eq!(lines(&kept), ["hello", "say hello"], "{kept}");
+}
+
+/// Ctrl-C while a reply streams stops it, and the chat goes on; the conversation keeps what was
+/// said. Qwen, for a reply that would run for a minute otherwise.
+#[test]
+fn ctrl_c_stops_a_reply_in_the_terminal_chat_and_the_chat_goes_on() {
+    let qwen = models_dir().join("qwen.gguf");
+    let cmd = format!(
+        "{} -m {} -i -n 3000 --ignore-eos --temp 0",
+        bin("llamafile").display(),
+        qwen.display()
+    );
+    let home = scratch_home("interrupt");
+    let mut terminal = Terminal::start(&cmd, &[("HOME", home.as_str())]);
+    terminal.wait_for("the prompt", |t| t.contains("\n> "));
+    let start = std::time::Instant::now();
+    terminal.send("Count from 1 to 2000, one number per line.\r");
+    // Some of the reply's words on the screen (not only the spinner, which turns while the line
+    // editor may still hold the terminal).
+    let before = terminal.wait_for("the reply to start", |t| {
+        t.split_once("per line.\n").is_some_and(|(_, reply)| {
+            reply.chars().filter(char::is_ascii_alphanumeric).count() > 20
+        })
+    });
+    terminal.send("\x03");
+    let after = terminal.wait_for("the next prompt", |t| t.matches("\n> ").count() == 2);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "3000 tokens take a minute; the reply was not stopped: {after}"
+    );
+    assert!(after.len() >= before.len());
+    terminal.send("/bye\r");
+    let (status, screen) = terminal.finish();
+    assert!(status.success(), "{screen}");
 }
 
 /// With `-i`, `-p` is the first message, answered before the terminal is read.
@@ -708,9 +795,6 @@ fn no_model_tells_how_to_pass_one() {
 /// cache).
 #[test]
 fn a_bare_launch_in_a_terminal_chats_and_serves_from_one_scheduler() {
-    use std::io::Read;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
     // `script` gives the runtime a terminal. F32 weights: a prompt token's logits are then the
     // same whether it is evaluated in a batch (the chat's turn) or alone after a cached prefix (the
     // API's request), so the two greedy answers must be equal, not just close.
@@ -719,61 +803,23 @@ fn a_bare_launch_in_a_terminal_chats_and_serves_from_one_scheduler() {
         "'{}' -m '{m}' --nobrowser --port 0 --temp 0 -n 4",
         bin("llamafile").display()
     );
-    let mut child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script (util-linux) runs the runtime in a terminal");
-    let screen = Arc::new(Mutex::new(String::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = {
-        let screen = Arc::clone(&screen);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                screen
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
-    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
-        let start = Instant::now();
-        loop {
-            let text = screen.lock().unwrap().clone();
-            if done(&text) {
-                return text;
-            }
-            assert!(start.elapsed() < Duration::from_secs(120), "{what}: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let banner = wait_for("the chat's first prompt", &|t| t.contains("\n> "));
+    let mut terminal = Terminal::start(&cmd, &[]);
+    let banner = terminal.wait_for("the chat's first prompt", |t| t.contains("\n> "));
     let url = banner
         .split("chat page and OpenAI-compatible API at http://")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_else(|| panic!("no URL: {banner}"))
         .to_string();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"hi\n").unwrap();
-    let after = wait_for("the reply and the next prompt", &|t| {
+    terminal.send("hi\r");
+    let after = terminal.wait_for("the reply and the next prompt", |t| {
         t.matches("\n> ").count() >= 2
     });
     // What the chat printed between the user's line and the next prompt.
     let turn = after.rsplit("\n> ").nth(1).unwrap();
-    // The terminal turns each newline into CR LF; the spinner drawn before the reply (a frame,
-    // then a space, each followed by a backspace) leaves nothing on the screen.
-    let mut chat_reply = turn
-        .split_once("hi")
-        .map_or(turn, |(_, r)| r)
-        .replace("\r\n", "\n");
+    // The spinner drawn before the reply (a frame, then a space, each followed by a backspace)
+    // leaves nothing on the screen.
+    let mut chat_reply = turn.split_once("hi").map_or(turn, |(_, r)| r).to_string();
     while let Some(at) = chat_reply.find('\u{8}') {
         let start = chat_reply[..at]
             .char_indices()
@@ -811,10 +857,8 @@ fn a_bare_launch_in_a_terminal_chats_and_serves_from_one_scheduler() {
         reply.body
     );
 
-    drop(stdin);
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    let screen = screen.lock().unwrap().clone();
+    terminal.send("\x04"); // Ctrl-D
+    let (status, screen) = terminal.finish();
     assert!(status.success(), "{screen}");
     assert_eq!(
         screen.matches("\n> ").count(),

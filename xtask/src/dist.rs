@@ -89,7 +89,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             _ => return Err("usage: cargo xtask dist [--skip aarch64] [--skip macos]".into()),
         }
     }
-    let made = make(&skip)?;
+    let made = make(&skip, Packers::Every)?;
     println!(
         "dist: built in {}:",
         made.packer.parent().unwrap_or(Path::new(".")).display()
@@ -105,9 +105,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Which packers [`make`] builds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Packers {
+    /// One for each platform built (a release).
+    Every,
+    /// This machine's only: what the tests run (the others differ only in the target they are
+    /// compiled for, and compiling them costs CI a minute and a half).
+    Host,
+}
+
 /// Builds and checks every runtime but those of the platform groups in `skip` ("aarch64",
 /// "macos"), then the packers that carry them.
-pub fn make(skip: &[String]) -> Result<Dist, String> {
+pub fn make(skip: &[String], packers: Packers) -> Result<Dist, String> {
     let root = workspace_root();
     let target = target_dir(&root);
     let dist = target.join("dist");
@@ -137,7 +147,11 @@ pub fn make(skip: &[String]) -> Result<Dist, String> {
     // The packers, each carrying every runtime; this machine's first, since it checks the others.
     let carried = std::env::join_paths(&runtimes).map_err(|e| format!("runtime paths: {e}"))?;
     let mut packer = None;
-    for (i, b) in builds.iter().enumerate() {
+    let packer_builds = match packers {
+        Packers::Every => builds.len(),
+        Packers::Host => 1,
+    };
+    for (i, b) in builds.iter().take(packer_builds).enumerate() {
         let mut with_runtimes = b.clone();
         with_runtimes
             .env

@@ -56,7 +56,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .filter(|s| *s == "aarch64" || *s == "macos")
         .cloned()
         .collect();
-    dist::make(&platforms)?;
+    dist::make(&platforms, dist::Packers::Host)?;
     cargo(
         &root,
         &host_cargo,

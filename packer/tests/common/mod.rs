@@ -111,15 +111,68 @@ fn macho_cpu(arch: &str) -> (u32, u32) {
     }
 }
 
-/// A thin 64-bit Mach-O of `filetype` for `arch`, with no load commands, plus filler.
+/// A thin 64-bit Mach-O of `filetype` for `arch`, laid out as a linker lays one out: `__TEXT`
+/// from the start (the header, room, then filler for code), `__LINKEDIT` last, and the macOS it
+/// is for (`LC_BUILD_VERSION`, 11.0). An executable is then signed ad hoc by `llamafile-pack
+/// sign`, as every Mac runtime the packer packs must be.
 pub fn macho(arch: &str, filetype: u32) -> Vec<u8> {
+    const TEXT_SIZE: u64 = 8192;
+    const LINKEDIT_SIZE: u64 = 64;
     let (cpu, sub) = macho_cpu(arch);
+    let segment = |name: &str, vmaddr: u64, fileoff: u64, filesize: u64| {
+        let mut c = Vec::new();
+        c.extend_from_slice(&0x19u32.to_le_bytes()); // LC_SEGMENT_64
+        c.extend_from_slice(&72u32.to_le_bytes());
+        let mut segname = [0u8; 16];
+        segname[..name.len()].copy_from_slice(name.as_bytes());
+        c.extend_from_slice(&segname);
+        for x in [vmaddr, filesize.next_multiple_of(0x4000), fileoff, filesize] {
+            c.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [5u32, 5, 0, 0] {
+            c.extend_from_slice(&x.to_le_bytes()); // maxprot, initprot, nsects, flags
+        }
+        c
+    };
+    let mut commands = segment("__TEXT", 0x1_0000_0000, 0, TEXT_SIZE);
+    commands.extend(segment(
+        "__LINKEDIT",
+        0x1_0000_0000 + 0x4000,
+        TEXT_SIZE,
+        LINKEDIT_SIZE,
+    ));
+    for x in [0x32u32, 24, 1, 11 << 16, 11 << 16, 0] {
+        commands.extend_from_slice(&x.to_le_bytes()); // LC_BUILD_VERSION: macOS 11.0
+    }
     let mut h = Vec::new();
-    for x in [0xfeed_facfu32, cpu, sub, filetype, 0, 0, 0, 0] {
+    let flags = 0x0020_0085u32; // MH_PIE | MH_TWOLEVEL | MH_DYLDLINK | MH_NOUNDEFS
+    for x in [
+        0xfeed_facfu32,
+        cpu,
+        sub,
+        filetype,
+        3,
+        commands.len() as u32,
+        flags,
+        0,
+    ] {
         h.extend_from_slice(&x.to_le_bytes());
     }
-    h.extend((0..2000u32).map(|i| (i * 7 % 253) as u8));
-    h
+    h.extend_from_slice(&commands);
+    h.resize(4096, 0);
+    h.extend((0..(TEXT_SIZE + LINKEDIT_SIZE - 4096) as u32).map(|i| (i * 7 % 253) as u8));
+    if filetype != MH_EXECUTE {
+        return h;
+    }
+    // A directory per call: tests run in parallel threads of one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = test_dir(&format!("macho-{}-{call}", std::process::id()));
+    let unsigned = dir.join("unsigned");
+    fs::write(&unsigned, &h).unwrap();
+    let signed = dir.join("signed");
+    pack_ok(&["sign", s(&unsigned), "-o", s(&signed)]);
+    fs::read(signed).unwrap()
 }
 
 /// A fat Mach-O with an executable slice for each of `arches`.
