@@ -20,8 +20,10 @@
 //! command to run; `--skip aarch64` / `--skip macos` leave those platforms out (for machines that
 //! cannot have them), and the packers then carry fewer runtimes (and say so).
 //!
-//! On macOS it builds the two Apple targets with the Mac's own toolchain (the Linux ones come from
-//! a Linux machine; see the release workflow).
+//! On macOS it builds the two Apple targets with the Mac's own toolchain, and the two Linux ones
+//! with zig as the linker against musl (`x86_64-unknown-linux-musl`, `aarch64-unknown-linux-musl`:
+//! static by nature; `rustup target add` them first). Written from the same facts as the Linux
+//! side, but never run: there is no Mac here (the release workflow builds on Linux).
 //!
 //! zig signs the arm64 Mac runtime as it links it; the x86_64 one is signed ad hoc by the packer
 //! (`llamafile-pack sign`), built first for this machine. The packers are built last, with the runtimes compiled in (`LLAMAFILE_PACK_RUNTIMES`, read by
@@ -234,7 +236,14 @@ fn plan(skip: &[String]) -> Result<Vec<Build>, String> {
         _ => {
             // The host's own target first: its packer is the one that runs here.
             let other = APPLE.into_iter().find(|&t| t != host.triple);
-            Ok([host].into_iter().chain(other.map(native)).collect())
+            let mut builds: Vec<Build> = [host].into_iter().chain(other.map(native)).collect();
+            if wants("aarch64") {
+                let zig = zig_tools()?;
+                for triple in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
+                    builds.push(zig_cross(triple, &zig, Vec::new()));
+                }
+            }
+            Ok(builds)
         }
     }
 }
@@ -338,24 +347,42 @@ fn zig_tools() -> Result<PathBuf, String> {
 /// A macOS target from Linux: Debian's Rust building the standard library from source, zig (from
 /// the environment `zig_bin`) linking against the macOS stubs it carries, and signing.
 fn zig_cross_apple(triple: &'static str, zig_bin: &Path) -> Build {
+    let mut b = zig_cross(
+        triple,
+        zig_bin,
+        vec![
+            ("RUSTC", DEBIAN_RUSTC.into()),
+            // -Zbuild-std is unstable; this lets the stable compiler take it.
+            ("RUSTC_BOOTSTRAP", "1".into()),
+        ],
+    );
+    b.cargo = DEBIAN_CARGO.into();
+    b.extra_args = vec!["-Zbuild-std=std,panic_abort"];
+    b.sign = !triple.starts_with("aarch64-");
+    b
+}
+
+/// A target linked by zig through cargo-zigbuild (from the environment `zig_bin`), with this
+/// machine's cargo and `env` on top.
+fn zig_cross(
+    triple: &'static str,
+    zig_bin: &Path,
+    mut env: Vec<(&'static str, OsString)>,
+) -> Build {
     let mut path = OsString::from(zig_bin);
     if let Some(rest) = std::env::var_os("PATH") {
         path.push(":");
         path.push(rest);
     }
+    // cargo-zigbuild finds zig as `python3 -m ziglang`, in the environment first on PATH.
+    env.push(("PATH", path));
     Build {
         triple,
-        cargo: DEBIAN_CARGO.into(),
+        cargo: std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
         subcommand: "zigbuild",
-        extra_args: vec!["-Zbuild-std=std,panic_abort"],
-        env: vec![
-            ("RUSTC", DEBIAN_RUSTC.into()),
-            // -Zbuild-std is unstable; this lets the stable compiler take it.
-            ("RUSTC_BOOTSTRAP", "1".into()),
-            // cargo-zigbuild finds zig as `python3 -m ziglang`, in the environment first on PATH.
-            ("PATH", path),
-        ],
-        sign: !triple.starts_with("aarch64-"),
+        extra_args: Vec::new(),
+        env,
+        sign: false,
     }
 }
 
