@@ -1119,7 +1119,7 @@ fn chat_page_streams_a_reply_in_headless_chromium() {
     for part in [
         "<strong>bold</strong>",
         "<code>x&lt;y</code>",
-        "<pre><span class=\"lang\">rust</span><code>fn main() {}</code></pre>",
+        "<pre><span class=\"lang\">rust</span><code>fn main() {}</code><button class=\"copy\"",
         "<ul><li>one</li><li>two</li></ul>",
         "&lt;img",
     ] {
@@ -1187,6 +1187,108 @@ fn chat_page_streams_a_reply_in_headless_chromium() {
     });
     page.eval("document.getElementById('new-chat').click(); true");
     assert_eq!(page.eval("document.querySelectorAll('.msg').length"), 0);
+}
+
+/// The chat page keeps conversations in the browser and lists them (they survive a reload; one
+/// can be reopened and deleted), renders tables, gives code blocks a copy button, and shows what
+/// went wrong inside the reply's own bubble.
+#[test]
+fn chat_page_keeps_conversations_tables_and_copy_buttons_in_headless_chromium() {
+    let _serial = serial();
+    let server = qwen_server(&["-c", "512"]);
+    let browser = Chromium::start();
+    let mut page = browser.page();
+    let url = format!("http://{}/", server.addr);
+    page.call("Page.navigate", json!({ "url": url }));
+    let ready = "document.readyState === 'complete' && document.getElementById('model').textContent.endsWith('.gguf')";
+    page.wait("the page", Duration::from_secs(30), ready);
+
+    let html =
+        page.eval(r"renderMarkdown('| a | b |\n|:--|--:|\n| 1 | **2** |\n| x\\| | y |\n\nafter')");
+    let html = html.as_str().expect("html");
+    for part in [
+        r#"<table><thead><tr><th style="text-align:left">a</th><th style="text-align:right">b</th></tr></thead>"#,
+        r#"<tr><td style="text-align:left">1</td><td style="text-align:right"><strong>2</strong></td></tr>"#,
+        r#"<td style="text-align:left">x|</td>"#,
+        "</tbody></table><p>after</p>",
+    ] {
+        assert!(html.contains(part), "{part} not in {html}");
+    }
+
+    // The copy button hands the code block's text to the clipboard.
+    let copied = page.eval(
+        "(async () => {
+           let got = null;
+           navigator.clipboard.writeText = async (t) => { got = t; };
+           const out = addMessage('assistant', 'Here:\\n```python\\nprint(1 < 2)\\n```');
+           out.querySelector('button.copy').click();
+           await new Promise((r) => setTimeout(r, 50));
+           return { got, label: out.querySelector('button.copy').textContent };
+         })()",
+    );
+    assert_eq!(copied["got"], "print(1 < 2)", "{copied}");
+    assert_eq!(copied["label"], "Copied", "{copied}");
+
+    page.eval(
+        "localStorage.setItem('llamafile.settings', JSON.stringify({temperature: 0, maxTokens: 6}));
+         location.reload(); true",
+    );
+    page.wait("the reloaded page", Duration::from_secs(30), ready);
+    let ask = |page: &mut Cdp, text: &str| {
+        page.eval(&format!(
+            "document.getElementById('input').value = {}; document.getElementById('send').click(); true",
+            json!(text)
+        ));
+        page.wait(
+            "the reply",
+            Duration::from_secs(120),
+            "document.body.dataset.busy === 'false' && document.querySelectorAll('.msg.assistant').length > 0",
+        );
+    };
+    ask(&mut page, "Say hi.");
+    page.eval("document.getElementById('new-chat').click(); true");
+    ask(&mut page, "Name a color.");
+    let titles =
+        "[...document.querySelectorAll('#conversations li .title')].map((t) => t.textContent)";
+    assert_eq!(page.eval(titles), json!(["Name a color.", "Say hi."]));
+    assert_eq!(
+        page.eval("document.querySelector('#conversations li.current .title').textContent"),
+        "Name a color."
+    );
+
+    page.eval("location.reload(); true");
+    page.wait("the reloaded page", Duration::from_secs(30), ready);
+    assert_eq!(page.eval(titles), json!(["Name a color.", "Say hi."]));
+    assert_eq!(page.eval("document.querySelectorAll('.msg').length"), 0);
+    page.eval("document.querySelectorAll('#conversations li .title')[1].click(); true");
+    let shown = page.eval(
+        "({user: [...document.querySelectorAll('.msg.user .content')].map((m) => m.textContent),
+           replies: [...document.querySelectorAll('.msg.assistant .content')].map((m) => m.textContent.length)})",
+    );
+    assert_eq!(shown["user"], json!(["Say hi."]), "{shown}");
+    assert!(shown["replies"][0].as_u64().unwrap() > 0, "{shown}");
+    page.eval("document.querySelector('#conversations li .delete').click(); true");
+    assert_eq!(page.eval(titles), json!(["Say hi."]));
+    assert_eq!(
+        page.eval("JSON.parse(localStorage.getItem('llamafile.conversations')).length"),
+        1
+    );
+
+    // A message longer than the context (-c 512): the server's refusal shows in the reply's bubble.
+    ask(&mut page, &"word ".repeat(1500));
+    let failed = page.eval(
+        "({bubbles: document.querySelectorAll('.msg.assistant.error').length,
+           text: document.querySelector('.msg.assistant.error .error-text')?.textContent,
+           separate: document.querySelectorAll('.msg.error:not(.assistant)').length})",
+    );
+    assert_eq!(failed["bubbles"], 1, "{failed}");
+    assert_eq!(failed["separate"], 0, "{failed}");
+    assert!(
+        failed["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("context")),
+        "{failed}"
+    );
 }
 
 /// Templates that render no tools (Gemma 3's, the built-in Mistral v0.2 one, which also refuses a
