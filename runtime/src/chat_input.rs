@@ -77,8 +77,8 @@ impl ChatInput {
 
     /// Prompts for and reads the next message: one line, or the lines between `"""` and `"""`
     /// (the text after the opening and before the closing marks included).
-    pub fn read(&mut self) -> Result<Input, String> {
-        let first = match self.line(PROMPT)? {
+    pub fn read(&mut self, prompt: &str) -> Result<Input, String> {
+        let first = match self.line(prompt)? {
             Input::Message(line) => line,
             other => return Ok(other),
         };

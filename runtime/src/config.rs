@@ -90,6 +90,17 @@ pub struct ChatConfig {
     pub color: bool,
     /// Tokens per reply at most.
     pub max_tokens: Option<usize>,
+    /// `--in-prefix`, `--in-suffix` or `-no-cnv`: the raw interactive mode.
+    pub raw: Option<RawTurns>,
+}
+
+/// llama-cli's raw interactive mode: no chat template; the model continues one text, which `-p`
+/// starts; `-r` gives control back; each input goes in between `prefix` and `suffix`.
+pub struct RawTurns {
+    /// `-p`: the text the model continues first.
+    pub prompt: String,
+    pub prefix: String,
+    pub suffix: String,
 }
 
 impl Config {
@@ -104,7 +115,28 @@ impl Config {
             ignore_eos: args.ignore_eos,
             json: json_schema(&args)?,
         };
-        let first_message = match args.interactive && args.prompt.is_some() {
+        let escaped = |text: &Option<String>| {
+            let text = text.clone().unwrap_or_default();
+            if args.no_escape {
+                text
+            } else {
+                process_escapes(&text)
+            }
+        };
+        if !args.interactive && (args.in_prefix.is_some() || args.in_suffix.is_some()) {
+            return Err("--in-prefix and --in-suffix are for the interactive mode: add -i".into());
+        }
+        let raw = (args.interactive
+            && (args.in_prefix.is_some() || args.in_suffix.is_some() || args.no_conversation))
+            .then(|| -> Result<RawTurns, String> {
+                Ok(RawTurns {
+                    prompt: prompt_text(&args)?,
+                    prefix: escaped(&args.in_prefix),
+                    suffix: escaped(&args.in_suffix),
+                })
+            })
+            .transpose()?;
+        let first_message = match args.interactive && args.prompt.is_some() && raw.is_none() {
             true => Some(prompt_text(&args)?),
             false => None,
         };
@@ -137,6 +169,7 @@ impl Config {
                 first_message,
                 color: args.color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                 max_tokens: usize::try_from(args.n_predict).ok(),
+                raw,
             },
             server: Options {
                 host: args.host,

@@ -61,6 +61,10 @@ pub struct Args {
     pub timeout: u64,
     /// `-r`: texts that end generation, each time given.
     pub reverse_prompts: Vec<String>,
+    /// The raw interactive mode's text around each input, and the switch to it without them.
+    pub in_prefix: Option<String>,
+    pub in_suffix: Option<String>,
+    pub no_conversation: bool,
     pub ignore_eos: bool,
     pub json_schema: Option<String>,
     pub json_schema_file: Option<PathBuf>,
@@ -257,6 +261,24 @@ pub static FLAGS: &[Flag] = &[
         }),
         default: None,
         help: "Stop generating when the output reaches TEXT (may be given several times).",
+    },
+    Flag {
+        names: &["--in-prefix"],
+        set: value!("STRING", in_prefix, text),
+        default: None,
+        help: "With -i: raw interactive mode (the model continues one text, no chat template); STRING goes before each input.",
+    },
+    Flag {
+        names: &["--in-suffix"],
+        set: value!("STRING", in_suffix, text),
+        default: None,
+        help: "With -i: raw interactive mode; STRING goes after each input (an assistant's cue, say).",
+    },
+    Flag {
+        names: &["-no-cnv", "--no-conversation"],
+        set: switch!(no_conversation),
+        default: None,
+        help: "With -i: raw interactive mode without a prefix or suffix; -r gives control back to you.",
     },
     Flag {
         names: &["--ignore-eos"],
@@ -548,14 +570,9 @@ pub static REFUSED: &[Refused] = &[
         reason: "GBNF grammars are not supported yet; --json-schema-file constrains the output to a JSON schema",
     },
     Refused {
-        names: &["--in-prefix", "--in-suffix"],
-        value: Some("STRING"),
-        reason: "the raw interactive mode is not supported; -i chats through the model's chat template",
-    },
-    Refused {
         names: &["--in-prefix-bos"],
         value: None,
-        reason: "the raw interactive mode is not supported; -i chats through the model's chat template",
+        reason: "a BOS token before each input is not supported: put the text it stands for in --in-prefix",
     },
     Refused {
         names: &["-sp", "--special"],

@@ -460,6 +460,54 @@ fn ctrl_c_stops_a_reply_in_the_terminal_chat_and_the_chat_goes_on() {
     assert!(status.success(), "{screen}");
 }
 
+/// llama-cli's raw interactive mode (`--in-prefix`, `--in-suffix`, `-r`): no chat template; the
+/// model continues one text, each input joins it between the prefix and the suffix, and every
+/// reply is what a plain completion of the whole text so far gives. F32 weights, so that the
+/// text evaluated a turn at a time (its start cached) and all at once give the same greedy tokens.
+#[test]
+fn raw_interactive_mode_continues_one_text_with_prefix_and_suffix() {
+    let m = synth("F32");
+    let common = ["-m", m.as_str(), "-n", "8", "--temp", "0"];
+    let mut args = common.to_vec();
+    args.extend([
+        "-i",
+        "--in-prefix",
+        " ",
+        "--in-suffix",
+        "\\nAssistant:",
+        "-r",
+        "User:",
+        "-p",
+        "A talk.\\nUser:",
+    ]);
+    let out = with_input(&args, "Hello\nHow are you\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // The prompt ends with the reverse prompt: the user goes first. Two turns, two suffixes.
+    let turns: Vec<&str> = stdout.split("\nAssistant:").collect();
+    assert_eq!(turns.len(), 3, "{stdout:?}");
+    assert_eq!(turns[0], "A talk.\nUser:");
+    assert!(
+        !stderr.contains("\n> "),
+        "no chat prompt in raw mode: {stderr}"
+    );
+    let complete = |text: &str| {
+        let mut args = common.to_vec();
+        args.extend(["-p", text, "--no-display-prompt", "-e"]);
+        let out = llamafile(&args);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = complete("A talk.\\nUser: Hello\\nAssistant:");
+    assert_eq!(turns[1].trim_end(), first.trim_end(), "{stdout:?}");
+    let so_far = format!(
+        "A talk.\nUser: Hello\nAssistant:{} How are you\nAssistant:",
+        turns[1]
+    );
+    let second = complete(&so_far.replace('\\', "\\\\").replace('\n', "\\n"));
+    assert_eq!(turns[2].trim_end(), second.trim_end(), "{stdout:?}");
+}
+
 /// With `-i`, `-p` is the first message, answered before the terminal is read.
 #[test]
 fn a_prompt_given_with_i_is_the_first_message() {
