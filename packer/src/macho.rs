@@ -357,12 +357,14 @@ pub fn sign_adhoc(data: &[u8], identifier: &str) -> Result<Vec<u8>> {
     const PAGE: usize = 4096;
     let signature_at = data.len().next_multiple_of(16);
     let pages = signature_at.div_ceil(PAGE);
-    // CodeDirectory version 0x20400: the fields through the executable segment's.
+    // CodeDirectory version 0x20400: the fields through the executable segment's. The blob and
+    // its hashes start on 8-byte boundaries, as zig's linker (whose arm64 signatures Macs run)
+    // lays them out.
     const DIRECTORY_HEADER: usize = 88;
     let ident_at = DIRECTORY_HEADER;
-    let hashes_at = ident_at + identifier.len() + 1;
+    let hashes_at = (ident_at + identifier.len() + 1).next_multiple_of(8);
     let directory_len = hashes_at + 32 * pages;
-    const SUPERBLOB_HEADER: usize = 12 + 8;
+    const SUPERBLOB_HEADER: usize = (12 + 8usize).next_multiple_of(8);
     let signature_len = (SUPERBLOB_HEADER + directory_len).next_multiple_of(16);
 
     let mut out = data.to_vec();
@@ -393,6 +395,7 @@ pub fn sign_adhoc(data: &[u8], identifier: &str) -> Result<Vec<u8>> {
     be32(&mut blob, 1); // one blob
     be32(&mut blob, macho::CSSLOT_CODEDIRECTORY.0);
     be32(&mut blob, SUPERBLOB_HEADER as u32);
+    blob.resize(SUPERBLOB_HEADER, 0);
     be32(&mut blob, macho::CSMAGIC_CODEDIRECTORY);
     be32(&mut blob, directory_len as u32);
     be32(&mut blob, macho::CS_SUPPORTSEXECSEG.0);
@@ -412,7 +415,7 @@ pub fn sign_adhoc(data: &[u8], identifier: &str) -> Result<Vec<u8>> {
     be64(&mut blob, text_size);
     be64(&mut blob, macho::CS_EXECSEG_MAIN_BINARY.0);
     blob.extend_from_slice(identifier.as_bytes());
-    blob.push(0);
+    blob.resize(SUPERBLOB_HEADER + hashes_at, 0);
     for page in out.chunks(PAGE) {
         blob.extend_from_slice(&Sha256::digest(page));
     }
