@@ -268,22 +268,10 @@ fn check_signature(data: &[u8], offset: u64, size: u64) -> Result<Signature> {
 
 /// Each slice of a thin or fat Mach-O, read as [`read`] does.
 pub fn read_slices(data: &[u8]) -> Result<Vec<MacExecutable>> {
-    use object::read::macho::{FatArch, MachOFatFile32, MachOFatFile64};
-    let slices: Vec<&[u8]> = match object::FileKind::parse(data) {
-        Ok(object::FileKind::MachOFat32) => MachOFatFile32::parse(data)
-            .map_err(|e| anyhow::anyhow!("bad fat Mach-O header: {e}"))?
-            .arches()
-            .iter()
-            .map(|a| a.data(data))
-            .collect::<object::Result<_>>()
-            .map_err(|e| anyhow::anyhow!("fat Mach-O slice: {e}"))?,
-        Ok(object::FileKind::MachOFat64) => MachOFatFile64::parse(data)
-            .map_err(|e| anyhow::anyhow!("bad fat Mach-O header: {e}"))?
-            .arches()
-            .iter()
-            .map(|a| a.data(data))
-            .collect::<object::Result<_>>()
-            .map_err(|e| anyhow::anyhow!("fat Mach-O slice: {e}"))?,
+    use object::read::macho::{MachOFatFile32, MachOFatFile64};
+    let slices = match object::FileKind::parse(data) {
+        Ok(object::FileKind::MachOFat32) => fat_slices(data, MachOFatFile32::parse(data))?,
+        Ok(object::FileKind::MachOFat64) => fat_slices(data, MachOFatFile64::parse(data))?,
         _ => vec![data],
     };
     let fat = slices.len() > 1;
@@ -300,6 +288,19 @@ pub fn read_slices(data: &[u8]) -> Result<Vec<MacExecutable>> {
             })
         })
         .collect()
+}
+
+/// The bytes of each slice a fat header (32- or 64-bit) describes.
+fn fat_slices<'d, F: object::read::macho::FatArch>(
+    data: &'d [u8],
+    fat: object::Result<object::read::macho::MachOFatFile<'d, F>>,
+) -> Result<Vec<&'d [u8]>> {
+    fat.map_err(|e| anyhow::anyhow!("bad fat Mach-O header: {e}"))?
+        .arches()
+        .iter()
+        .map(|a| a.data(data))
+        .collect::<object::Result<_>>()
+        .map_err(|e| anyhow::anyhow!("fat Mach-O slice: {e}"))
 }
 
 /// Signs a thin 64-bit Mach-O executable ad hoc, as Apple's and zig's linkers do for arm64 (zig
