@@ -1229,11 +1229,13 @@ fn chat_page_keeps_conversations_tables_and_copy_buttons_in_headless_chromium() 
     assert_eq!(copied["got"], "print(1 < 2)", "{copied}");
     assert_eq!(copied["label"], "Copied", "{copied}");
 
+    // A reload: `reloading` marks the old document, so the wait sees the new one.
+    let reloaded = format!("!window.reloading && {ready}");
     page.eval(
         "localStorage.setItem('llamafile.settings', JSON.stringify({temperature: 0, maxTokens: 6}));
-         location.reload(); true",
+         window.reloading = true; location.reload(); true",
     );
-    page.wait("the reloaded page", Duration::from_secs(30), ready);
+    page.wait("the reloaded page", Duration::from_secs(30), &reloaded);
     let ask = |page: &mut Cdp, text: &str| {
         page.eval(&format!(
             "document.getElementById('input').value = {}; document.getElementById('send').click(); true",
@@ -1256,8 +1258,8 @@ fn chat_page_keeps_conversations_tables_and_copy_buttons_in_headless_chromium() 
         "Name a color."
     );
 
-    page.eval("location.reload(); true");
-    page.wait("the reloaded page", Duration::from_secs(30), ready);
+    page.eval("window.reloading = true; location.reload(); true");
+    page.wait("the reloaded page", Duration::from_secs(30), &reloaded);
     assert_eq!(page.eval(titles), json!(["Name a color.", "Say hi."]));
     assert_eq!(page.eval("document.querySelectorAll('.msg').length"), 0);
     page.eval("document.querySelectorAll('#conversations li .title')[1].click(); true");
