@@ -305,43 +305,9 @@ pub(crate) fn debian_cross_aarch64() -> Result<Build, String> {
 /// cargo-zigbuild and zig, installed from PyPI into a virtual environment under the user's cache
 /// (once; pinned versions). Returns the environment's `bin` directory.
 fn zig_tools() -> Result<PathBuf, String> {
-    let venv = prerequisites::cache_root()?.join(format!(
-        "zig-tools-{}",
-        ZIG_TOOLS.join("-").replace("==", "-")
-    ));
-    let bin = venv.join("bin");
-    if bin.join("cargo-zigbuild").is_file() && bin.join("python-zig").is_file() {
-        return Ok(bin);
-    }
-    println!(
-        "dist: installing {} from PyPI into {}",
-        ZIG_TOOLS.join(" "),
-        venv.display()
-    );
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .map_err(|e| format!("running python3 -m venv: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "python3 -m venv {} failed ({status})",
-            venv.display()
-        ));
-    }
-    let status = Command::new(bin.join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(ZIG_TOOLS)
-        .status()
-        .map_err(|e| format!("running pip: {e}"))?;
-    if !status.success() {
-        let _ = fs::remove_dir_all(&venv);
-        return Err(format!(
-            "pip install {} failed ({status})",
-            ZIG_TOOLS.join(" ")
-        ));
-    }
-    Ok(bin)
+    let venv = prerequisites::cache_root()?.join("zig-tools");
+    prerequisites::python_venv(&venv, &ZIG_TOOLS)?;
+    Ok(venv.join("bin"))
 }
 
 /// A macOS target from Linux: Debian's Rust building the standard library from source, zig (from

