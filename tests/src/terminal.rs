@@ -17,9 +17,13 @@ pub struct Terminal {
 
 impl Terminal {
     /// Runs the shell command `cmd` in a terminal; `env` is added to the environment.
+    ///
+    /// The shell `script` starts (`$SHELL`, else `/bin/sh`) execs the program rather than waiting
+    /// for it: a waiting dash shares the terminal's foreground process group, so Ctrl-C killed
+    /// it, and `script` reported the shell's death whatever the program did.
     pub fn start(cmd: &str, env: &[(&str, &str)]) -> Terminal {
         let mut child = Command::new("script")
-            .args(["-qec", cmd, "/dev/null"])
+            .args(["-qec", &format!("exec {cmd}"), "/dev/null"])
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

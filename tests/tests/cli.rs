@@ -355,7 +355,7 @@ fn the_chat_colours_a_terminal_only_when_asked() {
         terminal.send("\x04");
         let shown = terminal.raw();
         let (status, _) = terminal.finish();
-        assert!(status.success(), "{shown:?}");
+        assert!(status.success(), "{status}: {shown:?}");
         shown
     };
     let green = "\x1b[32m";
@@ -397,7 +397,7 @@ fn the_terminal_chat_edits_lines_and_recalls_them_in_the_next_session() {
     terminal.wait_for("the reply", |t| t.matches("\n> ").count() == 2);
     terminal.send("\x04");
     let (status, screen) = terminal.finish();
-    assert!(status.success(), "{screen}");
+    assert!(status.success(), "{status}: {screen}");
     let kept = std::fs::read_to_string(&history).unwrap();
     let lines = |text: &str| -> Vec<String> {
         text.lines()
@@ -457,7 +457,7 @@ fn ctrl_c_stops_a_reply_in_the_terminal_chat_and_the_chat_goes_on() {
     assert!(after.len() >= before.len());
     terminal.send("/bye\r");
     let (status, screen) = terminal.finish();
-    assert!(status.success(), "{screen}");
+    assert!(status.success(), "{status}: {screen}");
 }
 
 /// llama-cli's raw interactive mode (`--in-prefix`, `--in-suffix`, `-r`): no chat template; the
