@@ -316,7 +316,7 @@ fn converse(client: Client, cfg: &Config, tokenizer: &tokenizer::Tokenizer) -> R
             sampling: cfg.sampling.clone(),
             max_tokens,
             stop: cfg.output.stop.clone(),
-            json: cfg.output.json.clone(),
+            constraint: cfg.output.constraint.clone(),
             logit_bias: logit_bias.clone(),
             ..GenParams::default()
         };

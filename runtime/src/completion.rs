@@ -27,7 +27,7 @@ pub fn run(engine: &Engine, cfg: &CompletionConfig, run: &Config) -> Result<(), 
     let params = GenParams {
         sampling: run.sampling.clone(),
         stop: run.output.stop.clone(),
-        json: run.output.json.clone(),
+        constraint: run.output.constraint.clone(),
         logit_bias: run.output.logit_bias(&engine.tokenizer),
         // -1: until end of generation or a full context; -2: until a full context.
         max_tokens: usize::try_from(cfg.n_predict).ok(),

@@ -3,11 +3,12 @@
 //! from -p or -f, the seed, --bench's reading of -p and -n) is decided here and nowhere else.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bench::BenchPlan;
+use crate::constraint::Constraint;
 use crate::flags::Args;
+use crate::grammar::Grammar;
 use crate::json_schema::Schema;
 use crate::sampling::SamplerConfig;
 use crate::server::Options;
@@ -37,14 +38,15 @@ pub struct Config {
     pub notes: Vec<String>,
 }
 
-/// `-r`, `--ignore-eos` and `--json-schema`: the same for a completion and every chat reply.
+/// `-r`, `--ignore-eos`, `--json-schema` and `--grammar`: the same for a completion and every chat reply.
 #[derive(Clone, Default)]
 pub(crate) struct OutputRules {
     /// Texts that end the reply (`-r`).
     pub stop: Vec<String>,
     /// End-of-generation tokens are never chosen.
     pub ignore_eos: bool,
-    pub json: Option<Arc<Schema>>,
+    /// `--json-schema` or `--grammar`.
+    pub constraint: Option<Constraint>,
 }
 
 /// What a run does.
@@ -113,7 +115,7 @@ impl Config {
                 .map(|r| process_escapes(r))
                 .collect(),
             ignore_eos: args.ignore_eos,
-            json: json_schema(&args)?,
+            constraint: constraint(&args)?,
         };
         let escaped = |text: &Option<String>| {
             let text = text.clone().unwrap_or_default();
@@ -241,21 +243,35 @@ impl OutputRules {
     }
 }
 
-/// The schema of `--json-schema` or `--json-schema-file`, compiled.
-fn json_schema(args: &Args) -> Result<Option<Arc<Schema>>, String> {
-    let (flag, text) = match (&args.json_schema, &args.json_schema_file) {
-        (Some(text), _) => ("--json-schema", text.clone()),
-        (None, Some(path)) => (
-            "--json-schema-file",
-            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
-        ),
-        (None, None) => return Ok(None),
-    };
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{flag}: not JSON: {e}"))?;
-    Schema::compile(&value)
-        .map(Some)
-        .map_err(|e| format!("{flag}: {e}"))
+/// The schema of `--json-schema`/`--json-schema-file` or the grammar of
+/// `--grammar`/`--grammar-file`, compiled; errors name the flag (and the file).
+fn constraint(args: &Args) -> Result<Option<Constraint>, String> {
+    let given =
+        |text: &Option<String>, file: &Option<PathBuf>, flag: &'static str| match (text, file) {
+            (Some(text), _) => Ok(Some((flag.to_string(), text.clone()))),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|text| Some((format!("{flag}-file {}", path.display()), text)))
+                .map_err(|e| format!("{flag}-file {}: {e}", path.display())),
+            (None, None) => Ok(None),
+        };
+    let schema = given(&args.json_schema, &args.json_schema_file, "--json-schema")?;
+    let grammar = given(&args.grammar, &args.grammar_file, "--grammar")?;
+    match (schema, grammar) {
+        (Some(_), Some(_)) => {
+            Err("--json-schema and --grammar cannot both shape the output: give one".into())
+        }
+        (Some((flag, text)), None) => {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{flag}: not JSON: {e}"))?;
+            Schema::compile(&value)
+                .map(|s| Some(Constraint::Json(s)))
+                .map_err(|e| format!("{flag}: {e}"))
+        }
+        (None, Some((flag, text))) => Grammar::parse(&text)
+            .map(|g| Some(Constraint::Grammar(g)))
+            .map_err(|e| format!("{flag}: {e}")),
+        (None, None) => Ok(None),
+    }
 }
 
 /// `--bench`'s sizes: -p and -n are token counts there, as in llama-bench.

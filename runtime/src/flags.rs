@@ -68,6 +68,8 @@ pub struct Args {
     pub ignore_eos: bool,
     pub json_schema: Option<String>,
     pub json_schema_file: Option<PathBuf>,
+    pub grammar: Option<String>,
+    pub grammar_file: Option<PathBuf>,
     /// One line per [`COMPATIBLE`] flag given: what it does not do here.
     pub notes: Vec<String>,
 }
@@ -297,6 +299,18 @@ pub static FLAGS: &[Flag] = &[
         set: value!("FNAME", json_schema_file, text),
         default: None,
         help: "Like --json-schema, with the schema read from a file.",
+    },
+    Flag {
+        names: &["--grammar"],
+        set: value!("GRAMMAR", grammar, text),
+        default: None,
+        help: "Constrain the output to a GBNF grammar (llama.cpp's syntax; its `root` rule is the whole output).",
+    },
+    Flag {
+        names: &["--grammar-file"],
+        set: value!("FNAME", grammar_file, text),
+        default: None,
+        help: "Like --grammar, with the grammar read from a file.",
     },
     Flag {
         names: &["--json"],
@@ -559,16 +573,6 @@ pub struct Refused {
 }
 
 pub static REFUSED: &[Refused] = &[
-    Refused {
-        names: &["--grammar"],
-        value: Some("GRAMMAR"),
-        reason: "GBNF grammars are not supported yet; --json-schema constrains the output to a JSON schema",
-    },
-    Refused {
-        names: &["--grammar-file"],
-        value: Some("FNAME"),
-        reason: "GBNF grammars are not supported yet; --json-schema-file constrains the output to a JSON schema",
-    },
     Refused {
         names: &["--in-prefix-bos"],
         value: None,
@@ -895,9 +899,7 @@ mod tests {
         let err = |words: &[&str]| run(words).unwrap_err();
         assert!(err(&["-ctk", "q8_0"]).contains("f16 only"));
         assert!(err(&["-fa", "fast"]).contains("on, off or auto"));
-        assert!(
-            err(&["--grammar", "root ::= \"a\""]).starts_with("--grammar is not supported: GBNF")
-        );
+        assert!(err(&["--lora", "a.gguf"]).starts_with("--lora is not supported: adapters"));
         assert_eq!(
             err(&["--mlok"]),
             "unknown flag --mlok; did you mean --mlock?"

@@ -9,7 +9,7 @@ use gguf::{Gguf, Value};
 use tokenizer::{Tokenizer, Utf8Stream};
 
 use crate::chat_template::ChatTemplate;
-use crate::json_schema::JsonState;
+use crate::constraint::ConstraintState;
 use crate::messages::ChatMessage;
 use crate::model::Model;
 use crate::server::{llama_cpp, openai};
@@ -165,8 +165,8 @@ pub fn server_request(data: &[u8]) {
     let completions = |body: &[u8]| openai::completions::parse(body).map(|(req, _echo)| req);
     for parse in [openai::chat::parse, completions] {
         if let Ok(req) = parse(data) {
-            if let Some(schema) = req.params.json {
-                let mut state = JsonState::new(schema);
+            if let Some(constraint) = req.params.constraint {
+                let mut state = ConstraintState::new(constraint);
                 for &b in data {
                     if !state.allows(&[b]) || !state.feed(&[b]) {
                         break;

@@ -8,11 +8,10 @@
 //! [`Finish::ToolCalls`].
 
 use std::cell::OnceCell;
-use std::sync::Arc;
 
 use tokenizer::{Tokenizer, Utf8Stream};
 
-use crate::json_schema::{JsonState, Schema};
+use crate::constraint::{Constraint, ConstraintState};
 use crate::messages::ToolCall;
 use crate::sampling::{log_sum_exp, top_logprobs, Sampler, SamplerConfig};
 use crate::tools::CallDetector;
@@ -31,8 +30,8 @@ pub(crate) struct GenParams {
     pub prompt_logprobs: Option<usize>,
     /// Added to these tokens' logits before anything else sees them.
     pub logit_bias: Vec<(u32, f32)>,
-    /// Constrain the output to JSON matching this schema.
-    pub json: Option<Arc<Schema>>,
+    /// Hold the output to a JSON schema or a grammar.
+    pub constraint: Option<Constraint>,
     /// Whether an end-of-generation token ends the reply; when not (the command line's `-n -2`),
     /// it is kept as any other token and generation goes on to the length limit.
     pub ends_at_eog: bool,
@@ -42,7 +41,7 @@ pub(crate) struct GenParams {
     /// on still fits (the server and the chat, as llama.cpp's server).
     pub use_whole_context: bool,
     /// Tool calls to look for: set by the intake, which knows the chat template's format (and,
-    /// when a call is required, puts the constraint in `json`).
+    /// when a call is required, puts the constraint in `constraint`).
     pub tools: Option<Box<CallDetector>>,
     /// Control tokens whose text goes into the reply all the same: the tool-call markers of
     /// models that have them as control tokens (Qwen 2.5's `<tool_call>`).
@@ -58,7 +57,7 @@ impl Default for GenParams {
             logprobs: None,
             prompt_logprobs: None,
             logit_bias: Vec::new(),
-            json: None,
+            constraint: None,
             ends_at_eog: true,
             use_whole_context: false,
             tools: None,
@@ -172,7 +171,7 @@ pub(crate) enum Next {
 /// The state of one sequence's generation.
 pub(crate) struct Generator {
     sampler: Sampler,
-    json: Option<JsonState>,
+    constraint: Option<ConstraintState>,
     stop: StopMatcher,
     calls: Option<Box<CallDetector>>,
     shown_controls: Vec<u32>,
@@ -190,7 +189,7 @@ impl Generator {
     pub fn new(params: GenParams, n_vocab: usize) -> Result<Self, String> {
         Ok(Generator {
             sampler: Sampler::new(params.sampling, n_vocab).map_err(|e| e.to_string())?,
-            json: params.json.map(JsonState::new),
+            constraint: params.constraint.map(ConstraintState::new),
             stop: StopMatcher::new(params.stop),
             calls: params.tools,
             shown_controls: params.shown_controls,
@@ -234,7 +233,7 @@ impl Generator {
             &biased
         };
         let tokenizer = vocab.tokenizer;
-        let picked = match &self.json {
+        let picked = match &self.constraint {
             Some(state) => pick_constrained(
                 row,
                 state,
@@ -265,7 +264,7 @@ impl Generator {
             true => tokenizer.token_to_piece(tok, true),
             false => vocab.piece(tok),
         };
-        if let Some(state) = &mut self.json {
+        if let Some(state) = &mut self.constraint {
             state.feed(&piece);
         }
         let text = self.utf8.push(&piece);
@@ -279,7 +278,11 @@ impl Generator {
         });
         let finish = if stopped {
             self.stop.found.clone().map(Finish::StopString)
-        } else if self.json.as_ref().is_some_and(JsonState::is_complete) {
+        } else if self
+            .constraint
+            .as_ref()
+            .is_some_and(ConstraintState::is_complete)
+        {
             Some(Finish::Constraint)
         } else if self.generated >= self.max_new || context_full {
             Some(Finish::Length)
@@ -340,7 +343,7 @@ const CONSTRAINED_SAMPLING_POOL: usize = 256;
 /// left. End of generation is allowed once the document can end.
 fn pick_constrained(
     row: &[f32],
-    state: &JsonState,
+    state: &ConstraintState,
     sampler: &mut Sampler,
     history: &[u32],
     pieces: &[Vec<u8>],
@@ -465,6 +468,7 @@ impl StopMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json_schema::Schema;
 
     #[test]
     fn stop_strings_cut_the_output_and_partial_matches_wait() {
@@ -505,7 +509,7 @@ mod tests {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect();
-        let state = JsonState::new(Schema::any_object());
+        let state = ConstraintState::new(Constraint::Json(Schema::any_object()));
         let cfg = SamplerConfig {
             temp: 0.0,
             ..SamplerConfig::default()
@@ -539,5 +543,28 @@ mod tests {
                 pick_constrained(&row, &state, &mut sampler, &[], &pieces, |id| id == 6).unwrap();
             assert!(t == 1 || t == 3, "{t}");
         }
+        // A grammar the same way: `"[" ` and `"a"` are refused by `root ::= "{" [^}]* "}"`.
+        let grammar = crate::grammar::Grammar::parse(r#"root ::= "{" [^}]* "}""#).unwrap();
+        let mut state = ConstraintState::new(Constraint::Grammar(grammar));
+        let cfg = SamplerConfig {
+            temp: 0.0,
+            ..SamplerConfig::default()
+        };
+        let mut sampler = Sampler::new(cfg, pieces.len()).unwrap();
+        assert_eq!(
+            pick_constrained(&row, &state, &mut sampler, &[], &pieces, |id| id == 6),
+            Some(1)
+        );
+        assert!(state.feed(b"{"));
+        // Now "x" (the likeliest but for the end token) fits; the end token does not, yet.
+        assert_eq!(
+            pick_constrained(&row, &state, &mut sampler, &[], &pieces, |id| id == 6),
+            Some(0)
+        );
+        assert!(state.feed(b"}") && state.is_complete());
+        assert_eq!(
+            pick_constrained(&row, &state, &mut sampler, &[], &pieces, |id| id == 6),
+            Some(6)
+        );
     }
 }

@@ -10,6 +10,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use tokio::sync::{mpsc as events, oneshot};
 
 use crate::chat_template::{ChatTemplate, ChatTemplateError};
+use crate::constraint::Constraint;
 use crate::engine::Engine;
 use crate::generator::GenParams;
 use crate::jobs::{Embedding, Event, GenJob, Infill, Job, PromptInput, Refusal};
@@ -190,14 +191,14 @@ impl<'e, 'a> Intake<'e, 'a> {
     ) -> Result<(), Refusal> {
         let format = self.template()?.tool_format();
         if request.forced() {
-            if params.json.is_some() {
+            if params.constraint.is_some() {
                 return Err(Refusal::invalid(
-                    "`response_format` and a required tool call cannot both shape the reply",
+                    "`response_format` (or `grammar`) and a required tool call cannot both shape the reply",
                 ));
             }
             let schema = Schema::compile(&format.call_schema(request))
                 .map_err(|e| Refusal::invalid(format!("tools: {e}")))?;
-            params.json = Some(schema);
+            params.constraint = Some(Constraint::Json(schema));
         }
         params.tools = Some(Box::new(CallDetector::new(format, request)));
         let tokenizer = &self.engine.tokenizer;

@@ -6,11 +6,13 @@ pub(crate) mod chat_input;
 pub mod chat_template;
 pub mod completion;
 pub mod config;
+pub(crate) mod constraint;
 pub mod engine;
 pub mod flags;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod generator;
+pub(crate) mod grammar;
 pub(crate) mod intake;
 pub(crate) mod jobs;
 pub(crate) mod json_schema;

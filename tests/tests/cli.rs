@@ -311,6 +311,104 @@ fn reverse_prompts_ignore_eos_and_json_schemas_on_the_command_line() {
     assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
 }
 
+/// `--grammar` and `--grammar-file` hold the output to a GBNF grammar, as llama-cli's do: the
+/// greedy answer is the grammar's likeliest sentence, sampled answers are all sentences of it;
+/// a wrong grammar is refused naming the file, line and column.
+#[test]
+fn gbnf_grammars_on_the_command_line() {
+    let qwen = models_dir().join("qwen.gguf");
+    let qwen = qwen.to_str().unwrap();
+    // The output, less the line break the command line ends it with.
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-m", qwen, "-n", "40", "--no-display-prompt"];
+        args.extend_from_slice(extra);
+        let out = llamafile(&args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
+        (out, text)
+    };
+    let prompt = "Q: Is the sky blue? Answer yes or no.\nA:";
+    let (out, text) = run(&[
+        "-p",
+        prompt,
+        "--temp",
+        "0",
+        "--grammar",
+        r#"root ::= " " ("yes" | "no") "\n""#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text == " yes\n" || text == " no\n", "{text:?}");
+
+    let dir = PathBuf::from(scratch_home("grammar"));
+    let file = dir.join("date.gbnf");
+    std::fs::write(
+        &file,
+        "# an ISO date\nroot ::= year \"-\" month \"-\" day\nyear ::= [12] [0-9]{3}\n\
+         month ::= \"0\" [1-9] | \"1\" [0-2]\nday ::= [0-2] [0-9] | \"3\" [01]\n",
+    )
+    .unwrap();
+    let is_date = |t: &str| {
+        let b = t.as_bytes();
+        t.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && t.chars()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+            && (1..=12).contains(&t[5..7].parse::<u32>().unwrap())
+            && (0..=31).contains(&t[8..10].parse::<u32>().unwrap())
+    };
+    for seed in ["1", "2", "3"] {
+        let (out, text) = run(&[
+            "-p",
+            "The moon landing happened on",
+            "--temp",
+            "1.5",
+            "-s",
+            seed,
+            "--grammar-file",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(is_date(&text), "seed {seed}: {text:?}");
+    }
+
+    let bad = dir.join("bad.gbnf");
+    std::fs::write(&bad, "root ::= item+\nitem ::= [a-z\n").unwrap();
+    let refusal = |extra: &[&str]| {
+        let out = Command::new(bin("llamafile"))
+            .args(["-m", qwen, "-p", "x"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let stderr = refusal(&["--grammar-file", bad.to_str().unwrap()]);
+    assert!(
+        stderr.contains(&format!(
+            "--grammar-file {}: line 2, column 10: unterminated character class",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    let stderr = refusal(&["--grammar", "root ::= root \"x\""]);
+    assert!(
+        stderr.contains("--grammar: rule `root` is left-recursive"),
+        "{stderr}"
+    );
+    let stderr = refusal(&["--grammar", "root ::= \"x\"", "-j", "{}"]);
+    assert!(stderr.contains("cannot both shape the output"), "{stderr}");
+}
+
 /// The chat's commands, as in ollama run: /help, /clear, an unknown one named, a message of
 /// several lines between `"""` marks (one message, one reply), /bye leaving before the rest.
 #[test]

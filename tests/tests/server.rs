@@ -434,7 +434,8 @@ fn tool_calls_and_results_reach_the_models_template() {
 }
 
 /// Fields that change the answer are honoured or refused, never dropped: `logit_bias` moves the
-/// greedy choice both ways, a schema's `minLength` holds, and the legacy `functions` and schema
+/// greedy choice both ways, a schema's `minLength` holds, llama-server's GBNF `grammar` holds
+/// chat, completions and `/completion` alike, and the legacy `functions` and schema
 /// keywords the decoder cannot enforce (in `response_format` or a tool's parameters) are refused
 /// naming them.
 #[test]
@@ -492,6 +493,45 @@ fn fields_that_change_the_answer_are_honoured_or_refused() {
         "{answer}"
     );
 
+    // A GBNF grammar, as llama-server takes it: sampled answers, every one a sentence of it.
+    let grammar = "root ::= item{2,3}\nitem ::= \"- \" [a-z] [a-z ]{0,15} \"\\n\"";
+    let fits = |text: &str| {
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        (2..=3).contains(&lines.len())
+            && lines.iter().all(|l| {
+                let body = l.strip_prefix("- ").and_then(|l| l.strip_suffix('\n'));
+                body.is_some_and(|b| {
+                    (1..=16).contains(&b.len())
+                        && b.starts_with(|c: char| c.is_ascii_lowercase())
+                        && b.chars().all(|c| c.is_ascii_lowercase() || c == ' ')
+                })
+            })
+    };
+    for seed in 1..=3 {
+        let sampled =
+            json!({"temperature": 1.0, "seed": seed, "grammar": grammar, "max_tokens": 60});
+        let mut chat = json!({"messages": [{"role": "user", "content": "List some fruits."}]});
+        chat.as_object_mut()
+            .unwrap()
+            .extend(sampled.as_object().unwrap().clone());
+        let r = post(server.addr, "/v1/chat/completions", None, &chat);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let text = content(&r.json());
+        assert!(fits(&text), "seed {seed}: {text:?}");
+        let r = post(
+            server.addr,
+            "/completion",
+            None,
+            &json!({"prompt": "Fruits:\n", "grammar": grammar, "n_predict": 60, "temperature": 1.0, "seed": seed}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let text = r.json()["content"].as_str().unwrap().to_string();
+        assert!(fits(&text), "seed {seed}: {text:?}");
+    }
+    let r = complete(json!({"grammar": "root ::= \" Paris\" | \" Lyon\"", "max_tokens": 10}));
+    assert_eq!(r["choices"][0]["text"], " Paris", "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+
     for (extra, word) in [
         (
             json!({"tools": [{"type": "function", "function": {"name": "f",
@@ -509,6 +549,18 @@ fn fields_that_change_the_answer_are_honoured_or_refused() {
         (
             json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a+"}}}}),
             "`pattern`",
+        ),
+        (
+            json!({"grammar": "root ::= \"a\"\nb ::= [x"}),
+            "`grammar`: line 2, column 7: unterminated character class",
+        ),
+        (
+            json!({"grammar": "root ::= x"}),
+            "`grammar`: rule `x` is used but not defined",
+        ),
+        (
+            json!({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}),
+            "`grammar` and a JSON schema cannot both shape the reply",
         ),
     ] {
         let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});

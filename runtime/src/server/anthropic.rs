@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::reply::{new_id, Answer, Reply, SseFrame};
 use super::request::{parse_object, short, Fields, GenRequest};
+use crate::constraint::Constraint;
 use crate::generator::{Delta, Finish, GenParams};
 use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
@@ -64,7 +65,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<GenRequest, ApiError> {
             sampling,
             max_tokens: Some(max_tokens as usize),
             stop,
-            json,
+            constraint: json.map(Constraint::Json),
             ..GenParams::default()
         },
         stream: f.bool("stream")?.unwrap_or(false),

@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::openai::chat::parse_messages;
 use super::reply::{Answer, Reply, SseFrame};
-use super::request::{parse_object, parse_sampling, short, token_ids, Fields, GenRequest};
+use super::request::{
+    constraint, parse_object, parse_sampling, short, token_ids, Fields, GenRequest,
+};
 use crate::generator::{Delta, Finish, GenParams, Sampled};
 use crate::jobs::{Embedding, Infill, PromptInput, Usage};
 use crate::json_schema::Schema;
@@ -64,11 +66,6 @@ pub(crate) fn parse_infill(body: &[u8]) -> Result<GenRequest, ApiError> {
 
 /// The fields `/completion` and `/infill` share.
 fn generation(f: &Fields, prompt: PromptInput) -> Result<GenRequest, ApiError> {
-    if f.get("grammar").is_some() {
-        return Err(ApiError::bad_request(
-            "`grammar`: GBNF grammars are not supported yet; `json_schema` constrains the output to a JSON schema",
-        ));
-    }
     let sampling = parse_sampling(f)?;
     let n_predict = f.int("n_predict", -1, 1 << 40)?.unwrap_or(-1);
     let stop = f.list("stop", |i, s| {
@@ -94,7 +91,7 @@ fn generation(f: &Fields, prompt: PromptInput) -> Result<GenRequest, ApiError> {
             sampling,
             max_tokens: usize::try_from(n_predict).ok(),
             stop,
-            json,
+            constraint: constraint(f, json)?,
             logprobs: n_probs,
             ends_at_eog: !ignore_eos,
             ..GenParams::default()

@@ -1,11 +1,16 @@
 //! Typed access to a JSON request body's fields, shared by every protocol: each wrong field is
 //! refused with a message naming it.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use crate::constraint::Constraint;
 use crate::generator::GenParams;
+use crate::grammar::Grammar;
 use crate::jobs::PromptInput;
+use crate::json_schema::Schema;
 use crate::sampling::SamplerConfig;
 
 /// A generation request as a protocol parsed it: what to continue, how, and how to answer.
@@ -29,6 +34,23 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> 
         Err(e) => Err(ApiError::bad_request(format!(
             "the request body is not valid JSON: {e}"
         ))),
+    }
+}
+
+/// What holds the reply: llama-server's `grammar` (GBNF text; empty means none, as there), or
+/// the JSON schema the protocol's own field gave. One at most.
+pub(crate) fn constraint(
+    f: &Fields,
+    json: Option<Arc<Schema>>,
+) -> Result<Option<Constraint>, ApiError> {
+    match (f.string("grammar")?.filter(|g| !g.trim().is_empty()), json) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "`grammar` and a JSON schema cannot both shape the reply",
+        )),
+        (Some(text), None) => Grammar::parse(text)
+            .map(|g| Some(Constraint::Grammar(g)))
+            .map_err(|e| ApiError::bad_request(format!("`grammar`: {e}"))),
+        (None, json) => Ok(json.map(Constraint::Json)),
     }
 }
 

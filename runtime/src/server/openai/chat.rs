@@ -336,7 +336,7 @@ mod tests {
         assert_eq!(r.params.max_tokens, Some(5));
         assert_eq!(r.params.stop, vec!["\n"]);
         assert_eq!(r.params.logprobs, Some(3));
-        assert!(r.params.json.is_some() && r.stream && r.include_usage);
+        assert!(r.params.constraint.is_some() && r.stream && r.include_usage);
         let d = gen(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":null}"#).unwrap();
         assert_eq!(
             (d.params.max_tokens, d.stream, d.params.sampling.temp),

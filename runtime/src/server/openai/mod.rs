@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::reply::{new_id, unix_now, SseFrame};
-use super::request::{parse_sampling, short, Fields, GenRequest};
+use super::request::{constraint, parse_sampling, short, Fields, GenRequest};
 use crate::generator::{Finish, GenParams};
 use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
@@ -82,7 +82,7 @@ fn parse_common(
     };
 
     let logit_bias = parse_logit_bias(f)?;
-    let json = parse_response_format(f)?;
+    let constraint = constraint(f, parse_response_format(f)?)?;
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
         None => false,
@@ -102,7 +102,7 @@ fn parse_common(
             stop,
             logprobs,
             logit_bias,
-            json,
+            constraint,
             ..GenParams::default()
         },
         stream,

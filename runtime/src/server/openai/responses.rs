@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::chat_tools::parse_choice;
 use super::usage_json;
+use crate::constraint::Constraint;
 use crate::generator::{Delta, Finish, GenParams};
 use crate::jobs::{PromptInput, Usage};
 use crate::json_schema::Schema;
@@ -155,7 +156,7 @@ pub(crate) fn parse(body: &[u8], store: &ResponseStore) -> Result<ResponsesReque
             params: GenParams {
                 sampling,
                 max_tokens: max_tokens.map(|n| n as usize),
-                json: parse_text_format(&f)?,
+                constraint: parse_text_format(&f)?.map(Constraint::Json),
                 ..GenParams::default()
             },
             stream: f.bool("stream")?.unwrap_or(false),
