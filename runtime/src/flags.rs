@@ -81,6 +81,21 @@ pub enum Setter {
     Switch(fn(&mut Args)),
     /// Takes a value, named in help by the string.
     Value(&'static str, fn(&mut Args, &str) -> Result<(), String>),
+    /// A switch that may be followed by one of these words (or given one after `=`), as
+    /// llama.cpp's `--color [on|off|auto]`; alone it means the first. A next word not in the
+    /// list is left alone, so `--color -c 4096` still reads as it did for llama.cpp before.
+    Choice(&'static [&'static str], fn(&mut Args, &str)),
+}
+
+impl Setter {
+    /// The value as help shows it, if the flag takes one.
+    pub fn meta(&self) -> Option<String> {
+        match self {
+            Setter::Switch(_) => None,
+            Setter::Value(meta, _) => Some(meta.to_string()),
+            Setter::Choice(words, _) => Some(format!("[{}]", words.join("|"))),
+        }
+    }
 }
 
 /// One flag.
@@ -148,7 +163,7 @@ pub static FLAGS: &[Flag] = &[
         help: "Read the prompt (or, with --perplexity, the text) from a file.",
     },
     Flag {
-        names: &["-n", "--n-predict", "--n_predict"],
+        names: &["-n", "--predict", "--n-predict", "--n_predict"],
         set: value!("N", n_predict),
         default: Some("-1"),
         help: "Tokens to generate: -1 until end of generation or a full context, -2 until a full context.",
@@ -166,7 +181,7 @@ pub static FLAGS: &[Flag] = &[
         help: "Tokens per forward pass while processing a prompt.",
     },
     Flag {
-        names: &["-t", "-tb", "--threads"],
+        names: &["-t", "-tb", "--threads", "--threads-batch"],
         set: value!("N", threads, some),
         default: None,
         help: "Threads; defaults to the number of physical cores.",
@@ -233,7 +248,7 @@ pub static FLAGS: &[Flag] = &[
     },
     Flag {
         names: &["-co", "--color"],
-        set: switch!(color),
+        set: Setter::Choice(&["on", "off", "auto"], |a, v| a.color = v != "off"),
         default: None,
         help: "Colour the terminal chat: what you type shows in green (not with NO_COLOR set, nor off a terminal).",
     },
@@ -383,6 +398,16 @@ pub static FLAGS: &[Flag] = &[
         help: "System prompt for chat.",
     },
     Flag {
+        names: &["-sysf", "--system-prompt-file"],
+        set: Setter::Value("FNAME", |a, v| {
+            let text = std::fs::read_to_string(v).map_err(|e| e.to_string())?;
+            a.system_prompt = Some(text.trim_end_matches(['\r', '\n']).to_string());
+            Ok(())
+        }),
+        default: None,
+        help: "System prompt for chat, read from a file.",
+    },
+    Flag {
         names: &["--server"],
         set: switch!(server),
         default: None,
@@ -410,13 +435,14 @@ pub static FLAGS: &[Flag] = &[
         help: "Serve /metrics (Prometheus text format), as llama-server does with --metrics.",
     },
     Flag {
-        names: &["--cors-origin"],
+        names: &["--cors-origin", "--cors-origins"],
         set: Setter::Value("ORIGIN", |a, v| {
-            a.cors_origins.push(v.into());
+            a.cors_origins
+                .extend(v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from));
             Ok(())
         }),
         default: None,
-        help: "Let web pages of ORIGIN (https://host:port, or * for any) call the server without an API key (may be given several times); with --api-key any page that presents the key may.",
+        help: "Let web pages of ORIGIN (https://host:port, or * for any; several separated by commas) call the server without an API key (may be given several times); with --api-key any page that presents the key may.",
     },
     Flag {
         names: &["--nobrowser"],
@@ -443,7 +469,7 @@ pub static FLAGS: &[Flag] = &[
         help: "Requests that may wait for a free slot; beyond that the server answers 503.",
     },
     Flag {
-        names: &["--timeout"],
+        names: &["-to", "--timeout"],
         set: value!("SECONDS", timeout),
         default: Some("60"),
         help: "Seconds a server connection may stay idle, take to send its request, or leave its answer unread.",
@@ -561,6 +587,136 @@ pub static COMPATIBLE: &[Compatible] = &[
         value: None,
         note: "the log has one level",
     },
+    Compatible {
+        names: &[
+            "-dev", "--device", "-sm", "--split-mode", "-ts", "--tensor-split", "-ot",
+            "--override-tensor", "-ncmoe", "--n-cpu-moe", "-ncffn", "--n-cpu-ffn", "-fit", "--fit",
+            "-fitp", "--fit-print", "-fitt", "--fit-target", "-fitc", "--fit-ctx", "--rpc",
+        ],
+        value: Some(("VALUE", any)),
+        note: "no GPU in this runtime: the model runs on the CPU",
+    },
+    Compatible {
+        names: &[
+            "--list-devices", "-kvo", "--kv-offload", "-nkvo", "--no-kv-offload", "--no-host",
+            "--op-offload", "--no-op-offload", "-cmoe", "--cpu-moe",
+        ],
+        value: None,
+        note: "no GPU in this runtime: the model and its KV cache stay on the CPU",
+    },
+    Compatible {
+        names: &["--repack", "-nr", "--no-repack"],
+        value: None,
+        note: "the weights are used as the file lays them out, mapped, not repacked",
+    },
+    Compatible {
+        names: &[
+            "-C", "--cpu-mask", "-Cr", "--cpu-range", "--cpu-strict", "--prio", "--poll", "-Cb",
+            "--cpu-mask-batch", "-Crb", "--cpu-range-batch", "--cpu-strict-batch", "--prio-batch",
+            "--poll-batch", "--numa", "--threads-http",
+        ],
+        value: Some(("VALUE", any)),
+        note: "the operating system places the threads; -t sets how many",
+    },
+    Compatible {
+        names: &[
+            "-lv", "--verbosity", "--log-verbosity", "--log-colors",
+        ],
+        value: Some(("VALUE", any)),
+        note: "the log has one level and no colours",
+    },
+    Compatible {
+        names: &[
+            "--log-prefix", "--no-log-prefix", "--log-timestamps", "--no-log-timestamps",
+            "--log-jsonl", "--no-log-jsonl", "--perf", "--no-perf", "--show-timings",
+            "--no-show-timings", "--verbose-prompt", "--simple-io",
+        ],
+        value: None,
+        note: "the log has one form: plain lines on stderr, timings at the end of a completion",
+    },
+    Compatible {
+        names: &[
+            "-dt", "--defrag-thold", "-ctxcp", "--ctx-checkpoints", "--swa-checkpoints", "-cms",
+            "--checkpoint-min-step", "-cram", "--cache-ram", "--kv-unified-per-slot",
+            "--cache-reuse", "-lm", "--load-mode", "-lzm", "--lazy-mode",
+        ],
+        value: Some(("N", any)),
+        note: "the KV cache is one f16 buffer per slot, sized by -c and --parallel, its cached prefix reused, and the weights are mapped from the file",
+    },
+    Compatible {
+        names: &[
+            "--swa-full", "-kvu", "--kv-unified", "-no-kvu", "--no-kv-unified",
+            "--cache-idle-slots", "--no-cache-idle-slots", "--cache-prompt", "--no-cache-prompt",
+            "--no-context-shift",
+        ],
+        value: None,
+        note: "each slot keeps its own full KV cache and reuses its cached prefix; the context is never shifted",
+    },
+    Compatible {
+        names: &[
+            "--spec-draft-model", "-md", "--model-draft", "--spec-draft-threads", "-td",
+            "--threads-draft", "--spec-draft-threads-batch", "-tbd", "--threads-batch-draft",
+            "--spec-draft-cpu-mask", "-Cd", "--cpu-mask-draft", "--spec-draft-cpu-range", "-Crd",
+            "--cpu-range-draft", "--spec-draft-cpu-strict", "--cpu-strict-draft",
+            "--spec-draft-prio", "--prio-draft", "--spec-draft-poll", "--poll-draft",
+            "--spec-draft-cpu-mask-batch", "-Cbd", "--cpu-mask-batch-draft",
+            "--spec-draft-cpu-range-batch", "-Crbd", "--cpu-range-batch-draft",
+            "--spec-draft-cpu-strict-batch", "--cpu-strict-batch-draft", "--spec-draft-prio-batch",
+            "--prio-batch-draft", "--spec-draft-poll-batch", "--poll-batch-draft",
+            "--spec-draft-type-k", "-ctkd", "--cache-type-k-draft", "--spec-draft-type-v", "-ctvd",
+            "--cache-type-v-draft", "--spec-draft-override-tensor", "-otd",
+            "--override-tensor-draft", "--spec-draft-n-cpu-moe", "--spec-draft-ncmoe", "-ncmoed",
+            "--n-cpu-moe-draft", "--spec-draft-n-max", "--spec-draft-n-min", "--spec-synth-len",
+            "--spec-synth-rates", "--spec-draft-p-split", "--draft-p-split", "--spec-draft-p-min",
+            "--draft-p-min", "--spec-draft-device", "-devd", "--device-draft", "--spec-draft-ngl",
+            "-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft", "--spec-type", "--draft",
+            "--draft-n", "--draft-max", "--draft-min", "--draft-n-min", "--spec-ngram-mod-n-min",
+            "--spec-ngram-mod-n-max", "--spec-ngram-mod-n-match", "--spec-ngram-simple-size-n",
+            "--spec-ngram-simple-size-m", "--spec-ngram-simple-min-hits",
+            "--spec-ngram-map-k-size-n", "--spec-ngram-map-k-size-m", "--spec-ngram-map-k-min-hits",
+            "--spec-ngram-map-k4v-size-n", "--spec-ngram-map-k4v-size-m",
+            "--spec-ngram-map-k4v-min-hits", "--spec-ngram-size-n", "--spec-ngram-size-m",
+            "--spec-ngram-min-hits",
+        ],
+        value: Some(("VALUE", any)),
+        note: "no speculative decoding: each token takes a pass of the model, and the output is what speculative decoding would give",
+    },
+    Compatible {
+        names: &[
+            "--spec-draft-cpu-moe", "-cmoed", "--cpu-moe-draft", "--spec-draft-backend-sampling",
+            "--no-spec-draft-backend-sampling", "-bs", "--backend-sampling", "--spec-default",
+        ],
+        value: None,
+        note: "no speculative decoding and no GPU: sampling runs on the CPU, a token per pass",
+    },
+    Compatible {
+        names: &[
+            "--slots", "--props", "--ui", "--webui", "--reuse-port", "--display-prompt",
+            "--check-tensors", "--offline", "--no-mmproj", "--no-mmproj-auto", "--mmproj-offload",
+            "--no-mmproj-offload", "-nocb", "--no-cont-batching", "--no-prefill-assistant",
+            "--no-reasoning-preserve", "--no-skip-chat-parsing", "--no-models-autoload",
+        ],
+        value: None,
+        note: "what this runtime always does: /slots, /props and the chat page are served, the prompt is shown, tensors are checked against the file, nothing is downloaded, no projector is loaded",
+    },
+    Compatible {
+        names: &["--sleep-idle-seconds", "--sse-ping-interval", "-sps", "--slot-prompt-similarity"],
+        value: Some(("N", any)),
+        note: "the model stays loaded, streams are not pinged, and a request takes the free slot whose cache shares the longest prefix",
+    },
+    Compatible {
+        names: &[
+            "--fast", "--precise", "--trap", "--nologo", "--ascii", "--nocompile", "--recompile",
+            "--tinyblas", "--unsecure", "--cli",
+        ],
+        value: None,
+        note: "llamafile 0.9's switch for its own build (precision modes, GPU module compilation, sandboxing, logo); this runtime has one numeric path and nothing to compile",
+    },
+    Compatible {
+        names: &["--gpu"],
+        value: Some(("auto|amd|apple|nvidia|disable", any)),
+        note: "no GPU in this runtime: the model runs on the CPU",
+    },
 ];
 
 /// A flag of llama.cpp or llamafile that would change the result but is not served: an error
@@ -588,9 +744,141 @@ pub static REFUSED: &[Refused] = &[
         value: Some("FNAME"),
         reason: "adapters are not supported: pack a merged model instead",
     },
+    Refused {
+        names: &[
+            "-mu", "--model-url", "-dr", "--docker-repo", "-hf", "-hfr", "--hf-repo", "-hff",
+            "--hf-file", "-hft", "--hf-token", "--spec-draft-hf", "-hfd", "-hfrd",
+            "--hf-repo-draft", "-cl", "--cache-list", "--mtp", "--dflash", "--eagle3",
+            "--embd-gemma-default", "--fim-qwen-1.5b-default", "--fim-qwen-3b-default",
+            "--fim-qwen-7b-default", "--fim-qwen-7b-spec", "--fim-qwen-14b-spec",
+            "--fim-qwen-30b-default", "--gpt-oss-20b-default", "--gpt-oss-120b-default",
+            "--vision-gemma-4b-default", "--vision-gemma-12b-default",
+        ],
+        value: None,
+        reason: "models are not downloaded: a llamafile carries its weights; give a local GGUF with -m",
+    },
+    Refused {
+        names: &[
+            "-mm", "--mmproj", "-mmu", "--mmproj-url", "--mmproj-auto", "-mmdev",
+            "--mmproj-device", "--image", "--audio", "--video", "--image-min-tokens",
+            "--image-max-tokens", "--mtmd-batch-max-tokens", "--video-fps",
+            "--video-timestamp-interval", "--video-ffmpeg-dir", "--media-path",
+        ],
+        value: None,
+        reason: "multimodal models (images, audio, video) are not supported",
+    },
+    Refused {
+        names: &[
+            "--samplers", "--sampler-seq", "--sampling-seq", "--top-nsigma", "--top-n-sigma",
+            "--xtc-probability", "--xtc-threshold", "--typical", "--typical-p", "--dry-multiplier",
+            "--dry-base", "--dry-allowed-length", "--dry-penalty-last-n", "--dry-sequence-breaker",
+            "--adaptive-target", "--adaptive-decay", "--dynatemp-range", "--dynatemp-exp",
+            "--mirostat", "--mirostat-lr", "--mirostat-ent", "-l", "--logit-bias",
+        ],
+        value: None,
+        reason: "this sampler is not implemented; --temp, --top-k, --top-p, --min-p and the repetition, presence and frequency penalties are (the server takes logit_bias)",
+    },
+    Refused {
+        names: &[
+            "--rope-scaling", "--rope-scale", "--rope-freq-base", "--rope-freq-scale",
+            "--yarn-orig-ctx", "--yarn-ext-factor", "--yarn-attn-factor", "--yarn-beta-slow",
+            "--yarn-beta-fast", "-gan", "--grp-attn-n", "-gaw", "--grp-attn-w",
+        ],
+        value: None,
+        reason: "overriding the model's RoPE or extending its context is not supported: the GGUF's own settings are used",
+    },
+    Refused {
+        names: &[
+            "--override-kv", "--control-vector-scaled", "--control-vector-layer-range",
+            "--lora-init-without-apply",
+        ],
+        value: None,
+        reason: "changing the model at load (metadata overrides, adapters, control vectors) is not supported: pack the model you want",
+    },
+    Refused {
+        names: &[
+            "--chunks", "--hellaswag", "--hellaswag-tasks", "--winogrande", "--winogrande-tasks",
+            "--multiple-choice", "--multiple-choice-tasks", "--kl-divergence", "--save-all-logits",
+            "--kl-divergence-base", "--ppl-stride", "--ppl-output-type", "-ns", "--sequences",
+            "--context-file", "--chunk-size", "--chunk-separator", "--junk", "--pos", "-o",
+            "--output", "--output-file", "-ofreq", "--output-frequency", "--output-format",
+            "--save-frequency", "--process-output", "--ppl", "--no-ppl", "--chunk", "--from-chunk",
+            "--show-statistics", "--parse-special", "--in-file", "--ids", "--stdin", "--no-bos",
+            "--no-parse-special", "--show-count", "-pps", "-tgs", "-npp", "-ntg", "-npl",
+            "--embd-output-format", "--embd-separator", "--cls-separator", "--positive-file",
+            "--negative-file", "--pca-batch", "--pca-iter", "--method", "-lcs",
+            "--lookup-cache-static", "-lcd", "--lookup-cache-dynamic", "--attention", "--tts-lang",
+            "--tts-speaker-file", "--diffusion-steps", "--diffusion-visual", "--diffusion-eps",
+            "--diffusion-algorithm", "--diffusion-alg-temp", "--diffusion-block-length",
+            "--diffusion-cfg-scale", "--diffusion-add-gumbel-noise", "-lr", "--learning-rate",
+            "-lr-min", "--learning-rate-min", "-decay-epochs", "--learning-rate-decay-epochs",
+            "-wd", "--weight-decay", "-val-split", "--val-split", "-epochs", "--epochs", "-opt",
+            "--optimizer", "--check", "--save-logits", "--logits-output-dir", "--tensor-filter",
+        ],
+        value: None,
+        reason: "an option of another llama.cpp program (llama-perplexity, llama-imatrix, llama-bench, llama-tokenize, llama-embedding, llama-retrieval, llama-passkey, llama-parallel, llama-lookup, llama-cvector-generator, llama-tts, llama-diffusion, llama-finetune, llama-debug), not of llamafile; --perplexity, --bench and --tokenize are llamafile's",
+    },
+    Refused {
+        names: &["--ssl-key-file", "--ssl-cert-file"],
+        value: None,
+        reason: "the server speaks plain HTTP: put a TLS proxy in front of it (README: more than one machine)",
+    },
+    Refused {
+        names: &[
+            "--reasoning-format", "-rea", "--reasoning", "--reasoning-effort", "--reasoning-budget",
+            "--reasoning-budget-message", "--reasoning-preserve", "--skip-chat-parsing",
+            "--chat-template-kwargs", "--prefill-assistant",
+        ],
+        value: None,
+        reason: "reasoning models' thinking is not parsed or budgeted, and templates take no extra arguments: the reply is the model's text as it is",
+    },
+    Refused {
+        names: &[
+            "-ag", "--agent", "-no-ag", "--no-agent", "--tools", "--tools-runtime",
+            "--mcp-servers-config", "--mcp-servers-json", "--ui-mcp-proxy", "--webui-mcp-proxy",
+            "--no-ui-mcp-proxy", "--no-webui-mcp-proxy", "--ui-config", "--webui-config",
+            "--ui-config-file", "--webui-config-file", "--no-ui", "--no-webui", "--path",
+            "--api-prefix",
+        ],
+        value: None,
+        reason: "the server's built-in tools, MCP, and web page configuration are not served; the chat page is always at /",
+    },
+    Refused {
+        names: &[
+            "--models-dir", "--models-preset", "--models-max", "--models-autoload", "-a", "--alias",
+            "--tags", "--server-base",
+        ],
+        value: None,
+        reason: "one model per process: the server serves the model it was started with, under its file's name",
+    },
+    Refused {
+        names: &[
+            "--prompt-cache", "--prompt-cache-all", "--prompt-cache-ro", "--slot-save-path",
+            "-bf", "--binary-file",
+        ],
+        value: None,
+        reason: "saving KV caches to files, or reading prompts as binary, is not supported",
+    },
+    Refused {
+        names: &["--log-file", "--log-prompts-dir"],
+        value: None,
+        reason: "the log goes to stderr: redirect it (2> FILE)",
+    },
+    Refused {
+        names: &[
+            "--context-shift", "--no-jinja", "--spm-infill", "-st",
+            "--single-turn", "-ptc", "--print-token-count", "--rerank", "--reranking",
+            "--pooling", "--embd-normalize", "--cors-methods", "--cors-headers",
+            "--cors-credentials", "--no-cors-credentials", "--api-key-file", "--completion-bash",
+            "--chat-template-file", "--www-root", "--url-prefix", "--strace", "--ftrace", "--v2",
+            "--no-slots",
+        ],
+        value: None,
+        reason: "not supported by this runtime (docs/flags.md lists what is)",
+    },
 ];
 
-const HELP_NAMES: &[&str] = &["-h", "--help"];
+const HELP_NAMES: &[&str] = &["-h", "--help", "--usage"];
 const VERSION_NAMES: &[&str] = &["-V", "--version"];
 
 /// What the words asked for.
@@ -609,7 +897,7 @@ pub fn parse(words: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             set(&mut args, default).expect("the defaults of FLAGS parse");
         }
     }
-    let mut words = words.into_iter();
+    let mut words = words.into_iter().peekable();
     let mut positional_model = false;
     while let Some(word) = words.next() {
         if HELP_NAMES.contains(&word.as_str()) {
@@ -647,6 +935,21 @@ pub fn parse(words: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 Setter::Value(meta, set) => {
                     let value = value_of(&mut words, meta)?;
                     set(&mut args, &value).map_err(|e| format!("{name} {value:?}: {e}"))?;
+                }
+                Setter::Choice(choices, set) => {
+                    let value = match inline {
+                        Some(value) => value,
+                        None => words
+                            .next_if(|w| choices.contains(&w.as_str()))
+                            .unwrap_or_else(|| choices[0].to_string()),
+                    };
+                    if !choices.contains(&value.as_str()) {
+                        return Err(format!(
+                            "{name} takes {}, not {value:?}",
+                            choices.join(", ")
+                        ));
+                    }
+                    set(&mut args, &value);
                 }
             }
         } else if let Some(flag) = COMPATIBLE.iter().find(|f| f.names.contains(&name)) {
@@ -713,9 +1016,9 @@ pub fn help() -> String {
     );
     let spelled = |f: &Flag| {
         let names = f.names.join(", ");
-        match f.set {
-            Setter::Switch(_) => names,
-            Setter::Value(meta, _) => format!("{names} {meta}"),
+        match f.set.meta() {
+            None => names,
+            Some(meta) => format!("{names} {meta}"),
         }
     };
     // Spellings longer than the column put the help on the next line.
@@ -759,9 +1062,14 @@ pub fn help() -> String {
 pub fn compatibility_table() -> String {
     let mut out = String::from(
         "# Command-line flags\n\n\
-         Every flag `llamafile` knows, spelled as llama.cpp and llamafile spell them. Written from \
-         the tables in `runtime/src/flags.rs` (`FLAGS`, `COMPATIBLE`, `REFUSED`); a test keeps this \
-         file equal to them (`LLAMAFILE_BLESS=1 cargo test -p runtime flags` rewrites it).\n\n\
+         Every flag `llamafile` knows, spelled as llama.cpp and llamafile spell them: all of \
+         llama.cpp's `common/arg.cpp` (0c1e570; `tests/fixtures/llama-cpp-flags.txt` lists its \
+         spellings, and a test checks each is here) and llamafile 0.9's own. Each does what it does \
+         there, or is accepted with a note where it cannot apply, or is refused with the reason \
+         (exit status 2). Written from the tables in `runtime/src/flags.rs` (`FLAGS`, \
+         `COMPATIBLE`, `REFUSED`); a test keeps this file equal to them (`LLAMAFILE_BLESS=1 cargo \
+         test -p runtime flags` rewrites it), and `tests/tests/flag_table.rs` runs every spelling \
+         through the binary.\n\n\
          | flag | here |\n|---|---|\n",
     );
     let cell = |s: &str| s.replace('|', "\\|");
@@ -777,13 +1085,9 @@ pub fn compatibility_table() -> String {
         }
     };
     for f in FLAGS {
-        let meta = match f.set {
-            Setter::Switch(_) => None,
-            Setter::Value(meta, _) => Some(meta),
-        };
         out.push_str(&format!(
             "| {} | {} |\n",
-            spelled(f.names, meta),
+            spelled(f.names, f.set.meta().as_deref()),
             cell(f.help)
         ));
     }
@@ -912,6 +1216,56 @@ mod tests {
         let a = run(&["model.gguf", "-p", "hi"]).unwrap();
         assert_eq!(a.model.as_deref(), Some(std::path::Path::new("model.gguf")));
         assert!(run(&["a.gguf", "b.gguf"]).is_err());
+    }
+
+    /// Every option spelling of llama.cpp's `common/arg.cpp` (the fixture lists them) is a flag
+    /// here, accepted with a note, or refused with the reason: none is unknown. The ones that run
+    /// take a value exactly where llama.cpp's take one, so that the words after them mean the
+    /// same (`--color`, which there must be followed by on|off|auto, here may be).
+    #[test]
+    fn every_llama_cpp_option_is_known_and_takes_a_value_where_it_does_there() {
+        let fixture = include_str!("../../tests/fixtures/llama-cpp-flags.txt");
+        let mut checked = 0;
+        for line in fixture.lines().filter(|l| !l.starts_with('#')) {
+            let (name, takes) = line.split_once(' ').expect("NAME switch|value");
+            let value_there = takes == "value";
+            let value_here = if let Some(flag) = find(name) {
+                match flag.set {
+                    Setter::Choice(..) => value_there,
+                    set => set.meta().is_some(),
+                }
+            } else if let Some(c) = COMPATIBLE.iter().find(|c| c.names.contains(&name)) {
+                c.value.is_some()
+            } else if REFUSED.iter().any(|r| r.names.contains(&name))
+                || HELP_NAMES.contains(&name)
+                || VERSION_NAMES.contains(&name)
+            {
+                value_there
+            } else {
+                panic!("llama.cpp's {name} is unknown here");
+            };
+            assert_eq!(
+                value_here, value_there,
+                "{name}: takes a value there: {value_there}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 500, "{checked}");
+    }
+
+    #[test]
+    fn color_takes_on_off_auto_or_nothing() {
+        let color = |words: &[&str]| run(words).map(|a| (a.color, a.ctx_size));
+        assert_eq!(color(&["--color", "-c", "64"]), Ok((true, Some(64))));
+        assert_eq!(
+            color(&["--color", "off", "-c", "64"]),
+            Ok((false, Some(64)))
+        );
+        assert_eq!(color(&["-co", "auto"]), Ok((true, None)));
+        assert_eq!(color(&["--color=off"]), Ok((false, None)));
+        assert!(color(&["--color=blue"])
+            .unwrap_err()
+            .contains("takes on, off, auto"));
     }
 
     #[test]

@@ -409,6 +409,30 @@ fn gbnf_grammars_on_the_command_line() {
     assert!(stderr.contains("cannot both shape the output"), "{stderr}");
 }
 
+/// `-sysf FILE` is `-sys` with the text read from a file (its last line break dropped): the same
+/// greedy reply, and not the one without a system prompt.
+#[test]
+fn a_system_prompt_from_a_file_is_the_system_prompt() {
+    let qwen = models_dir().join("qwen.gguf");
+    let system = "Answer only in French, in one short sentence.";
+    let file = PathBuf::from(scratch_home("sysf")).join("system.txt");
+    std::fs::write(&file, format!("{system}\n")).unwrap();
+    let reply = |extra: &[&str]| {
+        let mut args = vec![qwen.to_str().unwrap(), "-i", "-n", "12", "--temp", "0"];
+        args.extend_from_slice(extra);
+        let out = with_input(&args, "How are you?\n");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let from_flag = reply(&["-sys", system]);
+    assert_eq!(reply(&["-sysf", file.to_str().unwrap()]), from_flag);
+    assert_ne!(reply(&[]), from_flag);
+}
+
 /// The chat's commands, as in ollama run: /help, /clear, an unknown one named, a message of
 /// several lines between `"""` marks (one message, one reply), /bye leaving before the rest.
 #[test]
