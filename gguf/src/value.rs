@@ -224,6 +224,16 @@ pub struct Array<'a> {
 }
 
 impl<'a> Array<'a> {
+    /// An array to write: `len` elements of `elem_type`, `bytes` laid out as GGUF stores them
+    /// (strings as a u64 length and the bytes). Written as given; reading it back trusts them.
+    pub fn laid_out(elem_type: ValueType, len: usize, bytes: &'a [u8]) -> Array<'a> {
+        Array {
+            elem_type,
+            len,
+            bytes,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

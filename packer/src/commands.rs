@@ -18,9 +18,9 @@ use crate::launcher;
 use crate::macho::{self, MacExecutable};
 use crate::model::{self, ModelSummary};
 use crate::pack::{self, Kind, Model, Plan, Runtime, TempFile};
-use crate::quant_mix::Mix;
 use crate::quantize;
 use crate::target::{self, Os, Target};
+use packer::quant_mix::Mix;
 
 pub fn build(
     model_path: &Path,

@@ -7,7 +7,6 @@ mod launcher;
 mod macho;
 mod model;
 mod pack;
-mod quant_mix;
 mod quantize;
 mod target;
 

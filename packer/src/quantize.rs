@@ -1,5 +1,5 @@
 //! `llamafile-pack quantize`: a GGUF rewritten in a quantization mix, as `llama-quantize` writes
-//! it without an importance matrix — the same tensor types ([`crate::quant_mix`]), the same bits
+//! it without an importance matrix — the same tensor types ([`packer::quant_mix`]), the same bits
 //! (ggml's reference quantizers, `kernels::quantize_row`), the same file layout (tensors in the
 //! loader's order, the metadata copied with `general.quantization_version` and
 //! `general.file_type` moved to the end): from the same input, byte for byte the same file.
@@ -15,7 +15,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 
 use crate::pack::{self, TempFile};
-use crate::quant_mix::{
+use packer::quant_mix::{
     is_quantized, loader_order, n_dims, Mix, ModelShape, TensorIn, TypeChooser,
 };
 

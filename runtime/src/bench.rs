@@ -56,6 +56,8 @@ impl BenchResult {
         json!({
             "model_filename": model,
             "test": self.test,
+            // Which kernels ran (`LLAMAFILE_ISA` caps them): what a comparison must name.
+            "isa": kernels::isa_name(),
             "n_threads": n_threads,
             "n_prompt": self.n_prompt,
             "n_gen": self.n_gen,

@@ -8,6 +8,12 @@
 //! resident memory of each run comes from `wait4`. Time to first token is the wall time from
 //! launching a packed llamafile (native and universal, with the runtime as `cargo xtask dist`
 //! builds it) to its first generated token on stdout, against `llama-completion` doing the same.
+//!
+//! `--isa avx2` caps ours at AVX2 (`LLAMAFILE_ISA`) and measures it against a llama.cpp built for
+//! AVX2 without AVX-512, so that an AVX-512 machine can measure the AVX2 contest fairly. The
+//! seed-shaped models (`mistral7b-Q4_K_M`, ...; see [`seed_shape`]) give generation at the seed's
+//! scale, where a token reads every weight once: their rows add the weight bytes read per second
+//! beside this machine's streaming bandwidth, measured here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,12 +21,14 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::{dist, fetch_models, llama_synth, prerequisites};
+use crate::{dist, fetch_models, llama_synth, prerequisites, seed_shape};
 
 /// The llama.cpp inside llama-cpp-python 0.3.36 (commit 0c1e570), as in the issue's figures.
 const LLAMA_CPP_PYTHON: &str = "0.3.36";
 
-const USAGE: &str = "usage: cargo xtask bench [--json] [--quick] [-r N] [--threads 1,2] [--models qwen,gemma,Q4_0,Q8_0,Q4_K,Q6_K]";
+const USAGE: &str = "usage: cargo xtask bench [--json] [--quick] [-r N] [--threads 1,2] [--isa avx2] \
+     [--models qwen,gemma,Q4_0,Q8_0,Q4_K,Q6_K,mistral7b-Q4_K_M,...] [-p N] [-n N]\n\
+     models: qwen, gemma, a llama-synth type, or mistral7b-MIX (MIX: one of the seed's twelve, Q4_K_M ...)";
 
 /// A prompt of 16 Qwen tokens (17 for Gemma, with its BOS), for time to first token.
 const TTFT_PROMPT: &str =
@@ -33,6 +41,8 @@ struct Options {
     repetitions: usize,
     threads: Vec<usize>,
     models: Vec<String>,
+    /// `--isa avx2`: both sides held to AVX2.
+    avx2: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -45,6 +55,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         models: ["qwen", "gemma", "Q4_0", "Q8_0", "Q4_K", "Q6_K"]
             .map(String::from)
             .to_vec(),
+        avx2: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -63,6 +74,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.threads = value()?.split(',').map(number).collect::<Result<_, _>>()?;
             }
             "--models" => o.models = value()?.split(',').map(String::from).collect(),
+            "-p" => o.n_prompt = number(value()?)?,
+            "-n" => o.n_gen = number(value()?)?,
+            "--isa" => match value()?.as_str() {
+                "avx2" => o.avx2 = true,
+                other => {
+                    return Err(format!(
+                        "--isa {other}: only avx2 can be asked for\n{USAGE}"
+                    ))
+                }
+            },
             _ => return Err(USAGE.into()),
         }
     }
@@ -98,14 +119,26 @@ pub fn run(args: &[String]) -> Result<(), String> {
     )?;
     let release = dist::target_dir(&root).join("release");
     let ours = release.join("llamafile");
-    let llama = llama_cpp()?;
+    let llama = llama_cpp(o.avx2)?;
     let models = models(&o.models)?;
+    // The streaming bandwidth, for the seed-shaped rows' GB/s to be read against.
+    let streaming: Vec<(usize, f64)> = if models.iter().any(|m| m.0.starts_with("mistral7b-")) {
+        o.threads
+            .iter()
+            .map(|&t| (t, streaming_gb_per_s(t)))
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     let mut rows = Vec::new();
     for (i, (label, path)) in models.iter().enumerate() {
         for &t in &o.threads {
             let ours_cmd = || {
                 let mut c = Command::new(&ours);
+                if o.avx2 {
+                    c.env("LLAMAFILE_ISA", "avx2");
+                }
                 c.arg("-m").arg(path).arg("--bench").arg("--json");
                 c.args(["-p", &o.n_prompt.to_string(), "-n", &o.n_gen.to_string()]);
                 // -r is llama.cpp's reverse prompt; llama-bench's -r is --repetitions here.
@@ -137,13 +170,24 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     result(&a.0, n_prompt, n_gen)?,
                     result(&b.0, n_prompt, n_gen)?,
                 );
-                rows.push(json!({
+                let mut row = json!({
                     "model": label, "threads": t, "test": test,
+                    "ours_isa": isa(&a.0), "llama_cpp_build": if o.avx2 { "avx2" } else { "native" },
                     "ours_ts": x.tokens_per_second, "ours_stddev": x.stddev,
                     "llama_cpp_ts": y.tokens_per_second, "llama_cpp_stddev": y.stddev,
                     "ratio": x.tokens_per_second / y.tokens_per_second,
                     "ours_peak_rss_mib": a.1, "llama_cpp_peak_rss_mib": b.1,
-                }));
+                });
+                // A generated token reads every weight but the embeddings once.
+                if let Some(&(_, stream)) = streaming.iter().find(|s| s.0 == t) {
+                    if n_gen > 0 {
+                        let gb = weight_bytes_per_token(path)? / 1e9;
+                        row["ours_gb_per_s"] = json!(gb * x.tokens_per_second);
+                        row["llama_cpp_gb_per_s"] = json!(gb * y.tokens_per_second);
+                        row["streaming_gb_per_s"] = json!(stream);
+                    }
+                }
+                rows.push(row);
             }
         }
     }
@@ -163,6 +207,64 @@ fn measure(cmd: &mut Command, what: &str) -> Result<(Value, f64), String> {
     let v: Value = serde_json::from_slice(&stdout)
         .map_err(|e| format!("{what}: its output is not JSON ({e})"))?;
     Ok((v, rss))
+}
+
+/// The kernels our side ran (`isa` in `llamafile --bench --json`'s rows).
+fn isa(v: &Value) -> Value {
+    v.as_array()
+        .and_then(|rows| rows.first())
+        .map_or(Value::Null, |r| r["isa"].clone())
+}
+
+/// Bytes of the weights a generated token reads: every tensor but the token embeddings, of
+/// which it reads one row.
+fn weight_bytes_per_token(path: &Path) -> Result<f64, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: read-only map of a file this tool wrote or fetched; nothing truncates it meanwhile.
+    let map =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{}: {e}", path.display()))?;
+    let g = gguf::Gguf::parse(&map).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(g.tensors
+        .iter()
+        .filter(|t| t.name != "token_embd.weight")
+        .map(|t| t.data.len() as f64)
+        .sum())
+}
+
+/// What `threads` threads read from memory per second, summing a buffer far larger than the
+/// caches (best of five passes), in GB/s.
+fn streaming_gb_per_s(threads: usize) -> f64 {
+    const BYTES: usize = 1 << 30;
+    let buffer: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let share = buffer.len().div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let parts: Vec<_> = buffer
+                .chunks(share)
+                .map(|part| {
+                    s.spawn(move || {
+                        // Eight independent sums, so the adds do not wait on each other.
+                        let mut acc = [0u64; 8];
+                        for c in part.chunks_exact(8) {
+                            for k in 0..8 {
+                                acc[k] = acc[k].wrapping_add(c[k]);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().unwrap())
+                .fold(0, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    BYTES as f64 / best / 1e9
 }
 
 /// Finds the test with these sizes in llama-bench-style JSON (both programs write that form).
@@ -225,7 +327,8 @@ fn run_status(cmd: &mut Command, what: &str) -> Result<(), String> {
     }
 }
 
-/// The models by label (`qwen`, `gemma`, or a llama-synth type), fetched or made if missing.
+/// The models by label (`qwen`, `gemma`, a llama-synth type, or `mistral7b-MIX`), fetched or
+/// made if missing.
 fn models(labels: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
     let real = fetch_models::default_dir()?;
     fetch_models::run(&["--dir".to_string(), real.display().to_string()])?;
@@ -234,6 +337,9 @@ fn models(labels: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
         .map(|l| {
             let path = match l.as_str() {
                 "qwen" | "gemma" => real.join(format!("{l}.gguf")),
+                seed if seed.starts_with("mistral7b-") => {
+                    seed_shape::model(&real, &seed["mistral7b-".len()..])?
+                }
                 ty => llama_synth::dir(&real).join(format!("llama-synth-{ty}.gguf")),
             };
             if path.is_file() {
@@ -245,13 +351,15 @@ fn models(labels: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
         .collect()
 }
 
-/// The directory holding llama.cpp's `llama-bench` and `llama-completion`, built on first use.
-fn llama_cpp() -> Result<PathBuf, String> {
+/// The directory holding llama.cpp's `llama-bench` and `llama-completion`, built on first use:
+/// tuned for this CPU, or with `avx2` for AVX2 without AVX-512.
+fn llama_cpp(avx2: bool) -> Result<PathBuf, String> {
     let cache = fetch_models::default_dir()?
         .parent()
         .ok_or("the models directory has no parent")?
         .join(format!("llama.cpp-{LLAMA_CPP_PYTHON}"));
-    let bin = cache.join("build/bin");
+    let build = cache.join(if avx2 { "build-avx2" } else { "build" });
+    let bin = build.join("bin");
     if bin.join("llama-bench").is_file() && bin.join("llama-completion").is_file() {
         return Ok(bin);
     }
@@ -280,13 +388,32 @@ fn llama_cpp() -> Result<PathBuf, String> {
         )?;
     }
     eprintln!("bench: building llama.cpp's llama-bench (once; minutes)");
-    let build = cache.join("build");
     let mut configure = Command::new("cmake");
     configure.arg("-S").arg(&src).arg("-B").arg(&build);
+    if avx2 {
+        configure.args([
+            "-DGGML_NATIVE=OFF",
+            "-DGGML_AVX=ON",
+            "-DGGML_AVX2=ON",
+            "-DGGML_FMA=ON",
+            "-DGGML_F16C=ON",
+            "-DGGML_BMI2=ON",
+            "-DGGML_AVX512=OFF",
+            "-DGGML_AVX512_VNNI=OFF",
+            "-DGGML_AVX512_BF16=OFF",
+            "-DGGML_AVX_VNNI=OFF",
+        ]);
+    } else {
+        // As the issues' figures were measured: tuned for this CPU (AMX left out: some hosts
+        // advertise it and trap on it).
+        configure.args([
+            "-DGGML_NATIVE=ON",
+            "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+            "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+        ]);
+    }
     configure.args([
         "-DCMAKE_BUILD_TYPE=Release",
-        // As the issue's figures were measured: tuned for this CPU.
-        "-DGGML_NATIVE=ON",
         "-DLLAMA_CURL=OFF",
         "-DBUILD_SHARED_LIBS=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
@@ -416,14 +543,24 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn print_table(report: &Value) {
-    println!("| model | threads | test | llamafile-rs t/s | llama.cpp t/s | ratio | peak RSS MiB (ours / llama.cpp) |");
-    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: |");
+    println!("| model | threads | test | ISA (ours / llama.cpp build) | llamafile-rs t/s | llama.cpp t/s | ratio | peak RSS MiB (ours / llama.cpp) | weights GB/s (ours / llama.cpp / streaming) |");
+    println!("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for r in report["throughput"].as_array().into_iter().flatten() {
+        let bandwidth = match r["streaming_gb_per_s"].as_f64() {
+            Some(stream) => format!(
+                "{:.1} / {:.1} / {stream:.1}",
+                r["ours_gb_per_s"].as_f64().unwrap_or(0.0),
+                r["llama_cpp_gb_per_s"].as_f64().unwrap_or(0.0)
+            ),
+            None => String::new(),
+        };
         println!(
-            "| {} | {} | {} | {:.2} ± {:.2} | {:.2} ± {:.2} | {:.2} | {:.0} / {:.0} |",
+            "| {} | {} | {} | {} / {} | {:.2} ± {:.2} | {:.2} ± {:.2} | {:.2} | {:.0} / {:.0} | {bandwidth} |",
             r["model"].as_str().unwrap_or("?"),
             r["threads"],
             r["test"].as_str().unwrap_or("?"),
+            r["ours_isa"].as_str().unwrap_or("?"),
+            r["llama_cpp_build"].as_str().unwrap_or("?"),
             r["ours_ts"].as_f64().unwrap_or(0.0),
             r["ours_stddev"].as_f64().unwrap_or(0.0),
             r["llama_cpp_ts"].as_f64().unwrap_or(0.0),

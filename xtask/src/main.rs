@@ -10,6 +10,7 @@ mod fetch_models;
 mod fuzz;
 mod llama_synth;
 mod prerequisites;
+mod seed_shape;
 mod sha256;
 mod soak;
 mod test;
