@@ -5,6 +5,7 @@
 """
 
 import json
+import re
 import os
 import urllib.error
 import urllib.request
@@ -49,7 +50,13 @@ def check_completion():
     _, _, text = call("/completion", {"prompt": "def fibonacci(n):", "n_predict": 40, "temperature": 0, "stop": ["return"]})
     v = json.loads(text)
     assert v["stop_type"] == "word" and v["stopping_word"] == "return", v
-    assert status_of("/completion", {"prompt": "x", "grammar": "root ::= \"a\""}) == 400
+    # llama-server's GBNF grammar: the reply is a sentence of it; a wrong one is a 400.
+    _, _, text = call("/completion", {"prompt": "def fibonacci(n):", "n_predict": 20, "temperature": 0,
+                                      "grammar": "root ::= \" # \" [a-z ]+ \"\\n\""})
+    v = json.loads(text)
+    assert re.fullmatch(r" # [a-z ]+\n?", v["content"]), v
+    assert v["content"].endswith("\n") or v["stop_type"] == "limit", v
+    assert status_of("/completion", {"prompt": "x", "grammar": "root ::= (\"a\""}) == 400
 
 
 def check_infill():

@@ -1009,6 +1009,12 @@ struct Cdp {
 
 impl Cdp {
     fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// The call's result, or the protocol's error (a page navigating away answers one).
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next += 1;
         let id = self.next;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
@@ -1022,32 +1028,39 @@ impl Cdp {
             };
             let v: Value = serde_json::from_str(&text).expect("CDP JSON");
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
 
     fn eval(&mut self, js: &str) -> Value {
-        let r = self.try_eval(js);
+        let r = self
+            .try_eval(js)
+            .unwrap_or_else(|e| panic!("Runtime.evaluate {js}: {e}"));
         assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
         r["result"]["value"].clone()
     }
 
-    /// Evaluates `js`: the whole result, an exception included.
-    fn try_eval(&mut self, js: &str) -> Value {
-        self.call(
+    /// Evaluates `js`: the whole result, an exception included, or the protocol's error.
+    fn try_eval(&mut self, js: &str) -> Result<Value, Value> {
+        self.try_call(
             "Runtime.evaluate",
             json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
         )
     }
 
-    /// Polls `js` until it is true. An exception counts as "not yet" (the page may not have
-    /// stored what the expression reads, on a slow machine); the last result is shown on timeout.
+    /// Polls `js` until it is true. An exception, or the protocol's error while the page is
+    /// navigating ("Inspected target navigated or closed", as a reload may answer), counts as
+    /// "not yet"; the last answer is shown on timeout.
     fn wait(&mut self, what: &str, timeout: Duration, js: &str) {
         let start = Instant::now();
         loop {
-            let r = self.try_eval(js);
+            let r = self
+                .try_eval(js)
+                .unwrap_or_else(|error| json!({ "error": error }));
             if r.get("exceptionDetails").is_none() && r["result"]["value"] == json!(true) {
                 return;
             }
