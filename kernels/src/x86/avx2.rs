@@ -184,6 +184,25 @@ fn dot_signed(x: __m256i, y: __m256i) -> __m256i {
     ))
 }
 
+/// How far ahead of the block being read a matrix-vector product asks for weights: generating a
+/// token reads every weight once, in order, and the hardware prefetcher alone left a thread
+/// waiting on memory (the seed-shaped Q4_K_M at one thread on Zen 4: 3.45 → 3.70 tokens/s; 1 to
+/// 4 KiB ahead all did as well, 512 bytes less).
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Asks the cache for the cache lines [`PREFETCH_AHEAD`] bytes after `block`, a block of a
+/// weight row (past the row's end it reads the next row, or nothing: a prefetch never faults).
+#[inline(always)]
+pub(super) fn prefetch_ahead<X>(block: &X) {
+    let ahead = (block as *const X)
+        .cast::<i8>()
+        .wrapping_add(PREFETCH_AHEAD);
+    for line in (0..std::mem::size_of::<X>()).step_by(64) {
+        // SAFETY: SSE is part of every x86_64 CPU, and a prefetch reads nothing it could fault on.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line)) };
+    }
+}
+
 /// Σ over blocks of `scale * sumi` (eight lanes each) plus the optional per-block `extra`, with
 /// two accumulators so that consecutive blocks' FMAs do not wait on each other.
 #[inline]
@@ -204,6 +223,8 @@ fn sum_blocks<X, Y>(
     let (xs, ys) = (x.chunks_exact(2), y.chunks_exact(2));
     let tail = xs.remainder().iter().zip(ys.remainder());
     for (x, y) in xs.zip(ys) {
+        prefetch_ahead(&x[0]);
+        prefetch_ahead(&x[1]);
         add(block(&x[0], &y[0]), &mut acc[0]);
         add(block(&x[1], &y[1]), &mut acc[1]);
     }
@@ -343,6 +364,7 @@ pub(crate) unsafe fn vec_dot_q2_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut acc_min = _mm256_setzero_ps();
     for (x, y) in blocks::<BlockQ2K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        prefetch_ahead(x);
         let (d, dmin) = f16_pair(x.d, x.dmin);
         let (d, dmin) = (d * y.scale(), dmin * y.scale());
         let packed = load16(&x.scales);
@@ -389,6 +411,7 @@ pub(crate) unsafe fn vec_dot_q3_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let four = _mm256_set1_epi8(4);
     let mut acc = _mm256_setzero_ps();
     for (x, y) in blocks::<BlockQ3K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        prefetch_ahead(x);
         let d = f16_le(x.d) * y.scale();
         let scales = _mm_sub_epi8(words128(q3k_scales(&x.scales)), _mm_set1_epi8(32));
         let scales = _mm256_cvtepi8_epi16(scales);
@@ -481,6 +504,7 @@ where
     let mut acc = _mm256_setzero_ps();
     let mut acc_min = _mm_setzero_ps();
     for (x, y) in x.iter().zip(y) {
+        prefetch_ahead(x);
         let x = K4::from(x);
         let (d, dmin) = f16_pair(x.d, x.dmin);
         let (d, dmin) = (d * y.scale(), dmin * y.scale());
@@ -538,6 +562,7 @@ pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let mut acc = _mm256_setzero_ps();
     for (x, y) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        prefetch_ahead(x);
         let d = f16_le(x.d) * y.scale();
         // SAFETY: any 16 bytes are a valid __m128i.
         let sc = unsafe { std::mem::transmute::<[i8; 16], __m128i>(x.scales) };

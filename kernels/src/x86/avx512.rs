@@ -12,7 +12,7 @@
 
 use super::avx2::{
     self, f16_pair, hsum, hsum128, k4_min_sum, k4_scales_mins, load, load_i8, nibbles32,
-    scale_product, words128, K4,
+    prefetch_ahead, scale_product, words128, K4,
 };
 use crate::formats::{
     blocks, f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
@@ -110,6 +110,7 @@ fn sum_blocks<X, Y, const OFFSET: u8>(
     let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
     let tail = xs.remainder().iter().zip(ys.remainder());
     for (x, y) in xs.zip(ys) {
+        x.iter().for_each(prefetch_ahead);
         let p: [Prepared; 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
         // Eight scales' f16 bits in one register, inserted from integer registers: built on
         // the stack instead (as `_mm_set_epi16` compiles), the vector load would wait for the
@@ -187,6 +188,7 @@ where
     let mut acc = _mm512_setzero_ps();
     let mut acc_min = _mm_setzero_ps();
     for (x, y) in x.iter().zip(y) {
+        prefetch_ahead(x);
         let x = K4::from(x);
         let (d, dmin) = f16_pair(x.d, x.dmin);
         let (d, dmin) = (d * y.scale(), dmin * y.scale());
@@ -242,6 +244,7 @@ pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let shift_b = halves_epi16(4, 6);
     let mut acc = _mm512_setzero_ps();
     for (x, y) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        prefetch_ahead(x);
         let d = f16_le(x.d) * y.scale();
         // SAFETY: any 16 bytes are a valid __m128i.
         let sc = unsafe { std::mem::transmute::<[i8; 16], __m128i>(x.scales) };
