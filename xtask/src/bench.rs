@@ -121,16 +121,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let ours = release.join("llamafile");
     let llama = llama_cpp(o.avx2)?;
     let models = models(&o.models)?;
-    // The streaming bandwidth, for the seed-shaped rows' GB/s to be read against.
-    let streaming: Vec<(usize, f64)> = if models.iter().any(|m| m.0.starts_with("mistral7b-")) {
-        o.threads
-            .iter()
-            .map(|&t| (t, streaming_gb_per_s(t)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-
     let mut rows = Vec::new();
     for (i, (label, path)) in models.iter().enumerate() {
         for &t in &o.threads {
@@ -179,16 +169,26 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     "ours_peak_rss_mib": a.1, "llama_cpp_peak_rss_mib": b.1,
                 });
                 // A generated token reads every weight but the embeddings once.
-                if let Some(&(_, stream)) = streaming.iter().find(|s| s.0 == t) {
-                    if n_gen > 0 {
-                        let gb = weight_bytes_per_token(path)? / 1e9;
-                        row["ours_gb_per_s"] = json!(gb * x.tokens_per_second);
-                        row["llama_cpp_gb_per_s"] = json!(gb * y.tokens_per_second);
-                        row["streaming_gb_per_s"] = json!(stream);
-                    }
+                if label.starts_with("mistral7b-") && n_gen > 0 {
+                    let gb = weight_bytes_per_token(path)? / 1e9;
+                    row["ours_gb_per_s"] = json!(gb * x.tokens_per_second);
+                    row["llama_cpp_gb_per_s"] = json!(gb * y.tokens_per_second);
                 }
                 rows.push(row);
             }
+        }
+    }
+    // The streaming bandwidth, for the seed-shaped rows' GB/s to be read against: measured after
+    // every timed run, since a child started from here (posix_spawn shares this process's memory
+    // until exec) inherits this process's peak RSS as its own, 1 GiB buffer included.
+    for t in o.threads.iter().copied() {
+        let mut rows = rows
+            .iter_mut()
+            .filter(|r| r["threads"] == t && r.get("ours_gb_per_s").is_some())
+            .peekable();
+        if rows.peek().is_some() {
+            let stream = streaming_gb_per_s(t);
+            rows.for_each(|r| r["streaming_gb_per_s"] = json!(stream));
         }
     }
     let ttft = time_to_first_token(&root, &release, &llama, &models)?;
