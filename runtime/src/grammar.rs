@@ -411,23 +411,14 @@ impl Parser<'_> {
                 '"' => {
                     let opening = self.pos;
                     self.pos += 1;
-                    loop {
-                        match self.peek() {
-                            None => {
-                                self.pos = opening;
-                                return Err(self.error("unterminated string literal"));
-                            }
-                            Some('"') => break,
-                            Some(_) => {
-                                let c = self.char()?;
-                                seq.push(Element::Chars(CharSet {
-                                    ranges: vec![(c, c)],
-                                    negated: false,
-                                }));
-                            }
-                        }
-                    }
-                    self.pos += 1;
+                    self.until(opening, '"', "string literal", |p| {
+                        let c = p.char()?;
+                        seq.push(Element::Chars(CharSet {
+                            ranges: vec![(c, c)],
+                            negated: false,
+                        }));
+                        Ok(())
+                    })?;
                     last = Some(start);
                 }
                 '[' => {
@@ -438,28 +429,18 @@ impl Parser<'_> {
                         self.pos += 1;
                     }
                     let mut ranges = Vec::new();
-                    loop {
-                        match self.peek() {
-                            None => {
-                                self.pos = opening;
-                                return Err(self.error("unterminated character class"));
-                            }
-                            Some(']') => break,
-                            Some(_) => {
-                                let lo = self.char()?;
-                                let hi = if self.peek() == Some('-')
-                                    && !matches!(self.peek2(), Some(']') | None)
-                                {
-                                    self.pos += 1;
-                                    self.char()?
-                                } else {
-                                    lo
-                                };
-                                ranges.push((lo, hi));
-                            }
-                        }
-                    }
-                    self.pos += 1;
+                    self.until(opening, ']', "character class", |p| {
+                        let lo = p.char()?;
+                        let hi = if p.peek() == Some('-') && !matches!(p.peek2(), Some(']') | None)
+                        {
+                            p.pos += 1;
+                            p.char()?
+                        } else {
+                            lo
+                        };
+                        ranges.push((lo, hi));
+                        Ok(())
+                    })?;
                     seq.push(Element::Chars(CharSet { ranges, negated }));
                     last = Some(start);
                 }
@@ -507,6 +488,30 @@ impl Parser<'_> {
             self.skip_space(nested);
         }
         Ok(seq)
+    }
+
+    /// Reads items with `item` up to `close`, which it consumes; the end of the text first is an
+    /// error naming `what`, at `opening`, where it began.
+    fn until(
+        &mut self,
+        opening: usize,
+        close: char,
+        what: &str,
+        mut item: impl FnMut(&mut Self) -> Result<(), String>,
+    ) -> Result<(), String> {
+        loop {
+            match self.peek() {
+                None => {
+                    self.pos = opening;
+                    return Err(self.error(format!("unterminated {what}")));
+                }
+                Some(c) if c == close => {
+                    self.pos += c.len_utf8();
+                    return Ok(());
+                }
+                Some(_) => item(self)?,
+            }
+        }
     }
 
     /// The counts of `*`, `+`, `?` or `{m}`, `{m,}`, `{m,n}` at the cursor; `None`: no maximum.
