@@ -18,13 +18,16 @@ use crate::model::Rows;
 pub struct BenchPlan {
     pub n_prompt: usize,
     pub n_gen: usize,
+    /// Tokens in the context before each test (llama-bench's `-d`): attention then reads them.
+    pub n_depth: usize,
     pub repetitions: usize,
 }
 
 /// One test's timings.
 pub struct BenchResult {
-    /// "pp512" or "tg128".
+    /// "pp512" or "tg128", with " @ d4096" at a depth, as llama-bench names them.
     pub test: String,
+    pub n_depth: usize,
     pub n_prompt: usize,
     pub n_gen: usize,
     /// Seconds per repetition.
@@ -60,6 +63,7 @@ impl BenchResult {
             "isa": kernels::isa_name(),
             "n_threads": n_threads,
             "n_prompt": self.n_prompt,
+            "n_depth": self.n_depth,
             "n_gen": self.n_gen,
             "avg_ns": avg_ns.round() as u64,
             "stddev_ns": stddev_ns.round() as u64,
@@ -84,12 +88,18 @@ fn mean_stddev(v: &[f64]) -> (f64, f64) {
 }
 
 /// Runs the tests `plan` asks for (a count of 0 skips that test). The engine's `n_ctx` must hold
-/// `n_prompt` and `n_gen` tokens.
+/// `n_depth`, `n_prompt` and `n_gen` tokens.
 pub fn run(engine: &Engine, plan: &BenchPlan) -> Vec<BenchResult> {
     let mut session = engine.new_session();
     let mut tokens = RandomTokens(0x9E37_79B9_7F4A_7C15, engine.n_vocab() as u64);
+    // The depth is evaluated once, untimed; each run then starts from it (llama-bench evaluates
+    // it again before every run: the cache holds the same keys and values either way).
+    let depth: Vec<u32> = (0..plan.n_depth).map(|_| tokens.next()).collect();
+    if !depth.is_empty() {
+        eval(engine, &mut session, &depth);
+    }
     let mut time = |n_prompt: usize, n_gen: usize| {
-        session.truncate(0);
+        session.truncate(plan.n_depth);
         let prompt: Vec<u32> = (0..n_prompt).map(|_| tokens.next()).collect();
         let gen: Vec<u32> = (0..n_gen).map(|_| tokens.next()).collect();
         let start = Instant::now();
@@ -111,12 +121,17 @@ pub fn run(engine: &Engine, plan: &BenchPlan) -> Vec<BenchResult> {
         let samples = (0..plan.repetitions.max(1))
             .map(|_| time(n_prompt, n_gen))
             .collect();
+        let at_depth = match plan.n_depth {
+            0 => String::new(),
+            d => format!(" @ d{d}"),
+        };
         results.push(BenchResult {
             test: if n_prompt > 0 {
-                format!("pp{n_prompt}")
+                format!("pp{n_prompt}{at_depth}")
             } else {
-                format!("tg{n_gen}")
+                format!("tg{n_gen}{at_depth}")
             },
+            n_depth: plan.n_depth,
             n_prompt,
             n_gen,
             samples,

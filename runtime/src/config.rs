@@ -290,6 +290,7 @@ fn bench_plan(args: &Args) -> Result<BenchPlan, String> {
     Ok(BenchPlan {
         n_prompt,
         n_gen,
+        n_depth: args.n_depth,
         repetitions: args.repetitions,
     })
 }

@@ -46,6 +46,8 @@ pub struct Args {
     pub perplexity: bool,
     pub bench: bool,
     pub repetitions: usize,
+    /// `-d`: with --bench, tokens already in the context before each test.
+    pub n_depth: usize,
     pub interactive: bool,
     pub chat_template: Option<String>,
     pub system_prompt: Option<String>,
@@ -368,6 +370,12 @@ pub static FLAGS: &[Flag] = &[
         set: value!("N", repetitions),
         default: Some("5"),
         help: "With --bench: timed runs of each test.",
+    },
+    Flag {
+        names: &["-d", "--n-depth"],
+        set: value!("N", n_depth),
+        default: Some("0"),
+        help: "With --bench: tokens already in the context before each test, as llama-bench's -d (the test then reads pp512 @ d4096).",
     },
     Flag {
         names: &[

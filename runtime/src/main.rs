@@ -102,7 +102,7 @@ fn run(cfg: &Config, self_file: Option<&PayloadFile>) -> Result<(), String> {
     let n_ctx_train = model.config.n_ctx_train;
     let n_ctx = match &cfg.mode {
         // As llama-bench: the context holds exactly what a test evaluates.
-        Mode::Bench(plan) => (plan.n_prompt + plan.n_gen).max(1),
+        Mode::Bench(plan) => (plan.n_depth + plan.n_prompt + plan.n_gen).max(1),
         _ => match cfg.ctx_size {
             None => DEFAULT_CTX.min(n_ctx_train),
             Some(0) => n_ctx_train,

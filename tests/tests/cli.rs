@@ -1124,6 +1124,29 @@ fn bench_reports_llama_bench_fields_for_each_test() {
     ]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("| tg4 |") && !text.contains("pp"), "{text}");
+    // -d: the tests run with tokens already in the context (which -c need not be given room
+    // for), named and reported as llama-bench does.
+    let at = |depth: &str| {
+        let v = json_stdout(&llamafile(&[
+            "-m",
+            &m,
+            "--bench",
+            "-p",
+            "16",
+            "-n",
+            "8",
+            "-d",
+            depth,
+            "--repetitions",
+            "2",
+            "--json",
+        ]));
+        v.as_array().unwrap().clone()
+    };
+    let deep = at("1000");
+    let tests: Vec<&str> = deep.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp16 @ d1000", "tg8 @ d1000"]);
+    assert!(deep.iter().all(|r| r["n_depth"] == 1000), "{deep:?}");
     // A prompt that is not a count is refused, naming the flag.
     let out = Command::new(bin("llamafile"))
         .args(["-m", &m, "--bench", "-p", "hello"])

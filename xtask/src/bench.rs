@@ -26,7 +26,7 @@ use crate::{dist, fetch_models, llama_synth, prerequisites, seed_shape};
 /// The llama.cpp inside llama-cpp-python 0.3.36 (commit 0c1e570), as in the issue's figures.
 const LLAMA_CPP_PYTHON: &str = "0.3.36";
 
-const USAGE: &str = "usage: cargo xtask bench [--json] [--quick] [-r N] [--threads 1,2] [--isa avx2] \
+const USAGE: &str = "usage: cargo xtask bench [--json] [--quick] [-r N] [--threads 1,2] [--isa avx2] [-d N] \
      [--models qwen,gemma,Q4_0,Q8_0,Q4_K,Q6_K,mistral7b-Q4_K_M,...] [-p N] [-n N]\n\
      models: qwen, gemma, a llama-synth type, or mistral7b-MIX (MIX: one of the seed's twelve, Q4_K_M ...)";
 
@@ -43,6 +43,8 @@ struct Options {
     models: Vec<String>,
     /// `--isa avx2`: both sides held to AVX2.
     avx2: bool,
+    /// `-d`: tokens in the context before each test (llama-bench's depth).
+    n_depth: usize,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -56,6 +58,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             .map(String::from)
             .to_vec(),
         avx2: false,
+        n_depth: 0,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -76,6 +79,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--models" => o.models = value()?.split(',').map(String::from).collect(),
             "-p" => o.n_prompt = number(value()?)?,
             "-n" => o.n_gen = number(value()?)?,
+            "-d" => o.n_depth = number(value()?)?,
             "--isa" => match value()?.as_str() {
                 "avx2" => o.avx2 = true,
                 other => {
@@ -133,7 +137,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 c.args(["-p", &o.n_prompt.to_string(), "-n", &o.n_gen.to_string()]);
                 // -r is llama.cpp's reverse prompt; llama-bench's -r is --repetitions here.
                 c.args(["--repetitions", &o.repetitions.to_string()]);
-                c.args(["-t", &t.to_string()]);
+                c.args(["-t", &t.to_string(), "-d", &o.n_depth.to_string()]);
                 c
             };
             let theirs_cmd = || {
@@ -141,6 +145,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 c.arg("-m").arg(path).args(["-o", "json"]);
                 c.args(["-p", &o.n_prompt.to_string(), "-n", &o.n_gen.to_string()]);
                 c.args(["-r", &o.repetitions.to_string(), "-t", &t.to_string()]);
+                c.args(["-d", &o.n_depth.to_string()]);
                 c
             };
             eprintln!("bench: {label}, {t} thread(s)");
@@ -152,9 +157,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 let b = measure(&mut theirs_cmd(), "llama-bench")?;
                 (measure(&mut ours_cmd(), "llamafile --bench")?, b)
             };
+            let at_depth = match o.n_depth {
+                0 => String::new(),
+                d => format!(" @ d{d}"),
+            };
             for (test, n_prompt, n_gen) in [
-                (format!("pp{}", o.n_prompt), o.n_prompt, 0),
-                (format!("tg{}", o.n_gen), 0, o.n_gen),
+                (format!("pp{}{at_depth}", o.n_prompt), o.n_prompt, 0),
+                (format!("tg{}{at_depth}", o.n_gen), 0, o.n_gen),
             ] {
                 let (x, y) = (
                     result(&a.0, n_prompt, n_gen)?,
