@@ -116,6 +116,7 @@ fn detect() -> Dispatch {
         use crate::x86::{avx2, avx512};
         if cap >= Cap::Simd && avx2::available() {
             d.overlay("avx2", avx2::kernel);
+            d.gemm = Some(avx2::GEMM);
             d.width = Width::Avx2;
         }
         if cap >= Cap::Avx512 && avx512::available() {

@@ -88,23 +88,32 @@ pub(crate) struct Shape {
     pub(crate) split: bool,
     /// Has a min term.
     pub(crate) min: bool,
+    /// Bits of `u` (`u < 2^bits`): what bounds the integer sums, for tiles that add products in
+    /// 16 bits (AVX2's `vpmaddubsw`).
+    pub(crate) bits: u32,
 }
 
 /// The weight types this module handles, and how.
 pub(crate) fn shape(ty: GgmlType) -> Option<Shape> {
-    let (offset, split, min) = match ty {
-        GgmlType::Q8_0 => (128, false, false),
-        GgmlType::Q4_0 => (8, false, false),
-        GgmlType::Q5_0 => (16, false, false),
-        GgmlType::Q4_K | GgmlType::Q5_K => (0, false, true),
-        GgmlType::Q6_K => (32, true, false),
+    let (offset, split, min, bits) = match ty {
+        GgmlType::Q8_0 => (128, false, false, 8),
+        GgmlType::Q4_0 => (8, false, false, 4),
+        GgmlType::Q5_0 => (16, false, false, 5),
+        GgmlType::Q4_K => (0, false, true, 4),
+        GgmlType::Q5_K => (0, false, true, 5),
+        GgmlType::Q6_K => (32, true, false, 6),
         _ => return None,
     };
-    Some(Shape { offset, split, min })
+    Some(Shape {
+        offset,
+        split,
+        min,
+        bits,
+    })
 }
 
-/// A SIMD [`unpack_row`] for some types: false (having written nothing) for the others.
-/// `unsafe` as [`TileFn`].
+/// A SIMD [`unpack_row`] for some types: false (having written nothing) for the others, which
+/// [`unpack_row`] then does. `unsafe` as [`TileFn`].
 pub(crate) type UnpackFn = unsafe fn(GgmlType, &[u8], &mut [WGroup]) -> bool;
 
 /// A SIMD [`pack_activations`], writing the very same groups. `unsafe` as [`TileFn`].
@@ -114,7 +123,8 @@ pub(crate) type PackFn = unsafe fn(Shape, &[f32], &mut [ActGroup]);
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     pub(crate) tile: TileFn,
-    pub(crate) unpack: UnpackFn,
+    /// None: [`unpack_row`] for every type.
+    pub(crate) unpack: Option<UnpackFn>,
     pub(crate) pack: PackFn,
 }
 
@@ -172,7 +182,8 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
         for (r, dst) in (r0..r1).zip(panel.chunks_mut(groups)) {
             let row = &w.data[r * w_row..(r + 1) * w_row];
             // SAFETY: the kernels were chosen for features this CPU has.
-            if !unsafe { (isa.unpack)(w.ty, row, dst) } {
+            let unpacked = isa.unpack.is_some_and(|f| unsafe { f(w.ty, row, dst) });
+            if !unpacked {
                 unpack_row(w.ty, row, dst);
             }
         }
@@ -264,8 +275,8 @@ impl Out {
 }
 
 /// Quantizes one token's activations (ggml's Q8_0 rounding) into interleaved groups: the
-/// reference for the SIMD [`PackFn`]s.
-#[cfg(test)]
+/// reference for the SIMD [`PackFn`]s, and the [`PackFn`] of instruction sets without one (the
+/// quantization is dispatched; the interleaving is a small part of a matmul).
 pub(crate) fn pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
     let mut q8 = vec![0; crate::row_bytes(GgmlType::Q8_0, x.len(), "gemm activations")];
     crate::quantize::quantize(GgmlType::Q8_0, x, &mut q8);

@@ -448,7 +448,10 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
                 ];
                 simd.iter_mut().for_each(|g| g.u = [[0xa5; 64]; 8]);
                 // SAFETY: the caller checked the kernels' CPU features.
-                if unsafe { (kernels.unpack)(ty, wr, &mut simd) } {
+                if kernels
+                    .unpack
+                    .is_some_and(|f| unsafe { f(ty, wr, &mut simd) })
+                {
                     for (g, (a, b)) in dst.iter().zip(&simd).enumerate() {
                         let bits = |x: &[f32; 16]| x.map(f32::to_bits);
                         assert!(
@@ -527,6 +530,7 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
                 }
             }
         }
+        check_tile_extremes(isa, tile, ty);
         // The whole matmul (padding, panels, threads) on random rows.
         // 80 blocks: five groups, more than one group chunk; 88: a half last group.
         for n in [2560, 2816] {
@@ -544,6 +548,74 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
                 &mut rng,
             );
         }
+    }
+}
+
+/// The largest integer sums a tile can meet: every quant of every block at its largest
+/// magnitude (`u` at 0 and at its top, so both signs of Q8_0's weights), against activations at
+/// ±127, in patterns where products add up rather than cancel: a tile that keeps partial sums in
+/// 16 bits must not saturate.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn check_tile_extremes(isa: &str, tile: crate::gemm::TileFn, ty: GgmlType) {
+    use crate::gemm::{self, ActGroup, WGroup, RM, RN, STEPS};
+    let shape = gemm::shape(ty).expect("a gemm type");
+    let top = ((1u32 << shape.bits) - 1) as u8;
+    let groups = 2;
+    let w: Vec<WGroup> = (0..RM * groups)
+        .map(|k| WGroup {
+            // Rows 0 and 2 at the top, 1 and 3 at zero (the most negative weight once the offset
+            // is taken).
+            u: [[if (k / groups) % 2 == 0 { top } else { 0 }; 64]; STEPS],
+            scale_lo: [1.0; 16],
+            scale_hi: [0.5; 16],
+            min: [if shape.min { 0.25 } else { 0.0 }; 16],
+        })
+        .collect();
+    let act: Vec<ActGroup> = (0..RN * groups)
+        .map(|k| {
+            // Tokens all +127, all -127, and alternating in sign by element.
+            let q = |e: usize| match k / groups {
+                0 => 127i8,
+                1 => -127,
+                _ if e.is_multiple_of(2) => 127,
+                _ => -127,
+            };
+            let mut a = ActGroup {
+                qs: std::array::from_fn(|_| std::array::from_fn(q)),
+                d: [1.0; 16],
+                ..gemm::ZERO_ACT
+            };
+            for l in 0..16 {
+                let sum = |steps: std::ops::Range<usize>| -> i32 {
+                    steps
+                        .map(|s| (0..4).map(|b| a.qs[s][4 * l + b] as i32).sum::<i32>())
+                        .sum()
+                };
+                let (lo, hi) = (sum(0..STEPS / 2), sum(STEPS / 2..STEPS));
+                a.dsum[l] = (lo + hi) as f32;
+                if shape.split {
+                    (a.bias_lo[l], a.bias_hi[l]) = (-shape.offset * lo, -shape.offset * hi);
+                } else {
+                    a.bias_lo[l] = -shape.offset * (lo + hi);
+                }
+            }
+            a
+        })
+        .collect();
+    let (mut want, mut got) = ([0f32; RM * RN], [0f32; RM * RN]);
+    gemm::tile_scalar(shape, &w, &act, groups, groups, false, &mut want);
+    // SAFETY: the caller checked the tile's CPU features; the slices hold RM and RN rows.
+    unsafe { tile(shape, &w, &act, groups, groups, false, &mut got) };
+    for (k, (g, s)) in got.iter().zip(&want).enumerate() {
+        // Sums of a few hundred exact integers times powers of two: f32 holds them exactly.
+        assert_eq!(
+            g,
+            s,
+            "{isa} tile {} at extreme quants, row {} token {}",
+            ty.name(),
+            k % RM,
+            k / RM
+        );
     }
 }
 

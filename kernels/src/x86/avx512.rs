@@ -293,7 +293,7 @@ pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
 /// [`available`] is true.
 pub(crate) const GEMM: crate::gemm::Kernels = crate::gemm::Kernels {
     tile: gemm_tile,
-    unpack: gemm_unpack,
+    unpack: Some(gemm_unpack),
     pack: gemm_pack_activations,
 };
 

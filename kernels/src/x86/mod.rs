@@ -100,6 +100,24 @@ mod tests {
     }
 
     #[test]
+    fn avx2_gemm_tile_matches_scalar_tile() {
+        if !avx2::available() {
+            eprintln!("skipping the AVX2 tile: this CPU lacks AVX2, FMA or F16C");
+            return;
+        }
+        simd_check::check_tile("avx2", avx2::GEMM);
+    }
+
+    #[test]
+    fn avx2_gemm_matches_on_model_rows() {
+        if !avx2::available() {
+            eprintln!("skipping the AVX2 tile: this CPU lacks AVX2, FMA or F16C");
+            return;
+        }
+        simd_check::check_tile_on_models("avx2", avx2::GEMM);
+    }
+
+    #[test]
     fn avx512_gemm_tile_matches_scalar_tile() {
         if !avx512::available() {
             eprintln!("skipping the AVX-512 tile: this CPU lacks AVX-512 F/BW/VL/VNNI");
