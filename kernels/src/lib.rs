@@ -167,6 +167,24 @@ pub fn f16_to_f32_row(src: &[f16], dst: &mut [f32]) {
     quantize::f16_to_f32(src, dst);
 }
 
+/// `acc = f16(f16(acc · acc_scale) + v · v_scale)` element by element (with one fused
+/// multiply-add): attention's running sum of values in the f16 accumulator of ggml's
+/// single-token path, which calls ggml_vec_scale_f16 then ggml_vec_mad_f16 (the first rounding is
+/// skipped when `acc_scale` is 1, as ggml skips the call). One pass instead of converting the
+/// accumulator and the value row to f32 and back.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn scale_add_f16(acc: &mut [f16], acc_scale: f32, v: &[f16], v_scale: f32) {
+    assert_eq!(acc.len(), v.len(), "scale_add_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if dispatch::get().width != multiversion::Width::Baseline {
+        // SAFETY: the dispatch allows AVX2 widths only where the CPU has AVX2, FMA and F16C.
+        return unsafe { x86::avx2::scale_add_f16(acc, acc_scale, v, v_scale) };
+    }
+    quantize::scale_add_f16(acc, acc_scale, v, v_scale);
+}
+
 /// Dot product of two f16 rows with f32 products, as ggml's ggml_vec_dot_f16 (attention's K·Q).
 ///
 /// # Panics

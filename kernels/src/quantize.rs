@@ -161,6 +161,26 @@ fn f16_to_f32_body(src: &[f16], dst: &mut [f32]) {
     }
 }
 
+crate::multiversion::multiversion! {
+    /// [`crate::scale_add_f16`]'s loop: both of ggml's roundings to f16, in one pass.
+    pub(crate) fn scale_add_f16(acc: &mut [f16], acc_scale: f32, v: &[f16], v_scale: f32) = scale_add_f16_body;
+}
+
+#[inline(always)]
+fn scale_add_f16_body(acc: &mut [f16], acc_scale: f32, v: &[f16], v_scale: f32) {
+    let rescale = acc_scale != 1.0;
+    for (a, v) in acc.iter_mut().zip(v) {
+        let mut x = f16_bits_to_f32(a.to_bits());
+        if rescale {
+            x = f16_bits_to_f32(f32_to_f16_bits(x * acc_scale));
+        }
+        // (`mul_add` rather than `v * v_scale + x`: ggml's f16 vector loop is a fused
+        // multiply-add, and Rust never contracts the two on its own.)
+        let y = f16_bits_to_f32(v.to_bits()).mul_add(v_scale, x);
+        *a = f16::from_bits(f32_to_f16_bits(y));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::round_away;

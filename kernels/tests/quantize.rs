@@ -214,6 +214,49 @@ fn f32_is_copied() {
     );
 }
 
+/// Attention's f16 accumulator step against `half`'s conversions (F16C's rounding): every
+/// element rounded to f16 after the rescale and again after the fused multiply-add, on random
+/// rows (with subnormal, overflowing and halfway results among them) at lengths with and without
+/// a vector remainder.
+#[test]
+fn scale_add_f16_rounds_twice_as_ggml() {
+    let mut rng = Rng::new(0xf16);
+    for n in [1, 7, 64, 128, 131] {
+        for (acc_scale, v_scale) in [
+            (1.0f32, 0.37f32),
+            (0.25, 1.0),
+            (0.0, 1.0),
+            (2.0, 0.5),
+            (1.0, 1e-6),
+        ] {
+            let acc: Vec<f16> = (0..n)
+                .map(|i| match i % 5 {
+                    0 => f16::from_f32(rng.f32() * 60000.0),
+                    1 => f16::from_bits(1 + (rng.next_u64() % 1023) as u16),
+                    _ => f16::from_f32(rng.f32() * 8.0),
+                })
+                .collect();
+            let v: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.f32() * 4.0)).collect();
+            let want: Vec<u16> = acc
+                .iter()
+                .zip(&v)
+                .map(|(&a, &v)| {
+                    let a = if acc_scale != 1.0 {
+                        f16::from_f32(a.to_f32() * acc_scale)
+                    } else {
+                        a
+                    };
+                    f16::from_f32(v.to_f32().mul_add(v_scale, a.to_f32())).to_bits()
+                })
+                .collect();
+            let mut got = acc.clone();
+            kernels::scale_add_f16(&mut got, acc_scale, &v, v_scale);
+            let got: Vec<u16> = got.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want, "n {n}, scales {acc_scale} {v_scale}");
+        }
+    }
+}
+
 /// The weight formats, as llama-quantize writes them.
 const WEIGHT_TYPES: [GgmlType; 10] = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K];
 

@@ -695,20 +695,7 @@ impl<'a> Model<'a> {
                             } else {
                                 (1.0, (s - max).exp())
                             };
-                            // acc = f16(acc * ms + v * vs), element by element, as ggml_vec_scale_f16
-                            // followed by ggml_vec_mad_f16.
-                            if ms != 1.0 {
-                                kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
-                                sc.acc.iter_mut().for_each(|a| *a *= ms);
-                                kernels::f32_to_f16_row(&sc.acc, &mut sc.acc16);
-                            }
-                            kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
-                            kernels::f16_to_f32_row(value(p), &mut sc.vrow);
-                            sc.acc
-                                .iter_mut()
-                                .zip(&sc.vrow)
-                                .for_each(|(a, &v)| *a += v * vs);
-                            kernels::f32_to_f16_row(&sc.acc, &mut sc.acc16);
+                            kernels::scale_add_f16(&mut sc.acc16, ms, value(p), vs);
                             sum = sum * ms + vs;
                         }
                         kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
@@ -820,7 +807,6 @@ impl<'a> Model<'a> {
 /// Per-thread buffers of [`Model::attention`].
 struct AttentionScratch {
     q16: Vec<f16>,
-    vrow: Vec<f32>,
     acc: Vec<f32>,
     acc16: Vec<f16>,
 }
@@ -829,7 +815,6 @@ impl AttentionScratch {
     fn new(dk: usize, dv: usize) -> Self {
         AttentionScratch {
             q16: vec![f16::ZERO; dk],
-            vrow: vec![0.0; dv],
             acc: vec![0.0; dv],
             acc16: vec![f16::ZERO; dv],
         }
