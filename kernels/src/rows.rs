@@ -198,8 +198,9 @@ fn weighted_block<const R: usize>(
     }
 }
 
-/// The hand-written [`columns_block`] of this CPU for `R` rows (AVX-512, 8 rows), if any: the
-/// same sums in the same order, kept in registers (the compiled generic block spilled them).
+/// The hand-written [`columns_block`] of this CPU for `R` rows (AVX-512 and AVX2, 8 rows), if
+/// any: the same sums in the same order, kept in registers (the compiled generic block spilled
+/// them).
 #[inline(always)]
 fn simd_columns<const R: usize>(
     qs: &[f32],
@@ -209,17 +210,23 @@ fn simd_columns<const R: usize>(
     p0: usize,
 ) -> Option<[[f32; 16]; R]> {
     #[cfg(target_arch = "x86_64")]
-    if R == 8 && crate::dispatch::get().width == crate::multiversion::Width::Avx512 {
-        // SAFETY: the dispatch reports AVX-512 only where the CPU has it.
-        let block = unsafe { crate::x86::avx512::columns_8x16(qs, dim, keys, stride, p0) };
+    if R == 8 {
+        use crate::multiversion::Width;
+        let block = match crate::dispatch::get().width {
+            // SAFETY: the dispatch reports a width only where the CPU has its features.
+            Width::Avx512 => unsafe { crate::x86::avx512::columns_8x16(qs, dim, keys, stride, p0) },
+            // SAFETY: as above.
+            Width::Avx2 => unsafe { crate::x86::avx2::columns_8x16(qs, dim, keys, stride, p0) },
+            Width::Baseline => return None,
+        };
         return Some(std::array::from_fn(|r| block[r]));
     }
     let _ = (qs, dim, keys, stride, p0);
     None
 }
 
-/// The hand-written [`weighted_block`] of this CPU for `R` rows (AVX-512, 4 rows), if any, as
-/// [`simd_columns`].
+/// The hand-written [`weighted_block`] of this CPU for `R` rows (AVX-512 and AVX2, 4 rows), if
+/// any, as [`simd_columns`].
 #[inline(always)]
 fn simd_weighted<const R: usize>(
     weights: &[f32],
@@ -229,9 +236,16 @@ fn simd_weighted<const R: usize>(
     c0: usize,
 ) -> Option<[[f32; CHUNK]; R]> {
     #[cfg(target_arch = "x86_64")]
-    if R == 4 && crate::dispatch::get().width == crate::multiversion::Width::Avx512 {
-        // SAFETY: as in `simd_columns`.
-        let block = unsafe { crate::x86::avx512::weighted_4x32(weights, n, values, stride, c0) };
+    if R == 4 {
+        use crate::multiversion::Width;
+        use crate::x86::{avx2, avx512};
+        let block = match crate::dispatch::get().width {
+            // SAFETY: as in `simd_columns`.
+            Width::Avx512 => unsafe { avx512::weighted_4x32(weights, n, values, stride, c0) },
+            // SAFETY: as above.
+            Width::Avx2 => unsafe { avx2::weighted_4x32(weights, n, values, stride, c0) },
+            Width::Baseline => return None,
+        };
         return Some(std::array::from_fn(|r| block[r]));
     }
     let _ = (weights, n, values, stride, c0);

@@ -318,23 +318,6 @@ pub(super) fn word_pick(lo: usize, hi: usize) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(w(hi)), _mm_set1_epi16(w(lo)))
 }
 
-/// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K block as 16 bytes, scales first
-/// (the word-wise form of [`crate::formats::k4_scales_mins`]).
-#[inline]
-pub(super) fn k4_scales_mins(s: &[u8; 12]) -> [u32; 4] {
-    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-    let (w0, w1, w2) = (w(0), w(1), w(2));
-    let low6 = 0x3f3f_3f3f;
-    let low4 = 0x0f0f_0f0f;
-    let low2 = 0x0303_0303;
-    [
-        w0 & low6,
-        (w2 & low4) | (((w0 >> 6) & low2) << 4),
-        w1 & low6,
-        ((w2 >> 4) & low4) | (((w1 >> 6) & low2) << 4),
-    ]
-}
-
 /// The sixteen 6-bit Q3_K scales as 16 bytes, before their offset of -32 (the word-wise form of
 /// [`crate::formats::q3k_scales`]).
 #[inline]
@@ -463,19 +446,28 @@ pub(super) fn k4_min_sum(mins: __m128i, bsums: &[u8; 32]) -> __m128i {
 
 /// The fields a Q4_K and a Q5_K block share, and Q5_K's fifth bits.
 pub(super) struct K4<'a> {
-    pub(super) d: [u8; 2],
-    pub(super) dmin: [u8; 2],
-    pub(super) scales: &'a [u8; 12],
+    /// d, dmin and the 12 bytes of packed scales and mins: one 16-byte load ([`k4_head`]).
+    pub(super) head: &'a [u8; 16],
     pub(super) qs: &'a [u8; 128],
     pub(super) qh: Option<&'a [u8; 32]>,
+}
+
+/// The first 16 bytes of a Q4_K or Q5_K block.
+fn k4_head_bytes<X>(x: &X) -> &[u8; 16] {
+    const {
+        assert!(std::mem::offset_of!(BlockQ4K, scales) + 12 == 16);
+        assert!(std::mem::offset_of!(BlockQ5K, scales) + 12 == 16);
+    };
+    assert!(std::mem::size_of::<X>() >= 16 && std::mem::align_of::<X>() == 1);
+    // SAFETY: X (a #[repr(C)] block of byte arrays, alignment 1) is at least 16 bytes; its first
+    // 16 are d, dmin and scales, as asserted for both types this is called with.
+    unsafe { &*(x as *const X).cast::<[u8; 16]>() }
 }
 
 impl<'a> From<&'a BlockQ4K> for K4<'a> {
     fn from(x: &'a BlockQ4K) -> Self {
         K4 {
-            d: x.d,
-            dmin: x.dmin,
-            scales: &x.scales,
+            head: k4_head_bytes(x),
             qs: &x.qs,
             qh: None,
         }
@@ -485,13 +477,44 @@ impl<'a> From<&'a BlockQ4K> for K4<'a> {
 impl<'a> From<&'a BlockQ5K> for K4<'a> {
     fn from(x: &'a BlockQ5K) -> Self {
         K4 {
-            d: x.d,
-            dmin: x.dmin,
-            scales: &x.scales,
+            head: k4_head_bytes(x),
             qs: &x.qs,
             qh: Some(&x.qh),
         }
     }
+}
+
+/// A Q4_K/Q5_K block's head decoded in registers: d and dmin in f32 lanes 0 and 1, and the eight
+/// 6-bit scales then eight 6-bit mins as 16 bytes ([`crate::formats::k4_scales_mins`], by two
+/// byte shuffles instead of a dozen general-register operations and four inserts).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k4_head(head: &[u8; 16]) -> (__m128, __m128i) {
+    let x = load16(head);
+    let d_dmin = _mm_cvtph_ps(x);
+    // Scale byte s[i] is x[4 + i]. Lanes 0..4: s0..4 (scales 0..4, low 6 bits); 4..8: s8..12
+    // (scales 4..8, low nibbles); 8..12: s4..8 (mins 0..4, low 6 bits); 12..16: s8..12 (mins
+    // 4..8, high nibbles).
+    let a = _mm_shuffle_epi8(
+        x,
+        _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15),
+    );
+    // The bytes whose top two bits are bits 4 and 5 of scales 4..8 (s0..4) and mins 4..8 (s4..8).
+    let b = _mm_shuffle_epi8(
+        x,
+        _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11),
+    );
+    let low = _mm_and_si128(
+        a,
+        _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0),
+    );
+    // (16-bit shifts: the mask keeps only bits that came from the same byte.)
+    let high_nibbles = _mm_and_si128(
+        _mm_srli_epi16::<4>(a),
+        _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15),
+    );
+    let top = _mm_and_si128(_mm_srli_epi16::<2>(b), _mm_set1_epi8(0x30));
+    (d_dmin, _mm_or_si128(_mm_or_si128(low, high_nibbles), top))
 }
 
 /// The Q4_K/Q5_K dot product: chunk j of 32 bytes holds elements 64j.. (low nibbles, scale 2j)
@@ -508,11 +531,12 @@ where
     for (x, y) in x.iter().zip(y) {
         prefetch_ahead(x);
         let x = K4::from(x);
-        let (d, dmin) = f16_pair(x.d, x.dmin);
-        let (d, dmin) = (d * y.scale(), dmin * y.scale());
-        let sm = _mm256_cvtepu8_epi16(words128(k4_scales_mins(x.scales)));
+        let (d_dmin, sm) = k4_head(x.head);
+        let d_dmin = _mm_mul_ps(d_dmin, _mm_set1_ps(y.scale()));
+        let sm = _mm256_cvtepu8_epi16(sm);
         let min_sum = k4_min_sum(_mm256_extracti128_si256::<1>(sm), &y.bsums);
-        acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(min_sum), acc_min);
+        let dmin = _mm_permute_ps::<0x55>(d_dmin);
+        acc_min = _mm_fmadd_ps(dmin, _mm_cvtepi32_ps(min_sum), acc_min);
         let scales = _mm256_permute2x128_si256::<0x00>(sm, sm);
         let mut hbits = x.qh.map(|qh| load(qh));
         let mut sumi = _mm256_setzero_si256();
@@ -537,7 +561,8 @@ where
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(slo, plo));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(shi, phi));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        let d = _mm256_broadcastss_ps(d_dmin);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum(acc) - hsum128(acc_min)
 }
@@ -898,4 +923,94 @@ pub(crate) unsafe fn scale_add_f16(acc: &mut [f16], acc_scale: f32, v: &[f16], v
         }
     }
     crate::quantize::scale_add_f16(&mut acc[whole..n], acc_scale, &v[whole..n], v_scale);
+}
+
+// ---- attention's f32 blocks ---------------------------------------------------------------------
+
+/// [`crate::rows`]'s query block in AVX2: what [`super::avx512::columns_8x16`] computes (each sum
+/// fused-multiply-added in order of `i`, the generic block's bits), as two passes of 4 rows × 16
+/// keys: eight ymm sums, two key vectors and a broadcast fit the 16 registers, where 8 × 16 would
+/// spill.
+///
+/// # Panics
+/// If `q` holds fewer than 8 rows of `dim` or `keys` lacks the 16 columns from `p0` in a row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn columns_8x16(
+    q: &[f32],
+    dim: usize,
+    keys: &[f32],
+    stride: usize,
+    p0: usize,
+) -> [[f32; 16]; 8] {
+    assert!(q.len() >= 8 * dim, "columns_8x16: 8 rows of {dim}");
+    assert!(
+        dim == 0 || keys.len() >= (dim - 1) * stride + p0 + 16,
+        "columns_8x16: 16 keys from {p0} in {dim} rows of stride {stride}"
+    );
+    let mut out = [[0.0f32; 16]; 8];
+    for (r0, out) in [0, 4].into_iter().zip(out.chunks_exact_mut(4)) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for i in 0..dim {
+            // SAFETY: i < dim, so i · stride + p0 + 16 is within `keys` (checked above).
+            let k = unsafe {
+                let at = keys.as_ptr().add(i * stride + p0);
+                [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))]
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: (r0 + r) · dim + i < 8 · dim ≤ q.len() (checked above).
+                let qi = _mm256_set1_ps(unsafe { *q.get_unchecked((r0 + r) * dim + i) });
+                acc[0] = _mm256_fmadd_ps(qi, k[0], acc[0]);
+                acc[1] = _mm256_fmadd_ps(qi, k[1], acc[1]);
+            }
+        }
+        for (out, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: two vectors of 8 f32s are 16 f32s.
+            *out = unsafe { std::mem::transmute::<[__m256; 2], [f32; 16]>(acc) };
+        }
+    }
+    out
+}
+
+/// [`crate::rows`]'s weighted block in AVX2: what [`super::avx512::weighted_4x32`] computes (in
+/// order of `p`, the generic block's bits), as two passes of 4 rows × 16 elements, for the
+/// registers as in [`columns_8x16`].
+///
+/// # Panics
+/// If `w` holds fewer than 4 rows of `n` or `values` lacks the 32 elements from `c0` in a row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn weighted_4x32(
+    w: &[f32],
+    n: usize,
+    values: &[f32],
+    stride: usize,
+    c0: usize,
+) -> [[f32; 32]; 4] {
+    assert!(w.len() >= 4 * n, "weighted_4x32: 4 rows of {n}");
+    assert!(
+        n == 0 || values.len() >= (n - 1) * stride + c0 + 32,
+        "weighted_4x32: 32 elements from {c0} in {n} rows of stride {stride}"
+    );
+    let mut out = [[0.0f32; 32]; 4];
+    for half in 0..2 {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for p in 0..n {
+            // SAFETY: p < n, so p · stride + c0 + 32 is within `values` (checked above).
+            let v = unsafe {
+                let at = values.as_ptr().add(p * stride + c0 + 16 * half);
+                [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))]
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: r · n + p < 4 · n ≤ w.len() (checked above).
+                let wp = _mm256_set1_ps(unsafe { *w.get_unchecked(r * n + p) });
+                acc[0] = _mm256_fmadd_ps(wp, v[0], acc[0]);
+                acc[1] = _mm256_fmadd_ps(wp, v[1], acc[1]);
+            }
+        }
+        for (out, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: two vectors of 8 f32s are 16 f32s.
+            out[16 * half..16 * half + 16]
+                .copy_from_slice(&unsafe { std::mem::transmute::<[__m256; 2], [f32; 16]>(acc) });
+        }
+    }
+    out
 }

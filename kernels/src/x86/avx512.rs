@@ -11,8 +11,8 @@
 //! Types without a kernel here use the AVX2 one.
 
 use super::avx2::{
-    self, f16_pair, hsum, hsum128, k4_min_sum, k4_scales_mins, load, load_i8, nibbles32,
-    prefetch_ahead, scale_product, words128, K4,
+    self, hsum, hsum128, k4_head, k4_min_sum, load, load_i8, nibbles32, prefetch_ahead,
+    scale_product, K4,
 };
 use crate::formats::{
     blocks, f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
@@ -190,11 +190,12 @@ where
     for (x, y) in x.iter().zip(y) {
         prefetch_ahead(x);
         let x = K4::from(x);
-        let (d, dmin) = f16_pair(x.d, x.dmin);
-        let (d, dmin) = (d * y.scale(), dmin * y.scale());
-        let sm = _mm256_cvtepu8_epi16(words128(k4_scales_mins(x.scales)));
+        let (d_dmin, sm) = k4_head(x.head);
+        let d_dmin = _mm_mul_ps(d_dmin, _mm_set1_ps(y.scale()));
+        let sm = _mm256_cvtepu8_epi16(sm);
         let min_sum = k4_min_sum(_mm256_extracti128_si256::<1>(sm), &y.bsums);
-        acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(min_sum), acc_min);
+        let dmin = _mm_permute_ps::<0x55>(d_dmin);
+        acc_min = _mm_fmadd_ps(dmin, _mm_cvtepi32_ps(min_sum), acc_min);
         let scales = _mm512_castsi256_si512(sm);
         let mut hbits = x.qh.map(|qh| load(qh));
         let mut sumi = _mm512_setzero_si512();
@@ -214,7 +215,8 @@ where
             let pick = halves_epi16(2 * j as i16, 2 * j as i16 + 1);
             sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_permutexvar_epi16(pick, scales));
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        let d = _mm512_broadcastss_ps(d_dmin);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
     }
     _mm512_reduce_add_ps(acc) - hsum128(acc_min)
 }

@@ -42,11 +42,25 @@ mod tests {
     /// The attention blocks sum in the generic blocks' order, so they match plain `mul_add`
     /// loops bit for bit (on data whose sums round differently in other orders).
     #[test]
-    fn avx512_attention_blocks_match_plain_loops_exactly() {
-        if !avx512::available() {
-            eprintln!("skipping the AVX-512 attention blocks: this CPU lacks AVX-512 F/BW/VL/VNNI");
-            return;
+    fn attention_blocks_match_plain_loops_exactly() {
+        let mut isas: Vec<(&str, Columns, Weighted)> = Vec::new();
+        if avx2::available() {
+            isas.push(("avx2", avx2::columns_8x16, avx2::weighted_4x32));
         }
+        if avx512::available() {
+            isas.push(("avx512", avx512::columns_8x16, avx512::weighted_4x32));
+        }
+        for (isa, columns, weighted) in isas {
+            check_attention_blocks(isa, columns, weighted);
+        }
+    }
+
+    /// An instruction set's `columns_8x16`.
+    type Columns = unsafe fn(&[f32], usize, &[f32], usize, usize) -> [[f32; 16]; 8];
+    /// An instruction set's `weighted_4x32`.
+    type Weighted = unsafe fn(&[f32], usize, &[f32], usize, usize) -> [[f32; 32]; 4];
+
+    fn check_attention_blocks(isa: &str, columns: Columns, weighted: Weighted) {
         let data = |n: usize, seed: u64| -> Vec<f32> {
             let mut x = seed;
             (0..n)
@@ -66,8 +80,8 @@ mod tests {
         ] {
             let q = data(8 * dim, 1);
             let keys = data(dim.max(1) * stride, 2);
-            // SAFETY: checked above that the CPU has AVX-512.
-            let got = unsafe { avx512::columns_8x16(&q, dim, &keys, stride, at) };
+            // SAFETY: the caller checked that the CPU has the blocks' features.
+            let got = unsafe { columns(&q, dim, &keys, stride, at) };
             for (r, got) in got.iter().enumerate() {
                 for (l, &g) in got.iter().enumerate() {
                     let want = (0..dim).fold(0.0f32, |s, i| {
@@ -76,14 +90,14 @@ mod tests {
                     assert_eq!(
                         g.to_bits(),
                         want.to_bits(),
-                        "columns dim {dim} row {r} key {l}"
+                        "{isa} columns dim {dim} row {r} key {l}"
                     );
                 }
             }
             let w = data(4 * n, 3);
             let values = data(n * stride, 4);
             // SAFETY: as above.
-            let got = unsafe { avx512::weighted_4x32(&w, n, &values, stride, 0) };
+            let got = unsafe { weighted(&w, n, &values, stride, 0) };
             for (r, got) in got.iter().enumerate() {
                 for (e, &g) in got.iter().enumerate() {
                     let want = (0..n).fold(0.0f32, |s, p| {
@@ -92,7 +106,7 @@ mod tests {
                     assert_eq!(
                         g.to_bits(),
                         want.to_bits(),
-                        "weighted n {n} row {r} elem {e}"
+                        "{isa} weighted n {n} row {r} elem {e}"
                     );
                 }
             }
