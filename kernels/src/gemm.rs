@@ -275,8 +275,8 @@ impl Out {
 }
 
 /// Quantizes one token's activations (ggml's Q8_0 rounding) into interleaved groups: the
-/// reference for the SIMD [`PackFn`]s, and the [`PackFn`] of instruction sets without one (the
-/// quantization is dispatched; the interleaving is a small part of a matmul).
+/// reference for the SIMD [`PackFn`]s.
+#[cfg(test)]
 pub(crate) fn pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
     let mut q8 = vec![0; crate::row_bytes(GgmlType::Q8_0, x.len(), "gemm activations")];
     crate::quantize::quantize(GgmlType::Q8_0, x, &mut q8);

@@ -714,13 +714,13 @@ pub(crate) unsafe fn vec_dot_bf16(_n: usize, w: &[u8], act: &[u8]) -> f32 {
 
 // ---- the register-tiled GEMM ----------------------------------------------------------------
 
-/// The register-tiled GEMM's kernels, for [`crate::gemm::matmul`]: an AVX2 tile; weights are
-/// unpacked and activations packed by the multiversioned plain loops. Only to be used where
-/// [`available`] is true.
+/// The register-tiled GEMM's kernels, for [`crate::gemm::matmul`]: an AVX2 tile and activation
+/// packing; weights are unpacked by the multiversioned plain loops (once per matmul, a small part
+/// of a prompt's time). Only to be used where [`available`] is true.
 pub(crate) const GEMM: gemm::Kernels = gemm::Kernels {
     tile: gemm_tile,
     unpack: None,
-    pack: gemm::pack_activations,
+    pack: gemm_pack_activations,
 };
 
 /// The [`crate::gemm`] tile in 256-bit halves (lanes 0..8, then 8..16 of each group).
@@ -1013,4 +1013,100 @@ pub(crate) fn weighted_4x32(
         }
     }
     out
+}
+
+/// [`crate::gemm::pack_activations`] in AVX2, with the same bits: per block `d = amax / 127`
+/// and quants `x / d` rounded half away from zero (ggml's `quantize_row_q8_0_ref`), eight
+/// blocks' scales at a time; each block's 32 quants then go to their 4-byte slots.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let load_block = |xb: &[f32]| -> [__m256; 4] {
+        let xb: &[f32; 32] = xb.try_into().expect("a whole block");
+        // SAFETY: xb holds 32 f32s.
+        std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) })
+    };
+    for (xg, a) in x.chunks(32 * 16).zip(dst.iter_mut()) {
+        let blocks = xg.len() / 32;
+        let mut amax = [0.0f32; 16];
+        for (m, xb) in amax.iter_mut().zip(xg.chunks_exact(32)) {
+            let v = load_block(xb).map(|v| _mm256_andnot_ps(sign, v));
+            let m8 = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+            let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps::<1>(m8));
+            let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            *m = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        }
+        let mut d = [0.0f32; 16];
+        let mut id = [0.0f32; 16];
+        for h in 0..2 {
+            // SAFETY: 8 f32s each way.
+            let dv = _mm256_div_ps(
+                unsafe { _mm256_loadu_ps(amax.as_ptr().add(8 * h)) },
+                _mm256_set1_ps(127.0),
+            );
+            let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(dv, _mm256_setzero_ps());
+            let idv = _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), dv));
+            // The scales as stored in f16 (as Q8_0 keeps them), back in f32.
+            let dv = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(dv));
+            // SAFETY: as above.
+            unsafe {
+                _mm256_storeu_ps(d.as_mut_ptr().add(8 * h), dv);
+                _mm256_storeu_ps(id.as_mut_ptr().add(8 * h), idv);
+            }
+        }
+        let mut qs = [[0i8; 64]; STEPS];
+        for (l, xb) in xg.chunks_exact(32).enumerate() {
+            let scale = _mm256_set1_ps(id[l]);
+            let q = load_block(xb).map(|v| round_away(_mm256_mul_ps(v, scale)));
+            let sum = |a: __m256i, b: __m256i| -> i32 {
+                let s = _mm256_add_epi32(a, b);
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+            };
+            let (lo, hi) = (sum(q[0], q[1]), sum(q[2], q[3]));
+            // i32 -> i8 in element order: the packs work within 128-bit halves, the permute
+            // puts the four 4-element runs back in order.
+            let bytes = _mm256_permutevar8x32_epi32(
+                _mm256_packs_epi16(
+                    _mm256_packs_epi32(q[0], q[1]),
+                    _mm256_packs_epi32(q[2], q[3]),
+                ),
+                _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+            );
+            // SAFETY: any 32 bytes are eight 4-byte runs.
+            let runs = unsafe { std::mem::transmute::<__m256i, [[i8; 4]; 8]>(bytes) };
+            for (step, run) in qs.iter_mut().zip(runs) {
+                step[4 * l..4 * l + 4].copy_from_slice(&run);
+            }
+            a.dsum[l] = d[l] * (lo + hi) as f32;
+            if shape.split {
+                a.bias_lo[l] = -shape.offset * lo;
+                a.bias_hi[l] = -shape.offset * hi;
+            } else {
+                a.bias_lo[l] = -shape.offset * (lo + hi);
+                a.bias_hi[l] = 0;
+            }
+        }
+        for l in blocks..16 {
+            (a.dsum[l], a.bias_lo[l], a.bias_hi[l]) = (0.0, 0, 0);
+        }
+        a.qs = qs;
+        a.d = d;
+    }
+}
+
+/// `x` rounded half away from zero, as ggml's `roundf` in `quantize_row_q8_0_ref`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_away(x: __m256) -> __m256i {
+    let t = _mm256_cvttps_epi32(x);
+    let frac = _mm256_sub_ps(x, _mm256_cvtepi32_ps(t));
+    // The comparisons give all-ones (-1) lanes: subtracting adds one, adding subtracts one.
+    let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5)));
+    let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5)));
+    _mm256_add_epi32(_mm256_sub_epi32(t, up), down)
 }
