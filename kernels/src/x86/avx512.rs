@@ -11,7 +11,7 @@
 //! Types without a kernel here use the AVX2 one.
 
 use super::avx2::{
-    self, hsum, hsum128, k4_head, k4_min_sum, load, load_i8, nibbles32, prefetch_ahead,
+    self, f16_one, hsum, hsum128, k4_head, k4_min_sum, load, load_i8, nibbles32, prefetch_ahead,
     scale_product, K4,
 };
 use crate::formats::{
@@ -247,7 +247,7 @@ pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut acc = _mm512_setzero_ps();
     for (x, y) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
         prefetch_ahead(x);
-        let d = f16_le(x.d) * y.scale();
+        let d = f16_one(x.d) * y.scale();
         // SAFETY: any 16 bytes are a valid __m128i.
         let sc = unsafe { std::mem::transmute::<[i8; 16], __m128i>(x.scales) };
         let sc = _mm256_cvtepi8_epi16(sc);
