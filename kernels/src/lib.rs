@@ -185,6 +185,96 @@ pub fn scale_add_f16(acc: &mut [f16], acc_scale: f32, v: &[f16], v_scale: f32) {
     quantize::scale_add_f16(acc, acc_scale, v, v_scale);
 }
 
+/// One query head of ggml's single-token attention (its flash-attention vector path, used for
+/// fewer than 64 queries) over `n` cached positions: key `p` is `keys[p * key_stride..]` (as
+/// long as `q`), value `p` is `values[p * value_stride..]` (as long as `acc`). Scores are
+/// [`dot_f16`] times `scale`; an online softmax keeps the f16 weighted sum of values in `acc`
+/// ([`scale_add_f16`]'s two roundings), whose denominator is returned.
+///
+/// One call per head rather than per position: at a depth of thousands of positions the calls
+/// and dispatch per position cost as much as the arithmetic.
+///
+/// # Panics
+/// If `keys` or `values` do not hold `n` positions at their strides.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_f16(
+    q: &[f16],
+    keys: &[f16],
+    key_stride: usize,
+    values: &[f16],
+    value_stride: usize,
+    n: usize,
+    scale: f32,
+    acc: &mut [f16],
+) -> f32 {
+    let fits = |len: usize, stride: usize, row: usize| n == 0 || len >= (n - 1) * stride + row;
+    assert!(
+        fits(keys.len(), key_stride, q.len()) && fits(values.len(), value_stride, acc.len()),
+        "attend_f16: {n} positions of {} keys (stride {key_stride}) and {} values (stride \
+         {value_stride}) do not fit in {} and {}",
+        q.len(),
+        acc.len(),
+        keys.len(),
+        values.len()
+    );
+    let rows = Rows {
+        q,
+        keys,
+        key_stride,
+        values,
+        value_stride,
+        n,
+        scale,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if dispatch::get().width != multiversion::Width::Baseline {
+        // SAFETY: the dispatch allows AVX2 widths only where the CPU has AVX2, FMA and F16C.
+        return unsafe { x86::avx2::attend_f16(&rows, acc) };
+    }
+    rows.attend(acc, dot_f16, quantize::scale_add_f16)
+}
+
+/// [`attend_f16`]'s arguments, and its loop.
+pub(crate) struct Rows<'a> {
+    q: &'a [f16],
+    keys: &'a [f16],
+    key_stride: usize,
+    values: &'a [f16],
+    value_stride: usize,
+    n: usize,
+    scale: f32,
+}
+
+impl Rows<'_> {
+    /// The online softmax, with the instruction set's dot product and accumulator step (inlined
+    /// into the caller, so that a SIMD caller's closures get its features).
+    #[inline(always)]
+    pub(crate) fn attend(
+        &self,
+        acc: &mut [f16],
+        dot: impl Fn(&[f16], &[f16]) -> f32,
+        scale_add: impl Fn(&mut [f16], f32, &[f16], f32),
+    ) -> f32 {
+        let (dk, dv) = (self.q.len(), acc.len());
+        acc.fill(f16::ZERO);
+        let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+        for p in 0..self.n {
+            let key = &self.keys[p * self.key_stride..][..dk];
+            let s = dot(key, self.q) * self.scale;
+            let (ms, vs) = if s > max {
+                let ms = (max - s).exp();
+                max = s;
+                (ms, 1.0)
+            } else {
+                (1.0, (s - max).exp())
+            };
+            scale_add(acc, ms, &self.values[p * self.value_stride..][..dv], vs);
+            sum = sum * ms + vs;
+        }
+        sum
+    }
+}
+
 /// Dot product of two f16 rows with f32 products, as ggml's ggml_vec_dot_f16 (attention's K·Q).
 ///
 /// # Panics

@@ -257,6 +257,59 @@ fn scale_add_f16_rounds_twice_as_ggml() {
     }
 }
 
+/// One head's single-token attention against the softmax-weighted sum of values in f64, from
+/// the same f16 keys, values and query: within the f16 accumulator's rounding (a few units in
+/// its last place per position, relative to the largest value), for heads of 64 and 128 with
+/// strides between positions, and scores spread wide enough that the running maximum changes.
+#[test]
+fn attend_f16_is_the_softmax_weighted_sum_of_values() {
+    let mut rng = Rng::new(0xa77e);
+    for (dk, dv, n) in [(64, 64, 1), (64, 64, 300), (128, 128, 77), (40, 24, 9)] {
+        let (ks, vs) = (dk + 8, dv + 16);
+        let half_row = |rng: &mut Rng, len: usize, amp: f32| -> Vec<f16> {
+            (0..len).map(|_| f16::from_f32(rng.f32() * amp)).collect()
+        };
+        let q = half_row(&mut rng, dk, 2.0);
+        let keys = half_row(&mut rng, n * ks, 2.0);
+        let values = half_row(&mut rng, n * vs, 1.0);
+        let scale = 1.0 / (dk as f32).sqrt();
+        let mut acc = vec![f16::from_f32(9.0); dv];
+        let sum = kernels::attend_f16(&q, &keys, ks, &values, vs, n, scale, &mut acc);
+        let scores: Vec<f64> = (0..n)
+            .map(|p| {
+                let dot: f64 = (0..dk)
+                    .map(|i| keys[p * ks + i].to_f64() * q[i].to_f64())
+                    .sum();
+                dot * scale as f64
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        assert!(
+            ((sum as f64) - total).abs() <= 1e-4 * total,
+            "dk {dk} n {n}: denominator {sum} vs {total}"
+        );
+        for e in 0..dv {
+            let want: f64 = (0..n)
+                .map(|p| weights[p] * values[p * vs + e].to_f64())
+                .sum::<f64>()
+                / total;
+            let got = acc[e].to_f64() / sum as f64;
+            // Each step rounds the accumulator to f16 (2^-11 relative): a random walk over the
+            // positions, on the size of the sum.
+            let size: f64 = (0..n)
+                .map(|p| weights[p] * values[p * vs + e].to_f64().abs())
+                .sum::<f64>()
+                / total;
+            assert!(
+                (got - want).abs() <= 4.0 / 2048.0 * (1.0 + n as f64).sqrt() * size + 1e-6,
+                "dk {dk} n {n} element {e}: {got} vs {want}"
+            );
+        }
+    }
+}
+
 /// The weight formats, as llama-quantize writes them.
 const WEIGHT_TYPES: [GgmlType; 10] = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K];
 

@@ -676,35 +676,24 @@ impl<'a> Model<'a> {
                         None => 0,
                     };
                     let qrow = &q[t * q_dim + h * dk..t * q_dim + (h + 1) * dk];
-                    let key = |p: usize| {
-                        &k_cache[p * cache.k_row + hk * dk..p * cache.k_row + (hk + 1) * dk]
-                    };
-                    let value = |p: usize| {
-                        &v_cache[p * cache.v_row + hk * dv..p * cache.v_row + (hk + 1) * dv]
-                    };
-                    {
-                        kernels::f32_to_f16_row(qrow, &mut sc.q16);
-                        sc.acc16.iter_mut().for_each(|a| *a = f16::ZERO);
-                        let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-                        for p in first..=pos {
-                            let s = kernels::dot_f16(key(p), &sc.q16) * scale;
-                            let (ms, vs) = if s > max {
-                                let ms = (max - s).exp();
-                                max = s;
-                                (ms, 1.0)
-                            } else {
-                                (1.0, (s - max).exp())
-                            };
-                            kernels::scale_add_f16(&mut sc.acc16, ms, value(p), vs);
-                            sum = sum * ms + vs;
-                        }
-                        kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
-                        let inv = 1.0 / sum;
-                        out_h
-                            .iter_mut()
-                            .zip(&sc.acc)
-                            .for_each(|(o, &a)| *o = a * inv);
-                    }
+                    kernels::f32_to_f16_row(qrow, &mut sc.q16);
+                    // Key and value rows of this KV head, from the window's first position on.
+                    let sum = kernels::attend_f16(
+                        &sc.q16,
+                        &k_cache[first * cache.k_row + hk * dk..],
+                        cache.k_row,
+                        &v_cache[first * cache.v_row + hk * dv..],
+                        cache.v_row,
+                        pos + 1 - first,
+                        scale,
+                        &mut sc.acc16,
+                    );
+                    kernels::f16_to_f32_row(&sc.acc16, &mut sc.acc);
+                    let inv = 1.0 / sum;
+                    out_h
+                        .iter_mut()
+                        .zip(&sc.acc)
+                        .for_each(|(o, &a)| *o = a * inv);
                 },
             );
     }

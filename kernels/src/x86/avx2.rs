@@ -697,6 +697,7 @@ pub(crate) unsafe fn vec_dot_f32(_n: usize, w: &[u8], act: &[u8]) -> f32 {
 
 /// # Safety
 /// As for [`vec_dot_q8_0`].
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn vec_dot_f16(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     float_dot(
@@ -911,6 +912,7 @@ fn row_part<
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn scale_add_f16(acc: &mut [f16], acc_scale: f32, v: &[f16], v_scale: f32) {
     let n = acc.len().min(v.len());
@@ -1119,4 +1121,24 @@ fn round_away(x: __m256) -> __m256i {
     let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5)));
     let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5)));
     _mm256_add_epi32(_mm256_sub_epi32(t, up), down)
+}
+
+/// [`crate::attend_f16`] with this module's f16 dot product and accumulator step inlined into the
+/// loop over positions.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn attend_f16(rows: &crate::Rows, acc: &mut [f16]) -> f32 {
+    let bytes = |v: &[f16]| -> &[u8] {
+        // SAFETY: f16 is a plain 2-byte value; the view covers exactly the borrowed memory.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    };
+    rows.attend(
+        acc,
+        // SAFETY: the caller checked the features; both rows are as long as the query.
+        |k, q| unsafe { vec_dot_f16(q.len(), bytes(k), bytes(q)) },
+        // SAFETY: as above.
+        |a, ms, v, vs| unsafe { scale_add_f16(a, ms, v, vs) },
+    )
 }
