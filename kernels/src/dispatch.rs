@@ -130,6 +130,7 @@ fn detect() -> Dispatch {
         // NEON is part of AArch64; the module picks its `sdot` variants where the CPU has them.
         if cap >= Cap::Simd {
             d.overlay("neon", crate::aarch64::neon::kernel);
+            d.gemm = Some(crate::aarch64::neon::gemm_kernels());
         }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

@@ -275,8 +275,9 @@ impl Out {
 }
 
 /// Quantizes one token's activations (ggml's Q8_0 rounding) into interleaved groups: the
-/// reference for the SIMD [`PackFn`]s.
-#[cfg(test)]
+/// reference for the SIMD [`PackFn`]s, and AArch64's [`PackFn`] (the quantization is the
+/// dispatched one; the interleaving is a small part of a matmul).
+#[cfg(any(test, target_arch = "aarch64"))]
 pub(crate) fn pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
     let mut q8 = vec![0; crate::row_bytes(GgmlType::Q8_0, x.len(), "gemm activations")];
     crate::quantize::quantize(GgmlType::Q8_0, x, &mut q8);

@@ -416,8 +416,6 @@ fn exact_with_q8_bound(ty: GgmlType, n: usize, w: &[u8], x: &[f32]) -> (f64, f64
 /// Checks a [`crate::gemm`] tile kernel: against the scalar tile on random rows (integer sums
 /// exact, so only the f32 order differs), then the whole tiled matmul on random and model rows
 /// against the f64 product within the bound of its 8-bit activations.
-// Only x86_64 has a tile so far.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
     let tile = kernels.tile;
     use crate::gemm::{self, ActGroup, WGroup, RM, RN};
@@ -555,7 +553,6 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
 /// magnitude (`u` at 0 and at its top, so both signs of Q8_0's weights), against activations at
 /// ±127, in patterns where products add up rather than cancel: a tile that keeps partial sums in
 /// 16 bits must not saturate.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn check_tile_extremes(isa: &str, tile: crate::gemm::TileFn, ty: GgmlType) {
     use crate::gemm::{self, ActGroup, WGroup, RM, RN, STEPS};
     let shape = gemm::shape(ty).expect("a gemm type");
@@ -656,7 +653,6 @@ fn check_matmul(
 }
 
 /// [`check_matmul`] on the first rows of every gemm-typed matrix of the synth and real models.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn check_tile_on_models(isa: &str, kernels: crate::gemm::Kernels) {
     let mut rng = Rng::new(0x90de1);
     let mut paths: Vec<PathBuf> = ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]

@@ -48,6 +48,24 @@ mod tests {
         simd_check::check_isa_on_models("neon-dotprod", neon::kernel_dotprod);
     }
 
+    #[test]
+    fn neon_gemm_tiles_match_scalar_tile() {
+        let mut kernels = neon::gemm_kernels();
+        kernels.tile = neon::gemm_tile_plain;
+        simd_check::check_tile("neon", kernels);
+        if neon::dotprod_available() {
+            kernels.tile = neon::gemm_tile_dotprod;
+            simd_check::check_tile("neon-dotprod", kernels);
+        } else {
+            eprintln!("skipping the NEON dotprod tile: this CPU lacks the dot-product extension");
+        }
+    }
+
+    #[test]
+    fn neon_gemm_matches_on_model_rows() {
+        simd_check::check_tile_on_models("neon", neon::gemm_kernels());
+    }
+
     /// The table the dispatcher uses takes the dotprod kernels exactly when the CPU has them.
     #[test]
     fn kernel_picks_dotprod_when_available() {

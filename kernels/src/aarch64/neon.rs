@@ -111,9 +111,19 @@ fn float_kernel(ty: GgmlType) -> Option<VecDotFn> {
 /// four lanes in a way each implementation chooses (callers only ever sum the lanes, possibly
 /// after scaling them all by one factor).
 trait Dot {
+    /// Adds the 16 byte products into the four lanes, in some grouping (the per-row kernels sum
+    /// all lanes alike).
+    ///
     /// # Safety
     /// The CPU must have what the implementation uses.
     unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t;
+
+    /// Adds the products of bytes `4l..4l + 4` into lane `l` (the GEMM tile's lanes are
+    /// different blocks).
+    ///
+    /// # Safety
+    /// As [`Dot::dot`].
+    unsafe fn dot4(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t;
 }
 
 /// `smull` + `sadalp`: products are exact in i16 (|a·b| ≤ 2^14), pairs are added in i32.
@@ -126,6 +136,14 @@ impl Dot for Mull {
         let hi = vmull_high_s8(a, b);
         vpadalq_s16(vpadalq_s16(acc, lo), hi)
     }
+
+    #[inline(always)]
+    unsafe fn dot4(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        // Pairs of products (bytes 2k, 2k+1) in i32, then pairs of those side by side.
+        let lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+        let hi = vpaddlq_s16(vmull_high_s8(a, b));
+        vaddq_s32(acc, vpaddq_s32(lo, hi))
+    }
 }
 
 /// The dot-product extension's `sdot`.
@@ -134,6 +152,11 @@ struct Sdot;
 impl Dot for Sdot {
     #[inline(always)]
     unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        sdot(acc, a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn dot4(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
         sdot(acc, a, b)
     }
 }
@@ -610,4 +633,167 @@ unsafe fn vec_dot_bf16(_n: usize, w: &[u8], act: &[u8]) -> f32 {
         },
         |b| bf16_le([b[0], b[1]]),
     )
+}
+
+// ---- the register-tiled GEMM ----------------------------------------------------------------
+
+use crate::gemm::{self, ActGroup, Shape, WGroup, RM, RN, STEPS};
+
+/// The register-tiled GEMM's kernels for this CPU, for [`crate::gemm::matmul`]: the tile with
+/// `sdot` where the CPU has the dot-product extension, else with `smull`/`sadalp`; weights are
+/// unpacked and activations packed by the plain loops.
+pub(crate) fn gemm_kernels() -> gemm::Kernels {
+    gemm::Kernels {
+        tile: if dotprod_available() {
+            gemm_tile_dotprod
+        } else {
+            gemm_tile_plain
+        },
+        unpack: None,
+        pack: gemm::pack_activations,
+    }
+}
+
+/// The [`crate::gemm`] tile with `smull`/`sadalp` products.
+///
+/// # Safety
+/// As [`crate::gemm::TileFn`] (any AArch64 CPU has NEON).
+pub(crate) unsafe fn gemm_tile_plain(
+    shape: Shape,
+    w: &[WGroup],
+    act: &[ActGroup],
+    stride: usize,
+    count: usize,
+    half: bool,
+    out: &mut [f32; RM * RN],
+) {
+    // SAFETY: NEON is part of AArch64.
+    unsafe { gemm_tile::<Mull>(shape, (w, act, stride, count, half, out)) }
+}
+
+/// The [`crate::gemm`] tile with `sdot`.
+///
+/// # Safety
+/// As [`crate::gemm::TileFn`]; the CPU must have the dot-product extension.
+#[target_feature(enable = "dotprod")]
+pub(crate) unsafe fn gemm_tile_dotprod(
+    shape: Shape,
+    w: &[WGroup],
+    act: &[ActGroup],
+    stride: usize,
+    count: usize,
+    half: bool,
+    out: &mut [f32; RM * RN],
+) {
+    // SAFETY: the caller checked the extension.
+    unsafe { gemm_tile::<Sdot>(shape, (w, act, stride, count, half, out)) }
+}
+
+/// [`gemm_tile_plain`]'s arguments after the shape.
+type TileArgs<'a> = (
+    &'a [WGroup],
+    &'a [ActGroup],
+    usize,
+    usize,
+    bool,
+    &'a mut [f32; RM * RN],
+);
+
+/// Signed byte products need no saturation care: `u < 64` for every type but Q8_0 is a valid
+/// signed byte as it is, and Q8_0's `u = w + 128` is flipped back to `w` (its offset then not
+/// applied).
+#[inline(always)]
+unsafe fn gemm_tile<D: Dot>(shape: Shape, t: TileArgs) {
+    // SAFETY (all four): forwarded from the caller.
+    unsafe {
+        match (shape.bits == 8, shape.split, shape.min) {
+            (true, false, false) => tile::<D, true, false, false>(t),
+            (false, false, false) => tile::<D, false, false, false>(t),
+            (false, false, true) => tile::<D, false, false, true>(t),
+            (false, true, false) => tile::<D, false, true, false>(t),
+            other => unreachable!("neon gemm tile: no variant for {other:?}"),
+        }
+    }
+}
+
+/// The tile in quarters of a group (4 lanes, 16 bytes per step): the `RM × RN` integer sums of a
+/// quarter (12 registers), the rows' bytes (4) and a token's (1), and the f32 accumulators (12)
+/// fit the 32 vector registers.
+#[inline(always)]
+unsafe fn tile<D: Dot, const SIGNED: bool, const SPLIT: bool, const MIN: bool>(
+    (w, act, stride, count, half, out): TileArgs,
+) {
+    let (w, act) = (
+        &w[..(RM - 1) * stride + count],
+        &act[..(RN - 1) * stride + count],
+    );
+    // SAFETY: NEON is part of AArch64; D's instructions the caller checked.
+    unsafe {
+        let flip = vdupq_n_u8(0x80);
+        let mut acc = [[vdupq_n_f32(0.0); RN]; RM];
+        for g in 0..count {
+            let wg: [&WGroup; RM] = std::array::from_fn(|i| &w[i * stride + g]);
+            let ag: [&ActGroup; RN] = std::array::from_fn(|j| &act[j * stride + g]);
+            // The last group of a row whose block count leaves at most 8 over: lanes 8..16 are
+            // padding.
+            let quarters = if half && g + 1 == count { 2 } else { 4 };
+            for qt in 0..quarters {
+                let lanes = 4 * qt..4 * qt + 4;
+                let f32s = |v: &[f32; 16]| vld1q_f32(v[lanes.clone()].as_ptr());
+                let i32s = |v: &[i32; 16]| vld1q_s32(v[lanes.clone()].as_ptr());
+                macro_rules! part {
+                    ($steps:expr, $bias:ident, $scale:ident) => {{
+                        let mut dot: [[int32x4_t; RN]; RM] = std::array::from_fn(|_| {
+                            std::array::from_fn(|j| {
+                                if SIGNED {
+                                    vdupq_n_s32(0)
+                                } else {
+                                    i32s(&ag[j].$bias)
+                                }
+                            })
+                        });
+                        for s in $steps {
+                            let u: [int8x16_t; RM] = std::array::from_fn(|i| {
+                                let u = ld_u8(&wg[i].u[s][16 * qt..]);
+                                signed(if SIGNED { veorq_u8(u, flip) } else { u })
+                            });
+                            for j in 0..RN {
+                                let q = ld_s8(&ag[j].qs[s][16 * qt..]);
+                                for i in 0..RM {
+                                    dot[i][j] = D::dot4(dot[i][j], u[i], q);
+                                }
+                            }
+                        }
+                        for i in 0..RM {
+                            let sw = f32s(&wg[i].$scale);
+                            for j in 0..RN {
+                                let scale = vmulq_f32(sw, f32s(&ag[j].d));
+                                acc[i][j] = vfmaq_f32(acc[i][j], vcvtq_f32_s32(dot[i][j]), scale);
+                            }
+                        }
+                    }};
+                }
+                if SPLIT {
+                    part!(0..STEPS / 2, bias_lo, scale_lo);
+                    part!(STEPS / 2..STEPS, bias_hi, scale_hi);
+                } else {
+                    part!(0..STEPS, bias_lo, scale_lo);
+                }
+                if MIN {
+                    for i in 0..RM {
+                        let min = f32s(&wg[i].min);
+                        for j in 0..RN {
+                            // acc -= min · d Σq
+                            acc[i][j] = vfmsq_f32(acc[i][j], min, f32s(&ag[j].dsum));
+                        }
+                    }
+                }
+            }
+        }
+        for (j, out) in out.chunks_exact_mut(RM).enumerate() {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += vaddvq_f32(acc[i][j]);
+            }
+        }
+    }
 }
