@@ -64,6 +64,20 @@ pub(crate) struct WGroup {
     pub(crate) min: [f32; LANES],
 }
 
+impl ActGroup {
+    /// Block `l`'s `dsum` and biases from its scale `d` (as stored, f16-rounded) and the sums of
+    /// its quants over elements 0..16 (`lo`) and 16..32 (`hi`).
+    #[inline(always)]
+    pub(crate) fn set_sums(&mut self, l: usize, shape: Shape, d: f32, lo: i32, hi: i32) {
+        self.dsum[l] = d * (lo + hi) as f32;
+        (self.bias_lo[l], self.bias_hi[l]) = if shape.split {
+            (-shape.offset * lo, -shape.offset * hi)
+        } else {
+            (-shape.offset * (lo + hi), 0)
+        };
+    }
+}
+
 pub(crate) const ZERO_ACT: ActGroup = ActGroup {
     qs: [[0; 64]; STEPS],
     d: [0.0; LANES],
@@ -295,14 +309,7 @@ pub(crate) fn pack_activations(shape: Shape, x: &[f32], dst: &mut [ActGroup]) {
         let lo: i32 = block.qs[..16].iter().map(|&q| q as i32).sum();
         let hi: i32 = block.qs[16..].iter().map(|&q| q as i32).sum();
         a.d[l] = d;
-        a.dsum[l] = d * (lo + hi) as f32;
-        if shape.split {
-            a.bias_lo[l] = -shape.offset * lo;
-            a.bias_hi[l] = -shape.offset * hi;
-        } else {
-            a.bias_lo[l] = -shape.offset * (lo + hi);
-            a.bias_hi[l] = 0;
-        }
+        a.set_sums(l, shape, d, lo, hi);
     }
 }
 

@@ -954,11 +954,7 @@ pub(crate) fn columns_8x16(
     stride: usize,
     p0: usize,
 ) -> [[f32; 16]; 8] {
-    assert!(q.len() >= 8 * dim, "columns_8x16: 8 rows of {dim}");
-    assert!(
-        dim == 0 || keys.len() >= (dim - 1) * stride + p0 + 16,
-        "columns_8x16: 16 keys from {p0} in {dim} rows of stride {stride}"
-    );
+    crate::rows::check_columns_block(q, dim, keys, stride, p0);
     let mut out = [[0.0f32; 16]; 8];
     for (r0, out) in [0, 4].into_iter().zip(out.chunks_exact_mut(4)) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
@@ -997,11 +993,7 @@ pub(crate) fn weighted_4x32(
     stride: usize,
     c0: usize,
 ) -> [[f32; 32]; 4] {
-    assert!(w.len() >= 4 * n, "weighted_4x32: 4 rows of {n}");
-    assert!(
-        n == 0 || values.len() >= (n - 1) * stride + c0 + 32,
-        "weighted_4x32: 32 elements from {c0} in {n} rows of stride {stride}"
-    );
+    crate::rows::check_weighted_block(w, n, values, stride, c0);
     let mut out = [[0.0f32; 32]; 4];
     for half in 0..2 {
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
@@ -1094,17 +1086,10 @@ pub(crate) unsafe fn gemm_pack_activations(shape: Shape, x: &[f32], dst: &mut [A
             for (step, run) in qs.iter_mut().zip(runs) {
                 step[4 * l..4 * l + 4].copy_from_slice(&run);
             }
-            a.dsum[l] = d[l] * (lo + hi) as f32;
-            if shape.split {
-                a.bias_lo[l] = -shape.offset * lo;
-                a.bias_hi[l] = -shape.offset * hi;
-            } else {
-                a.bias_lo[l] = -shape.offset * (lo + hi);
-                a.bias_hi[l] = 0;
-            }
+            a.set_sums(l, shape, d[l], lo, hi);
         }
         for l in blocks..16 {
-            (a.dsum[l], a.bias_lo[l], a.bias_hi[l]) = (0.0, 0, 0);
+            a.set_sums(l, shape, 0.0, 0, 0);
         }
         a.qs = qs;
         a.d = d;

@@ -899,11 +899,7 @@ pub(crate) fn columns_8x16(
     stride: usize,
     p0: usize,
 ) -> [[f32; 16]; 8] {
-    assert!(q.len() >= 8 * dim, "columns_8x16: 8 rows of {dim}");
-    assert!(
-        dim == 0 || keys.len() >= (dim - 1) * stride + p0 + 16,
-        "columns_8x16: 16 keys from {p0} in {dim} rows of stride {stride}"
-    );
+    crate::rows::check_columns_block(q, dim, keys, stride, p0);
     let mut acc = [_mm512_setzero_ps(); 8];
     for i in 0..dim {
         // SAFETY: i < dim, so i · stride + p0 + 16 is within `keys` (checked above).
@@ -931,11 +927,7 @@ pub(crate) fn weighted_4x32(
     stride: usize,
     c0: usize,
 ) -> [[f32; 32]; 4] {
-    assert!(w.len() >= 4 * n, "weighted_4x32: 4 rows of {n}");
-    assert!(
-        n == 0 || values.len() >= (n - 1) * stride + c0 + 32,
-        "weighted_4x32: 32 elements from {c0} in {n} rows of stride {stride}"
-    );
+    crate::rows::check_weighted_block(w, n, values, stride, c0);
     let mut acc = [[_mm512_setzero_ps(); 2]; 4];
     for p in 0..n {
         // SAFETY: p < n, so p · stride + c0 + 32 is within `values` (checked above).
