@@ -252,34 +252,6 @@ fn simd_weighted<const R: usize>(
     None
 }
 
-/// What a hand-written 8-row × 16-key query block may read: 8 rows of `dim` in `q`, and keys
-/// `p0..p0 + 16` of `dim` rows `stride` apart.
-///
-/// # Panics
-/// If they are not there.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) fn check_columns_block(q: &[f32], dim: usize, keys: &[f32], stride: usize, p0: usize) {
-    assert!(q.len() >= 8 * dim, "columns_8x16: 8 rows of {dim}");
-    assert!(
-        dim == 0 || keys.len() >= (dim - 1) * stride + p0 + 16,
-        "columns_8x16: 16 keys from {p0} in {dim} rows of stride {stride}"
-    );
-}
-
-/// What a hand-written 4-row × 32-element weighted block may read: 4 rows of `n` weights, and
-/// elements `c0..c0 + 32` of `n` value rows `stride` apart.
-///
-/// # Panics
-/// If they are not there.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) fn check_weighted_block(w: &[f32], n: usize, values: &[f32], stride: usize, c0: usize) {
-    assert!(w.len() >= 4 * n, "weighted_4x32: 4 rows of {n}");
-    assert!(
-        n == 0 || values.len() >= (n - 1) * stride + c0 + 32,
-        "weighted_4x32: 32 elements from {c0} in {n} rows of stride {stride}"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -939,6 +939,32 @@ pub(crate) unsafe fn scale_add_f16(acc: &mut [f16], acc_scale: f32, v: &[f16], v
 
 // ---- attention's f32 blocks ---------------------------------------------------------------------
 
+/// What a hand-written 8-row × 16-key query block may read: 8 rows of `dim` in `q`, and keys
+/// `p0..p0 + 16` of `dim` rows `stride` apart.
+///
+/// # Panics
+/// If they are not there.
+pub(super) fn check_columns_block(q: &[f32], dim: usize, keys: &[f32], stride: usize, p0: usize) {
+    assert!(q.len() >= 8 * dim, "columns_8x16: 8 rows of {dim}");
+    assert!(
+        dim == 0 || keys.len() >= (dim - 1) * stride + p0 + 16,
+        "columns_8x16: 16 keys from {p0} in {dim} rows of stride {stride}"
+    );
+}
+
+/// What a hand-written 4-row × 32-element weighted block may read: 4 rows of `n` weights, and
+/// elements `c0..c0 + 32` of `n` value rows `stride` apart.
+///
+/// # Panics
+/// If they are not there.
+pub(super) fn check_weighted_block(w: &[f32], n: usize, values: &[f32], stride: usize, c0: usize) {
+    assert!(w.len() >= 4 * n, "weighted_4x32: 4 rows of {n}");
+    assert!(
+        n == 0 || values.len() >= (n - 1) * stride + c0 + 32,
+        "weighted_4x32: 32 elements from {c0} in {n} rows of stride {stride}"
+    );
+}
+
 /// [`crate::rows`]'s query block in AVX2: what [`super::avx512::columns_8x16`] computes (each sum
 /// fused-multiply-added in order of `i`, the generic block's bits), as two passes of 4 rows × 16
 /// keys: eight ymm sums, two key vectors and a broadcast fit the 16 registers, where 8 × 16 would
@@ -954,7 +980,7 @@ pub(crate) fn columns_8x16(
     stride: usize,
     p0: usize,
 ) -> [[f32; 16]; 8] {
-    crate::rows::check_columns_block(q, dim, keys, stride, p0);
+    check_columns_block(q, dim, keys, stride, p0);
     let mut out = [[0.0f32; 16]; 8];
     for (r0, out) in [0, 4].into_iter().zip(out.chunks_exact_mut(4)) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
@@ -993,7 +1019,7 @@ pub(crate) fn weighted_4x32(
     stride: usize,
     c0: usize,
 ) -> [[f32; 32]; 4] {
-    crate::rows::check_weighted_block(w, n, values, stride, c0);
+    check_weighted_block(w, n, values, stride, c0);
     let mut out = [[0.0f32; 32]; 4];
     for half in 0..2 {
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];

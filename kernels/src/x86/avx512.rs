@@ -899,7 +899,7 @@ pub(crate) fn columns_8x16(
     stride: usize,
     p0: usize,
 ) -> [[f32; 16]; 8] {
-    crate::rows::check_columns_block(q, dim, keys, stride, p0);
+    avx2::check_columns_block(q, dim, keys, stride, p0);
     let mut acc = [_mm512_setzero_ps(); 8];
     for i in 0..dim {
         // SAFETY: i < dim, so i · stride + p0 + 16 is within `keys` (checked above).
@@ -927,7 +927,7 @@ pub(crate) fn weighted_4x32(
     stride: usize,
     c0: usize,
 ) -> [[f32; 32]; 4] {
-    crate::rows::check_weighted_block(w, n, values, stride, c0);
+    avx2::check_weighted_block(w, n, values, stride, c0);
     let mut acc = [[_mm512_setzero_ps(); 2]; 4];
     for p in 0..n {
         // SAFETY: p < n, so p · stride + c0 + 32 is within `values` (checked above).
