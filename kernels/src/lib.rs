@@ -217,7 +217,7 @@ pub fn attend_f16(
         keys.len(),
         values.len()
     );
-    let rows = Rows {
+    let head = AttentionHead {
         q,
         keys,
         key_stride,
@@ -229,13 +229,13 @@ pub fn attend_f16(
     #[cfg(target_arch = "x86_64")]
     if dispatch::get().width != multiversion::Width::Baseline {
         // SAFETY: the dispatch allows AVX2 widths only where the CPU has AVX2, FMA and F16C.
-        return unsafe { x86::avx2::attend_f16(&rows, acc) };
+        return unsafe { x86::avx2::attend_f16(&head, acc) };
     }
-    rows.attend(acc, dot_f16, quantize::scale_add_f16)
+    head.attend(acc, dot_f16, quantize::scale_add_f16)
 }
 
-/// [`attend_f16`]'s arguments, and its loop.
-pub(crate) struct Rows<'a> {
+/// One query head and its cached keys and values: [`attend_f16`]'s arguments, and its loop.
+pub(crate) struct AttentionHead<'a> {
     q: &'a [f16],
     keys: &'a [f16],
     key_stride: usize,
@@ -245,7 +245,7 @@ pub(crate) struct Rows<'a> {
     scale: f32,
 }
 
-impl Rows<'_> {
+impl AttentionHead<'_> {
     /// The online softmax, with the instruction set's dot product and accumulator step (inlined
     /// into the caller, so that a SIMD caller's closures get its features).
     #[inline(always)]

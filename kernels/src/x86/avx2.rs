@@ -1140,12 +1140,12 @@ fn round_away(x: __m256) -> __m256i {
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn attend_f16(rows: &crate::Rows, acc: &mut [f16]) -> f32 {
+pub(crate) unsafe fn attend_f16(head: &crate::AttentionHead, acc: &mut [f16]) -> f32 {
     let bytes = |v: &[f16]| -> &[u8] {
         // SAFETY: f16 is a plain 2-byte value; the view covers exactly the borrowed memory.
         unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
     };
-    rows.attend(
+    head.attend(
         acc,
         // SAFETY: the caller checked the features; both rows are as long as the query.
         |k, q| unsafe { vec_dot_f16(q.len(), bytes(k), bytes(q)) },
