@@ -13,14 +13,15 @@
 //! instructions and 3 float ones, where a block-at-a-time kernel needs about 4 per 32 elements.
 //!
 //! Every weight type here is "unsigned quant times scale, minus offset, minus min":
-//! `w = scale · (u - offset) - min`, with `u` a byte, one or two scales per 32-block (Q6_K's
-//! 16-element groups give two), and a min only for Q4_K/Q5_K. The activations are quantized per
+//! `w = scale · (u - offset) - min`, with `u` a byte, one or two scales per 32-block (Q3_K's and
+//! Q6_K's 16-element groups give two), and a min only for Q4_K/Q5_K. The activations are quantized per
 //! 32-block exactly as ggml's Q8_0 (`quantize_row_q8_0_ref`), so the Q8_0/Q4_0/Q5_0 results are
 //! ggml's integer sums with the same scales; for the k-quants this is finer than ggml's Q8_K (one
 //! scale per 256), which keeps them at least as close to the f32 result.
 
 use crate::formats::{
-    blocks, f16_le, k4_scales_mins, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0,
+    blocks, f16_le, k4_scales_mins, q3k_scales, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0,
+    BlockQ6K, BlockQ8_0,
 };
 use crate::QMatrix;
 use ggml_types::GgmlType;
@@ -115,6 +116,7 @@ pub(crate) fn shape(ty: GgmlType) -> Option<Shape> {
         GgmlType::Q5_0 => (16, false, false, 5),
         GgmlType::Q4_K => (0, false, true, 4),
         GgmlType::Q5_K => (0, false, true, 5),
+        GgmlType::Q3_K => (4, true, false, 3),
         GgmlType::Q6_K => (32, true, false, 6),
         _ => return None,
     };
@@ -384,6 +386,27 @@ fn unpack_row_body(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) {
         GgmlType::Q5_K => {
             for (k, x) in blocks::<BlockQ5K>(row).iter().enumerate() {
                 unpack_k4(x.d, x.dmin, &x.scales, &x.qs, Some(&x.qh), k, dst);
+            }
+        }
+        GgmlType::Q3_K => {
+            for (k, x) in blocks::<BlockQ3K>(row).iter().enumerate() {
+                let d = f16_le(x.d);
+                let sc = q3k_scales(&x.scales);
+                for sb in 0..8 {
+                    // Sub-block sb: bits 2·(sb % 4) of the 32 bytes qs[32·(sb / 4)..], and bit sb
+                    // of hmask, which set means +4 (ggml subtracts 4 where it is clear).
+                    let (qs, shift) = (&x.qs[32 * (sb / 4)..], 2 * (sb % 4));
+                    let u: [u8; 32] = std::array::from_fn(|l| {
+                        ((qs[l] >> shift) & 3) | (((x.hmask[l] >> sb) & 1) << 2)
+                    });
+                    Unpacked {
+                        u,
+                        scale_lo: d * sc[2 * sb] as f32,
+                        scale_hi: d * sc[2 * sb + 1] as f32,
+                        min: 0.0,
+                    }
+                    .store(8 * k + sb, dst);
+                }
             }
         }
         GgmlType::Q6_K => {

@@ -420,7 +420,7 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
     let tile = kernels.tile;
     use crate::gemm::{self, ActGroup, WGroup, RM, RN};
     let mut rng = Rng::new(0x711e);
-    for ty in [Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K] {
+    for ty in [Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K, Q6_K] {
         let shape = gemm::shape(ty).expect("a gemm type");
         let bs = ty.block_size().max(32);
         for n in [bs, 3 * bs, 17 * 32 * bs / 32, 28 * 32, 20 * 32]

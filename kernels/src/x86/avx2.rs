@@ -738,7 +738,7 @@ pub(crate) const GEMM: gemm::Kernels = gemm::Kernels {
 ///
 /// Without VNNI a step's products are `vpmaddubsw` pairs in 16 bits, which saturate: as many
 /// steps are added in 16 bits as `shape.bits` allows (8 for 4-bit quants, 4 for 5-bit, 2 for
-/// 6-bit: at most 2·127·(2^bits - 1) per pair and step), then widened with `vpmaddwd` into the
+/// 6-bit, a split part's 4 for 3-bit: at most 2·127·(2^bits - 1) per pair and step), then widened with `vpmaddwd` into the
 /// 32-bit sums. Q8_0's unsigned `u = w + 128` would overflow even one step, so its tile takes
 /// ggml's route: `|w|` times the activation carrying `w`'s sign (at most 2·128·127), no offset.
 ///
@@ -762,6 +762,7 @@ pub(crate) unsafe fn gemm_tile(
         (5, false, false) => tile::<4, false, false, false>(t),
         (4, false, true) => tile::<8, false, false, true>(t),
         (5, false, true) => tile::<4, false, false, true>(t),
+        (3, true, false) => tile::<4, false, true, false>(t),
         (6, true, false) => tile::<2, false, true, false>(t),
         other => unreachable!("avx2 gemm tile: no variant for {other:?}"),
     }
