@@ -99,9 +99,9 @@ fn number(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("not a count: {s:?}\n{USAGE}"))
 }
 
-/// One timed test of one program: tokens/s and its spread, peak RSS of the process.
-#[derive(Clone, Copy)]
+/// One timed test of one program: its name where the program gives one, tokens/s and its spread.
 struct Measured {
+    test: Value,
     tokens_per_second: f64,
     stddev: f64,
 }
@@ -127,6 +127,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let models = models(&o.models)?;
     let mut rows = Vec::new();
     for (i, (label, path)) in models.iter().enumerate() {
+        // A generated token reads every weight but the embeddings once.
+        let gb_per_token = match label.starts_with("mistral7b-") {
+            true => Some(weight_bytes_per_token(path)? / 1e9),
+            false => None,
+        };
         for &t in &o.threads {
             let ours_cmd = || {
                 let mut c = Command::new(&ours);
@@ -157,18 +162,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 let b = measure(&mut theirs_cmd(), "llama-bench")?;
                 (measure(&mut ours_cmd(), "llamafile --bench")?, b)
             };
-            let at_depth = match o.n_depth {
-                0 => String::new(),
-                d => format!(" @ d{d}"),
-            };
-            for (test, n_prompt, n_gen) in [
-                (format!("pp{}{at_depth}", o.n_prompt), o.n_prompt, 0),
-                (format!("tg{}{at_depth}", o.n_gen), 0, o.n_gen),
-            ] {
+            for (n_prompt, n_gen) in [(o.n_prompt, 0), (0, o.n_gen)] {
                 let (x, y) = (
                     result(&a.0, n_prompt, n_gen)?,
                     result(&b.0, n_prompt, n_gen)?,
                 );
+                // Our row's name ("pp512 @ d4096"), which llama-bench's JSON does not carry.
+                let test = x.test;
                 let mut row = json!({
                     "model": label, "threads": t, "test": test,
                     "ours_isa": isa(&a.0), "llama_cpp_build": if o.avx2 { "avx2" } else { "native" },
@@ -177,9 +177,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     "ratio": x.tokens_per_second / y.tokens_per_second,
                     "ours_peak_rss_mib": a.1, "llama_cpp_peak_rss_mib": b.1,
                 });
-                // A generated token reads every weight but the embeddings once.
-                if label.starts_with("mistral7b-") && n_gen > 0 {
-                    let gb = weight_bytes_per_token(path)? / 1e9;
+                if let (Some(gb), true) = (gb_per_token, n_gen > 0) {
                     row["ours_gb_per_s"] = json!(gb * x.tokens_per_second);
                     row["llama_cpp_gb_per_s"] = json!(gb * y.tokens_per_second);
                 }
@@ -287,6 +285,7 @@ fn result(v: &Value, n_prompt: usize, n_gen: usize) -> Result<Measured, String> 
         })
         .ok_or_else(|| format!("no result for n_prompt={n_prompt} n_gen={n_gen} in {v}"))?;
     Ok(Measured {
+        test: hit["test"].clone(),
         tokens_per_second: hit["avg_ts"].as_f64().ok_or("avg_ts missing")?,
         stddev: hit["stddev_ts"].as_f64().unwrap_or(0.0),
     })
