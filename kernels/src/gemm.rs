@@ -395,10 +395,12 @@ fn unpack_row_body(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) {
                 for sb in 0..8 {
                     // Sub-block sb: bits 2·(sb % 4) of the 32 bytes qs[32·(sb / 4)..], and bit sb
                     // of hmask, which set means +4 (ggml subtracts 4 where it is clear).
-                    let (qs, shift) = (&x.qs[32 * (sb / 4)..], 2 * (sb % 4));
-                    let u: [u8; 32] = std::array::from_fn(|l| {
-                        ((qs[l] >> shift) & 3) | (((x.hmask[l] >> sb) & 1) << 2)
-                    });
+                    let qs = &x.qs[32 * (sb / 4)..32 * (sb / 4) + 32];
+                    let shift = 2 * (sb % 4);
+                    let mut u = [0u8; 32];
+                    for l in 0..32 {
+                        u[l] = ((qs[l] >> shift) & 3) | (((x.hmask[l] >> sb) & 1) << 2);
+                    }
                     Unpacked {
                         u,
                         scale_lo: d * sc[2 * sb] as f32,
