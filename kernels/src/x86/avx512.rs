@@ -15,7 +15,7 @@ use super::avx2::{
     scale_product, K4,
 };
 use crate::formats::{
-    blocks, f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+    blocks, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
 };
 use crate::gemm::{ActGroup, Shape, WGroup, RM, RN, STEPS};
 use crate::vec_dot_fn::VecDotFn;
@@ -566,170 +566,13 @@ fn hsum4(v: [__m512; 4]) -> [f32; 4] {
     unsafe { std::mem::transmute::<__m128, [f32; 4]>(quarter) }
 }
 
-/// [`crate::gemm::unpack_row`] with the same bits, for every type with a gemm shape: each
-/// 32-element (sub-)block's quants made in one register, a group's 16 transposed in registers
-/// ([`interleave`]). Returns false (having written nothing) for any other type.
+/// [`avx2::gemm_unpack`] with AVX-512's [`interleave`].
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL and VNNI; `dst` holds the row's groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn gemm_unpack(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) -> bool {
-    match ty {
-        GgmlType::Q8_0 => {
-            let flip = _mm256_set1_epi8(0x80u8 as i8);
-            unpack_groups(blocks::<BlockQ8_0>(row), dst, |x| {
-                (x.d, _mm256_xor_si256(load_i8(&x.qs), flip))
-            })
-        }
-        GgmlType::Q4_0 => unpack_groups(blocks::<BlockQ4_0>(row), dst, |x| (x.d, nibbles32(&x.qs))),
-        GgmlType::Q5_0 => {
-            let sixteen = _mm256_set1_epi8(16);
-            unpack_groups(blocks::<BlockQ5_0>(row), dst, |x| {
-                let q = nibbles32(&x.qs);
-                (
-                    x.d,
-                    _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, sixteen),
-                )
-            })
-        }
-        GgmlType::Q4_K => unpack_superblocks(blocks::<BlockQ4K>(row), dst, |x, sub| {
-            unpack_k4(x.d, x.dmin, &x.scales, &x.qs, None, sub)
-        }),
-        GgmlType::Q5_K => unpack_superblocks(blocks::<BlockQ5K>(row), dst, |x, sub| {
-            unpack_k4(x.d, x.dmin, &x.scales, &x.qs, Some(&x.qh), sub)
-        }),
-        GgmlType::Q6_K => {
-            unpack_superblocks(blocks::<BlockQ6K>(row), dst, |x, sub| unpack_q6k(x, sub))
-        }
-        _ => return false,
-    }
-    true
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_groups<B>(blocks: &[B], dst: &mut [WGroup], quants: impl Fn(&B) -> ([u8; 2], __m256i)) {
-    for (group, w) in blocks.chunks(16).zip(dst.iter_mut()) {
-        let mut buf = [_mm256_setzero_si256(); 16];
-        let mut scales = [0u16; 16];
-        for (l, b) in group.iter().enumerate() {
-            let (d, u) = quants(b);
-            buf[l] = u;
-            scales[l] = u16::from_le_bytes(d);
-        }
-        w.u = interleave(&buf);
-        // SAFETY: any 32 bytes are a valid __m256i.
-        let d = _mm512_cvtph_ps(unsafe { std::mem::transmute::<[u16; 16], __m256i>(scales) });
-        // SAFETY: any 64 bytes are valid f32s.
-        let d = unsafe { std::mem::transmute::<__m512, [f32; 16]>(d) };
-        w.scale_lo = d;
-        w.scale_hi = d;
-        w.min = [0.0; 16];
-    }
-}
-
-/// One 256-element superblock's eight sub-blocks: quants, and per sub-block `scale_lo`,
-/// `scale_hi` and `min` as in [`WGroup`].
-struct Sub {
-    u: [__m256i; 8],
-    scale_lo: [f32; 8],
-    scale_hi: [f32; 8],
-    min: [f32; 8],
-}
-
-/// Two superblocks per group; the second half of a row's last group stays zero without one.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_superblocks<B>(blocks: &[B], dst: &mut [WGroup], unpack: impl Fn(&B, &mut Sub)) {
-    let mut sub = Sub {
-        u: [_mm256_setzero_si256(); 8],
-        scale_lo: [0.0; 8],
-        scale_hi: [0.0; 8],
-        min: [0.0; 8],
-    };
-    for (pair, w) in blocks.chunks(2).zip(dst.iter_mut()) {
-        let mut buf = [_mm256_setzero_si256(); 16];
-        *w = crate::gemm::ZERO_W;
-        for (half, x) in pair.iter().enumerate() {
-            unpack(x, &mut sub);
-            let lanes = 8 * half..8 * half + 8;
-            buf[lanes.clone()].copy_from_slice(&sub.u);
-            w.scale_lo[lanes.clone()].copy_from_slice(&sub.scale_lo);
-            w.scale_hi[lanes.clone()].copy_from_slice(&sub.scale_hi);
-            w.min[lanes].copy_from_slice(&sub.min);
-        }
-        w.u = interleave(&buf);
-    }
-}
-
-/// A Q4_K superblock, or a Q5_K one with its fifth bits `qh`: sub-block `sb` is the low (even
-/// `sb`) or high nibbles of bytes `32 (sb / 2) ..`, plus bit `sb` of each `qh` byte.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_k4(
-    d: [u8; 2],
-    dmin: [u8; 2],
-    scales: &[u8; 12],
-    qs: &[u8; 128],
-    qh: Option<&[u8; 32]>,
-    sub: &mut Sub,
-) {
-    let low = _mm256_set1_epi8(15);
-    let sixteen = _mm256_set1_epi8(16);
-    let (sc, mn) = crate::formats::k4_scales_mins(scales);
-    let (d, dmin) = (f16_le(d), f16_le(dmin));
-    let high_bits = qh.map(|h| load(h));
-    for j in 0..4 {
-        let bytes = load(&qs[32 * j..]);
-        let nibbles = [
-            _mm256_and_si256(bytes, low),
-            _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low),
-        ];
-        for (half, mut u) in nibbles.into_iter().enumerate() {
-            let sb = 2 * j + half;
-            if let Some(h) = high_bits {
-                let bit = _mm256_test_epi8_mask(h, _mm256_set1_epi8(1 << sb));
-                u = _mm256_mask_add_epi8(u, bit, u, sixteen);
-            }
-            sub.u[sb] = u;
-            sub.scale_lo[sb] = d * sc[sb] as f32;
-            sub.min[sb] = dmin * mn[sb] as f32;
-        }
-    }
-    sub.scale_hi = sub.scale_lo;
-}
-
-/// A Q6_K superblock: per half of 128, sub-blocks from the low nibbles of `ql[0..32]`, of
-/// `ql[32..64]`, then their high nibbles, with bits 0-1, 2-3, 4-5, 6-7 of `qh[0..32]` on top.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_q6k(x: &BlockQ6K, sub: &mut Sub) {
-    let low = _mm256_set1_epi8(15);
-    let top = _mm256_set1_epi8(0x30);
-    let d = f16_le(x.d);
-    for half in 0..2 {
-        let a = load(&x.ql[64 * half..]);
-        let b = load(&x.ql[64 * half + 32..]);
-        let h = load(&x.qh[32 * half..]);
-        let u = [
-            (_mm256_and_si256(a, low), _mm256_slli_epi16::<4>(h)),
-            (_mm256_and_si256(b, low), _mm256_slli_epi16::<2>(h)),
-            (_mm256_and_si256(_mm256_srli_epi16::<4>(a), low), h),
-            (
-                _mm256_and_si256(_mm256_srli_epi16::<4>(b), low),
-                _mm256_srli_epi16::<2>(h),
-            ),
-        ];
-        for (i, (q, h)) in u.into_iter().enumerate() {
-            // Each byte's two high bits now sit at bits 4-5 of that same byte.
-            sub.u[4 * half + i] = _mm256_or_si256(q, _mm256_and_si256(h, top));
-        }
-    }
-    for sb in 0..8 {
-        sub.scale_lo[sb] = d * x.scales[2 * sb] as f32;
-        sub.scale_hi[sb] = d * x.scales[2 * sb + 1] as f32;
-    }
-    sub.min = [0.0; 8];
+    avx2::unpack_row_with(ty, row, dst, |b| interleave(b))
 }
 
 /// 16 blocks of 32 bytes (one per lane) into a group's 8 steps: step `s` holds bytes
