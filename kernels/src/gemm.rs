@@ -151,6 +151,17 @@ pub(crate) struct Kernels {
 pub(crate) type TileFn =
     unsafe fn(Shape, &[WGroup], &[ActGroup], usize, usize, bool, &mut [f32; RM * RN]);
 
+/// A [`TileFn`]'s arguments after the shape, as one value: what the SIMD tiles pass from the
+/// entry point to the variant chosen for the shape.
+pub(crate) type TileArgs<'a> = (
+    &'a [WGroup],
+    &'a [ActGroup],
+    usize,
+    usize,
+    bool,
+    &'a mut [f32; RM * RN],
+);
+
 /// Weight rows per tile.
 pub(crate) const RM: usize = 4;
 /// Tokens per tile.

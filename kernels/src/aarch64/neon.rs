@@ -637,7 +637,7 @@ unsafe fn vec_dot_bf16(_n: usize, w: &[u8], act: &[u8]) -> f32 {
 
 // ---- the register-tiled GEMM ----------------------------------------------------------------
 
-use crate::gemm::{self, ActGroup, Shape, WGroup, RM, RN, STEPS};
+use crate::gemm::{self, ActGroup, Shape, TileArgs, WGroup, RM, RN, STEPS};
 
 /// The register-tiled GEMM's kernels for this CPU, for [`crate::gemm::matmul`]: the tile with
 /// `sdot` where the CPU has the dot-product extension, else with `smull`/`sadalp`; weights are
@@ -688,16 +688,6 @@ pub(crate) unsafe fn gemm_tile_dotprod(
     // SAFETY: the caller checked the extension.
     unsafe { gemm_tile::<Sdot>(shape, (w, act, stride, count, half, out)) }
 }
-
-/// [`gemm_tile_plain`]'s arguments after the shape.
-type TileArgs<'a> = (
-    &'a [WGroup],
-    &'a [ActGroup],
-    usize,
-    usize,
-    bool,
-    &'a mut [f32; RM * RN],
-);
 
 /// Signed byte products need no saturation care: `u < 64` for every type but Q8_0 is a valid
 /// signed byte as it is, and Q8_0's `u = w + 128` is flipped back to `w` (its offset then not

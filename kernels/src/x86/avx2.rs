@@ -11,7 +11,7 @@ use crate::formats::{
     bf16_le, blocks, f16_le, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
     BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
-use crate::gemm::{self, ActGroup, Shape, WGroup, LANES, RM, RN, STEPS};
+use crate::gemm::{self, ActGroup, Shape, TileArgs, WGroup, LANES, RM, RN, STEPS};
 use crate::vec_dot_fn::VecDotFn;
 use ggml_types::GgmlType;
 use half::f16;
@@ -1037,16 +1037,6 @@ pub(crate) unsafe fn gemm_tile(
         other => unreachable!("avx2 gemm tile: no variant for {other:?}"),
     }
 }
-
-/// [`gemm_tile`]'s arguments.
-type TileArgs<'a> = (
-    &'a [WGroup],
-    &'a [ActGroup],
-    usize,
-    usize,
-    bool,
-    &'a mut [f32; RM * RN],
-);
 
 /// [`gemm_tile`] for `FLUSH` steps added in 16 bits, Q8_0's `SIGNED` products, two scales per
 /// block (`SPLIT`) and a min term (`MIN`).
