@@ -14,14 +14,16 @@
 //!
 //! Every weight type here is "unsigned quant times scale, minus offset, minus min":
 //! `w = scale · (u - offset) - min`, with `u` a byte, one or two scales per 32-block (Q3_K's and
-//! Q6_K's 16-element groups give two), and a min only for Q4_K/Q5_K. The activations are quantized per
+//! Q6_K's 16-element groups give two), and a min only for Q4_K/Q5_K. Q2_K's min per 16 elements does
+//! not fit a group's one min per block: the tile runs it without, and [`half_min_terms`] subtracts
+//! `min · d · Σ q` per 16-element half beside the tile. The activations are quantized per
 //! 32-block exactly as ggml's Q8_0 (`quantize_row_q8_0_ref`), so the Q8_0/Q4_0/Q5_0 results are
 //! ggml's integer sums with the same scales; for the k-quants this is finer than ggml's Q8_K (one
 //! scale per 256), which keeps them at least as close to the f32 result.
 
 use crate::formats::{
-    blocks, f16_le, k4_scales_mins, q3k_scales, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0,
-    BlockQ6K, BlockQ8_0,
+    blocks, f16_le, k4_scales_mins, q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K,
+    BlockQ5_0, BlockQ6K, BlockQ8_0,
 };
 use crate::QMatrix;
 use ggml_types::GgmlType;
@@ -106,11 +108,14 @@ pub(crate) struct Shape {
     /// Bits of `u` (`u < 2^bits`): what bounds the integer sums, for tiles that add products in
     /// 16 bits (AVX2's `vpmaddubsw`).
     pub(crate) bits: u32,
+    /// A min per 16-element half (Q2_K), subtracted beside the tile ([`half_min_terms`]).
+    pub(crate) half_mins: bool,
 }
 
 /// The weight types this module handles, and how.
 pub(crate) fn shape(ty: GgmlType) -> Option<Shape> {
     let (offset, split, min, bits) = match ty {
+        GgmlType::Q2_K => (0, true, false, 2),
         GgmlType::Q8_0 => (128, false, false, 8),
         GgmlType::Q4_0 => (8, false, false, 4),
         GgmlType::Q5_0 => (16, false, false, 5),
@@ -125,6 +130,7 @@ pub(crate) fn shape(ty: GgmlType) -> Option<Shape> {
         split,
         min,
         bits,
+        half_mins: ty == GgmlType::Q2_K,
     })
 }
 
@@ -195,6 +201,16 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
         .zip(x.par_chunks(w.cols))
         // SAFETY: the kernels were chosen for features this CPU has.
         .for_each(|(dst, src)| unsafe { (isa.pack)(shape, src, dst) });
+    // Q2_K: each token's `d · Σ q` per 16-element half, for the min terms.
+    let halves = w.cols / 16;
+    let mut half_sums = Vec::new();
+    if shape.half_mins {
+        half_sums.resize(n_tokens * halves, 0.0);
+        half_sums
+            .par_chunks_mut(halves)
+            .zip(act.par_chunks(groups))
+            .for_each(|(dst, src)| half_sums_of(src, dst));
+    }
 
     let w_row = crate::row_bytes(w.ty, w.cols, "matmul weights");
     let out = Out(y.as_mut_ptr());
@@ -206,12 +222,19 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
         let padded_rows = (r1 - r0).next_multiple_of(RM);
         grow(&mut panel, padded_rows * groups, ZERO_W);
         panel[(r1 - r0) * groups..padded_rows * groups].fill(ZERO_W);
+        let mut mins = Vec::new();
+        if shape.half_mins {
+            mins.resize((r1 - r0) * halves, 0.0);
+        }
         for (r, dst) in (r0..r1).zip(panel.chunks_mut(groups)) {
             let row = &w.data[r * w_row..(r + 1) * w_row];
             // SAFETY: the kernels were chosen for features this CPU has.
             let unpacked = isa.unpack.is_some_and(|f| unsafe { f(w.ty, row, dst) });
             if !unpacked {
                 unpack_row(w.ty, row, dst);
+            }
+            if shape.half_mins {
+                half_mins(row, &mut mins[(r - r0) * halves..(r - r0 + 1) * halves]);
             }
         }
         // Token chunk by group chunk: a row tile's groups of one chunk stay in L1 while every
@@ -247,9 +270,15 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
                 // one run: y's rows are far apart (a power of two, often), so each run is a
                 // cache miss, and wide stores keep many in flight where one store per element
                 // would stall on them.
-                let run: [f32; PANEL_ROWS] = std::array::from_fn(|i| {
+                let mut run: [f32; PANEL_ROWS] = std::array::from_fn(|i| {
                     sums[i / RM * (TOKEN_CHUNK / RN) + tile][jj * RM + i % RM]
                 });
+                if shape.half_mins {
+                    let sums = &half_sums[j * halves..(j + 1) * halves];
+                    for (v, mins) in run.iter_mut().zip(mins.chunks_exact(halves)) {
+                        *v -= half_min_terms(mins, sums);
+                    }
+                }
                 // SAFETY: token j < n_tokens and rows r0..r1 are inside y; only this panel
                 // writes them.
                 let dst = unsafe { out.run(j * w.rows + r0, r1 - r0) };
@@ -270,6 +299,46 @@ fn grow<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
     if v.len() < len {
         v.resize(len, fill);
     }
+}
+
+/// Q2_K's mins of one row, `dmin · m` per 16-element half, in element order: a block's scale
+/// byte `i` holds half `i`'s scale (low nibble) and min (high nibble).
+fn half_mins(row: &[u8], dst: &mut [f32]) {
+    for (x, dst) in blocks::<BlockQ2K>(row).iter().zip(dst.chunks_exact_mut(16)) {
+        let dmin = f16_le(x.dmin);
+        for (m, &sc) in dst.iter_mut().zip(&x.scales) {
+            *m = dmin * (sc >> 4) as f32;
+        }
+    }
+}
+
+/// One token's `d · Σ q` per 16-element half, in element order, from its packed groups: half
+/// `2 b` is steps 0..4 of block `b`'s lane, half `2 b + 1` steps 4..8.
+fn half_sums_of(groups: &[ActGroup], dst: &mut [f32]) {
+    for (b, dst) in dst.chunks_exact_mut(2).enumerate() {
+        let (a, l) = (&groups[b / LANES], b % LANES);
+        let sum = |steps: &[[i8; 64]]| -> i32 {
+            steps
+                .iter()
+                .flat_map(|s| &s[4 * l..4 * l + 4])
+                .map(|&q| i32::from(q))
+                .sum()
+        };
+        dst[0] = a.d[l] * sum(&a.qs[..STEPS / 2]) as f32;
+        dst[1] = a.d[l] * sum(&a.qs[STEPS / 2..]) as f32;
+    }
+}
+
+/// `Σ min · d · Σ q` over a row's halves for one token: what Q2_K's mins take off its dot
+/// product (eight partial sums, which the compiler keeps in vector lanes).
+fn half_min_terms(mins: &[f32], sums: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (m, s) in mins.chunks_exact(8).zip(sums.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += m[k] * s[k];
+        }
+    }
+    acc.iter().sum()
 }
 
 /// `y`, shared by the panels, each writing only its own rows' elements.
@@ -397,6 +466,29 @@ fn unpack_row_body(ty: GgmlType, row: &[u8], dst: &mut [WGroup]) {
         GgmlType::Q5_K => {
             for (k, x) in blocks::<BlockQ5K>(row).iter().enumerate() {
                 unpack_k4(x.d, x.dmin, &x.scales, &x.qs, Some(&x.qh), k, dst);
+            }
+        }
+        GgmlType::Q2_K => {
+            for (k, x) in blocks::<BlockQ2K>(row).iter().enumerate() {
+                let d = f16_le(x.d);
+                for sb in 0..8 {
+                    // Sub-block sb: bits 2·(sb % 4) of the 32 bytes qs[32·(sb / 4)..]; its
+                    // halves' scales are the low nibbles of scale bytes 2·sb and 2·sb + 1 (the
+                    // mins, the high nibbles, are `half_mins`').
+                    let qs = &x.qs[32 * (sb / 4)..32 * (sb / 4) + 32];
+                    let shift = 2 * (sb % 4);
+                    let mut u = [0u8; 32];
+                    for l in 0..32 {
+                        u[l] = (qs[l] >> shift) & 3;
+                    }
+                    Unpacked {
+                        u,
+                        scale_lo: d * (x.scales[2 * sb] & 15) as f32,
+                        scale_hi: d * (x.scales[2 * sb + 1] & 15) as f32,
+                        min: 0.0,
+                    }
+                    .store(8 * k + sb, dst);
+                }
             }
         }
         GgmlType::Q3_K => {

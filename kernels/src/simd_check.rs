@@ -420,7 +420,7 @@ pub(super) fn check_tile(isa: &str, kernels: crate::gemm::Kernels) {
     let tile = kernels.tile;
     use crate::gemm::{self, ActGroup, WGroup, RM, RN};
     let mut rng = Rng::new(0x711e);
-    for ty in [Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K, Q6_K] {
+    for ty in [Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
         let shape = gemm::shape(ty).expect("a gemm type");
         let bs = ty.block_size().max(32);
         for n in [bs, 3 * bs, 17 * 32 * bs / 32, 28 * 32, 20 * 32]
@@ -655,10 +655,12 @@ fn check_matmul(
 /// [`check_matmul`] on the first rows of every gemm-typed matrix of the synth and real models.
 pub(super) fn check_tile_on_models(isa: &str, kernels: crate::gemm::Kernels) {
     let mut rng = Rng::new(0x90de1);
-    let mut paths: Vec<PathBuf> = ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]
-        .iter()
-        .map(|t| testmodels::llama_synth(t))
-        .collect();
+    let mut paths: Vec<PathBuf> = [
+        "Q8_0", "Q4_0", "Q5_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    ]
+    .iter()
+    .map(|t| testmodels::llama_synth(t))
+    .collect();
     paths.push(testmodels::model("qwen.gguf"));
     paths.push(testmodels::model("gemma.gguf"));
     for path in paths {

@@ -774,6 +774,9 @@ pub(super) fn unpack_row_with(
             );
             (x.d, _mm256_or_si256(nibbles32(&x.qs), high))
         }),
+        GgmlType::Q2_K => unpack_superblocks(blocks::<BlockQ2K>(row), dst, interleave, |x, sub| {
+            unpack_q2k(x, sub)
+        }),
         GgmlType::Q3_K => unpack_superblocks(blocks::<BlockQ3K>(row), dst, interleave, |x, sub| {
             unpack_q3k(x, sub)
         }),
@@ -898,6 +901,32 @@ fn bit_as(bytes: __m256i, bit: usize, value: i8) -> __m256i {
     let mask = _mm256_set1_epi8((1u8 << bit) as i8);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
     _mm256_and_si256(set, _mm256_set1_epi8(value))
+}
+
+/// A Q2_K superblock: sub-block `sb` is bits `2 (sb % 4)` of the 32 bytes `qs[32 (sb / 4)..]`, its
+/// halves' scales the low nibbles of scale bytes `2 sb` and `2 sb + 1` (the high nibbles, the
+/// mins, are subtracted beside the tile: [`gemm::matmul`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q2k(x: &BlockQ2K, sub: &mut Sub) {
+    let m3 = _mm256_set1_epi8(3);
+    let d = f16_le(x.d);
+    for half in 0..2 {
+        let bits = load(&x.qs[32 * half..]);
+        let low = [
+            bits,
+            _mm256_srli_epi16::<2>(bits),
+            _mm256_srli_epi16::<4>(bits),
+            _mm256_srli_epi16::<6>(bits),
+        ];
+        for (s, low) in low.into_iter().enumerate() {
+            let sb = 4 * half + s;
+            sub.u[sb] = _mm256_and_si256(low, m3);
+            sub.scale_lo[sb] = d * (x.scales[2 * sb] & 15) as f32;
+            sub.scale_hi[sb] = d * (x.scales[2 * sb + 1] & 15) as f32;
+        }
+    }
+    sub.min = [0.0; 8];
 }
 
 /// A Q3_K superblock: sub-block `sb` is bits `2 (sb % 4)` of the 32 bytes `qs[32 (sb / 4)..]`,
@@ -1032,7 +1061,7 @@ pub(crate) unsafe fn gemm_tile(
         (5, false, false) => tile::<4, false, false, false>(t),
         (4, false, true) => tile::<8, false, false, true>(t),
         (5, false, true) => tile::<4, false, false, true>(t),
-        (3, true, false) => tile::<4, false, true, false>(t),
+        (2 | 3, true, false) => tile::<4, false, true, false>(t),
         (6, true, false) => tile::<2, false, true, false>(t),
         other => unreachable!("avx2 gemm tile: no variant for {other:?}"),
     }
