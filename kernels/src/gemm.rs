@@ -222,9 +222,10 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
         let padded_rows = (r1 - r0).next_multiple_of(RM);
         grow(&mut panel, padded_rows * groups, ZERO_W);
         panel[(r1 - r0) * groups..padded_rows * groups].fill(ZERO_W);
+        // Q2_K: the panel's mins, half by half ([`half_mins`]); rows past the matrix stay 0.
         let mut mins = Vec::new();
         if shape.half_mins {
-            mins.resize((r1 - r0) * halves, 0.0);
+            mins.resize(halves * PANEL_ROWS, 0.0);
         }
         for (r, dst) in (r0..r1).zip(panel.chunks_mut(groups)) {
             let row = &w.data[r * w_row..(r + 1) * w_row];
@@ -234,7 +235,7 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
                 unpack_row(w.ty, row, dst);
             }
             if shape.half_mins {
-                half_mins(row, &mut mins[(r - r0) * halves..(r - r0 + 1) * halves]);
+                half_mins(row, r - r0, &mut mins);
             }
         }
         // Token chunk by group chunk: a row tile's groups of one chunk stay in L1 while every
@@ -274,10 +275,7 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
                     sums[i / RM * (TOKEN_CHUNK / RN) + tile][jj * RM + i % RM]
                 });
                 if shape.half_mins {
-                    let sums = &half_sums[j * halves..(j + 1) * halves];
-                    for (v, mins) in run.iter_mut().zip(mins.chunks_exact(halves)) {
-                        *v -= half_min_terms(mins, sums);
-                    }
+                    subtract_half_mins(&mut run, &mins, &half_sums[j * halves..(j + 1) * halves]);
                 }
                 // SAFETY: token j < n_tokens and rows r0..r1 are inside y; only this panel
                 // writes them.
@@ -301,13 +299,17 @@ fn grow<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
     }
 }
 
-/// Q2_K's mins of one row, `dmin · m` per 16-element half, in element order: a block's scale
-/// byte `i` holds half `i`'s scale (low nibble) and min (high nibble).
-fn half_mins(row: &[u8], dst: &mut [f32]) {
-    for (x, dst) in blocks::<BlockQ2K>(row).iter().zip(dst.chunks_exact_mut(16)) {
+/// Q2_K's mins of panel row `i`, `dmin · m` per 16-element half, into `mins[k · PANEL_ROWS + i]`
+/// for half `k` (all rows' mins of a half side by side, for [`subtract_half_mins`]). A block's
+/// scale byte `k` holds half `k`'s scale (low nibble) and min (high nibble).
+fn half_mins(row: &[u8], i: usize, mins: &mut [f32]) {
+    for (x, mins) in blocks::<BlockQ2K>(row)
+        .iter()
+        .zip(mins.chunks_exact_mut(16 * PANEL_ROWS))
+    {
         let dmin = f16_le(x.dmin);
-        for (m, &sc) in dst.iter_mut().zip(&x.scales) {
-            *m = dmin * (sc >> 4) as f32;
+        for (half, &sc) in mins.chunks_exact_mut(PANEL_ROWS).zip(&x.scales) {
+            half[i] = dmin * (sc >> 4) as f32;
         }
     }
 }
@@ -329,16 +331,29 @@ fn half_sums_of(groups: &[ActGroup], dst: &mut [f32]) {
     }
 }
 
-/// `Σ min · d · Σ q` over a row's halves for one token: what Q2_K's mins take off its dot
-/// product (eight partial sums, which the compiler keeps in vector lanes).
-fn half_min_terms(mins: &[f32], sums: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (m, s) in mins.chunks_exact(8).zip(sums.chunks_exact(8)) {
-        for k in 0..8 {
-            acc[k] += m[k] * s[k];
+crate::multiversion::multiversion! {
+    /// Takes Q2_K's min terms off one token's sums of a panel's rows: `run[i]` loses
+    /// `Σ_k mins[k · PANEL_ROWS + i] · sums[k]` ([`half_mins`], [`half_sums_of`]). n/16 products
+    /// per row and token beside the tile's n, so written for the vectorizer: the rows are the
+    /// vector lanes, two halves at a time for independent additions.
+    fn subtract_half_mins(run: &mut [f32; PANEL_ROWS], mins: &[f32], sums: &[f32]) =
+        subtract_half_mins_body;
+}
+
+#[inline(always)]
+fn subtract_half_mins_body(run: &mut [f32; PANEL_ROWS], mins: &[f32], sums: &[f32]) {
+    let mut acc = [[0.0f32; PANEL_ROWS]; 2];
+    // Q2_K rows are whole 256-element blocks, so the halves come in multiples of 16.
+    for (m, s) in mins.chunks_exact(2 * PANEL_ROWS).zip(sums.chunks_exact(2)) {
+        for (h, acc) in acc.iter_mut().enumerate() {
+            for (a, &m) in acc.iter_mut().zip(&m[h * PANEL_ROWS..(h + 1) * PANEL_ROWS]) {
+                *a += m * s[h];
+            }
         }
     }
-    acc.iter().sum()
+    for ((v, a), b) in run.iter_mut().zip(acc[0]).zip(acc[1]) {
+        *v -= a + b;
+    }
 }
 
 /// `y`, shared by the panels, each writing only its own rows' elements.
