@@ -202,6 +202,23 @@ pub(super) fn prefetch_ahead<X>(block: &X) {
     }
 }
 
+/// Eight f16s (little-endian bits, one block scale each) as f32 lanes. Inserted from integer
+/// registers: built on the stack instead (as `_mm_set_epi16` compiles), the vector load would
+/// wait for the narrow stores before it to retire.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16x8(h: [[u8; 2]; 8]) -> __m256 {
+    let h = |k: usize| i32::from(u16::from_le_bytes(h[k]));
+    let v = _mm_cvtsi32_si128(h(0));
+    let v = _mm_insert_epi16::<1>(v, h(1));
+    let v = _mm_insert_epi16::<2>(v, h(2));
+    let v = _mm_insert_epi16::<3>(v, h(3));
+    let v = _mm_insert_epi16::<4>(v, h(4));
+    let v = _mm_insert_epi16::<5>(v, h(5));
+    let v = _mm_insert_epi16::<6>(v, h(6));
+    _mm256_cvtph_ps(_mm_insert_epi16::<7>(v, h(7)))
+}
+
 /// One 32-element block prepared for [`sum_blocks`]: the weights' and the activations' scales
 /// (f16 bits), the block's integer sums (eight lanes), and an optional term added as it is.
 type Prepared = ([u8; 2], [u8; 2], __m256i, Option<f32>);
@@ -221,20 +238,7 @@ fn sum_blocks<X, Y>(x: &[X], y: &[Y], prepare: impl Fn(&X, &Y) -> Prepared) -> f
     for (x, y) in xs.zip(ys) {
         x.iter().for_each(prefetch_ahead);
         let p: [Prepared; 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
-        // Eight scales' f16 bits in one register, inserted from integer registers (built on the
-        // stack, the vector load would wait for the narrow stores before it to retire).
-        let halves = |pick: fn(&Prepared) -> [u8; 2]| {
-            let h = |k: usize| i32::from(u16::from_le_bytes(pick(&p[k])));
-            let v = _mm_cvtsi32_si128(h(0));
-            let v = _mm_insert_epi16::<1>(v, h(1));
-            let v = _mm_insert_epi16::<2>(v, h(2));
-            let v = _mm_insert_epi16::<3>(v, h(3));
-            let v = _mm_insert_epi16::<4>(v, h(4));
-            let v = _mm_insert_epi16::<5>(v, h(5));
-            let v = _mm_insert_epi16::<6>(v, h(6));
-            _mm256_cvtph_ps(_mm_insert_epi16::<7>(v, h(7)))
-        };
-        let scales = _mm256_mul_ps(halves(|b| b.0), halves(|b| b.1));
+        let scales = _mm256_mul_ps(f16x8(p.map(|b| b.0)), f16x8(p.map(|b| b.1)));
         for (k, &(_, _, sumi, e)) in p.iter().enumerate() {
             let d = _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(k as i32));
             acc[k % 2] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k % 2]);
@@ -901,56 +905,53 @@ fn bit_as(bytes: __m256i, bit: usize, value: i8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(value))
 }
 
-/// A Q2_K superblock: sub-block `sb` is bits `2 (sb % 4)` of the 32 bytes `qs[32 (sb / 4)..]`, its
-/// halves' scales the low nibbles of scale bytes `2 sb` and `2 sb + 1` (the high nibbles, the
+/// A Q2_K superblock: sub-block `sb`'s quants are its [`two_bit_planes`], its halves' scales the low nibbles of scale bytes `2 sb` and `2 sb + 1` (the high nibbles, the
 /// mins, are subtracted beside the tile: [`gemm::matmul`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn unpack_q2k(x: &BlockQ2K, sub: &mut Sub) {
-    let m3 = _mm256_set1_epi8(3);
     let d = f16_le(x.d);
-    for half in 0..2 {
-        let bits = load(&x.qs[32 * half..]);
-        let low = [
-            bits,
-            _mm256_srli_epi16::<2>(bits),
-            _mm256_srli_epi16::<4>(bits),
-            _mm256_srli_epi16::<6>(bits),
-        ];
-        for (s, low) in low.into_iter().enumerate() {
-            let sb = 4 * half + s;
-            sub.u[sb] = _mm256_and_si256(low, m3);
-            sub.scale_lo[sb] = d * (x.scales[2 * sb] & 15) as f32;
-            sub.scale_hi[sb] = d * (x.scales[2 * sb + 1] & 15) as f32;
-        }
+    sub.u = two_bit_planes(&x.qs);
+    for sb in 0..8 {
+        sub.scale_lo[sb] = d * (x.scales[2 * sb] & 15) as f32;
+        sub.scale_hi[sb] = d * (x.scales[2 * sb + 1] & 15) as f32;
     }
     sub.min = [0.0; 8];
 }
 
-/// A Q3_K superblock: sub-block `sb` is bits `2 (sb % 4)` of the 32 bytes `qs[32 (sb / 4)..]`,
-/// plus bit `sb` of each `hmask` byte as 4 (ggml subtracts 4 where it is clear; the shape's
+/// The eight 32-element sub-blocks of Q2_K's and Q3_K's low two bits: sub-block `sb` is bits
+/// `2 (sb % 4)` of the 32 bytes `qs[32 (sb / 4)..]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn two_bit_planes(qs: &[u8; 64]) -> [__m256i; 8] {
+    let m3 = _mm256_set1_epi8(3);
+    let (a, b) = (load(&qs[..32]), load(&qs[32..]));
+    let plane = |v: __m256i| _mm256_and_si256(v, m3);
+    [
+        plane(a),
+        plane(_mm256_srli_epi16::<2>(a)),
+        plane(_mm256_srli_epi16::<4>(a)),
+        plane(_mm256_srli_epi16::<6>(a)),
+        plane(b),
+        plane(_mm256_srli_epi16::<2>(b)),
+        plane(_mm256_srli_epi16::<4>(b)),
+        plane(_mm256_srli_epi16::<6>(b)),
+    ]
+}
+
+/// A Q3_K superblock: sub-block `sb` is its [`two_bit_planes`] plus bit `sb` of each `hmask` byte
+/// as 4 (ggml subtracts 4 where it is clear; the shape's
 /// offset does).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn unpack_q3k(x: &BlockQ3K, sub: &mut Sub) {
-    let m3 = _mm256_set1_epi8(3);
     let hmask = load(&x.hmask);
     let d = f16_le(x.d);
     let sc = crate::formats::q3k_scales(&x.scales);
-    for half in 0..2 {
-        let bits = load(&x.qs[32 * half..]);
-        let low = [
-            bits,
-            _mm256_srli_epi16::<2>(bits),
-            _mm256_srli_epi16::<4>(bits),
-            _mm256_srli_epi16::<6>(bits),
-        ];
-        for (s, low) in low.into_iter().enumerate() {
-            let sb = 4 * half + s;
-            sub.u[sb] = _mm256_or_si256(_mm256_and_si256(low, m3), bit_as(hmask, sb, 4));
-            sub.scale_lo[sb] = d * sc[2 * sb] as f32;
-            sub.scale_hi[sb] = d * sc[2 * sb + 1] as f32;
-        }
+    for (sb, low) in two_bit_planes(&x.qs).into_iter().enumerate() {
+        sub.u[sb] = _mm256_or_si256(low, bit_as(hmask, sb, 4));
+        sub.scale_lo[sb] = d * sc[2 * sb] as f32;
+        sub.scale_hi[sb] = d * sc[2 * sb + 1] as f32;
     }
     sub.min = [0.0; 8];
 }

@@ -11,8 +11,8 @@
 //! Types without a kernel here use the AVX2 one.
 
 use super::avx2::{
-    self, f16_one, hsum, hsum128, k4_head, k4_min_sum, load, load_i8, nibbles32, prefetch_ahead,
-    scale_product, K4,
+    self, f16_one, f16x8, hsum, hsum128, k4_head, k4_min_sum, load, load_i8, nibbles32,
+    prefetch_ahead, scale_product, K4,
 };
 use crate::formats::{
     blocks, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
@@ -112,21 +112,7 @@ fn sum_blocks<X, Y, const OFFSET: u8>(
     for (x, y) in xs.zip(ys) {
         x.iter().for_each(prefetch_ahead);
         let p: [Prepared; 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
-        // Eight scales' f16 bits in one register, inserted from integer registers: built on
-        // the stack instead (as `_mm_set_epi16` compiles), the vector load would wait for the
-        // narrow stores before it to retire.
-        let halves = |pick: fn(&Prepared) -> [u8; 2]| {
-            let h = |k: usize| i32::from(u16::from_le_bytes(pick(&p[k])));
-            let v = _mm_cvtsi32_si128(h(0));
-            let v = _mm_insert_epi16::<1>(v, h(1));
-            let v = _mm_insert_epi16::<2>(v, h(2));
-            let v = _mm_insert_epi16::<3>(v, h(3));
-            let v = _mm_insert_epi16::<4>(v, h(4));
-            let v = _mm_insert_epi16::<5>(v, h(5));
-            let v = _mm_insert_epi16::<6>(v, h(6));
-            _mm256_cvtph_ps(_mm_insert_epi16::<7>(v, h(7)))
-        };
-        let scales = _mm256_mul_ps(halves(|b| b.0), halves(|b| b.1));
+        let scales = _mm256_mul_ps(f16x8(p.map(|b| b.0)), f16x8(p.map(|b| b.1)));
         for (k, &(_, _, u, q8)) in p.iter().enumerate() {
             let d = _mm256_permutexvar_ps(_mm256_set1_epi32(k as i32), scales);
             block!(u, q8, d, acc[k % 2]);
