@@ -15,7 +15,7 @@
 //! Every weight type here is "unsigned quant times scale, minus offset, minus min":
 //! `w = scale · (u - offset) - min`, with `u` a byte, one or two scales per 32-block (Q3_K's and
 //! Q6_K's 16-element groups give two), and a min only for Q4_K/Q5_K. Q2_K's min per 16 elements does
-//! not fit a group's one min per block: the tile runs it without, and [`half_min_terms`] subtracts
+//! not fit a group's one min per block: the tile runs it without, and [`subtract_half_mins`] subtracts
 //! `min · d · Σ q` per 16-element half beside the tile. The activations are quantized per
 //! 32-block exactly as ggml's Q8_0 (`quantize_row_q8_0_ref`), so the Q8_0/Q4_0/Q5_0 results are
 //! ggml's integer sums with the same scales; for the k-quants this is finer than ggml's Q8_K (one
@@ -108,7 +108,7 @@ pub(crate) struct Shape {
     /// Bits of `u` (`u < 2^bits`): what bounds the integer sums, for tiles that add products in
     /// 16 bits (AVX2's `vpmaddubsw`).
     pub(crate) bits: u32,
-    /// A min per 16-element half (Q2_K), subtracted beside the tile ([`half_min_terms`]).
+    /// A min per 16-element half (Q2_K), subtracted beside the tile ([`subtract_half_mins`]).
     pub(crate) half_mins: bool,
 }
 
