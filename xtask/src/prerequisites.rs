@@ -31,15 +31,30 @@ pub struct Group {
     pub name: &'static str,
     /// What the group is for, for the summary.
     pub needed_by: &'static str,
-    /// Debian packages that provide it.
-    packages: &'static str,
     /// Whether it needs the arm64 architecture added to dpkg.
     arm64: bool,
-    /// What is missing, if anything.
-    missing: fn() -> Option<String>,
+    /// What is missing, each with the Debian packages that provide it: only those are installed,
+    /// so that a tool already there from elsewhere (nodesource's nodejs, which carries npm and
+    /// conflicts with Debian's) is left alone.
+    missing: fn() -> Vec<Lack>,
     /// Test-name filters that select the tests needing it (passed as `cargo test -- --skip F`).
     pub tests: &'static [&'static str],
     pub skippable: bool,
+}
+
+/// One missing thing and the Debian packages that provide it.
+pub struct Lack {
+    what: String,
+    packages: &'static str,
+}
+
+impl Lack {
+    fn new(what: impl Into<String>, packages: &'static str) -> Self {
+        Lack {
+            what: what.into(),
+            packages,
+        }
+    }
 }
 
 pub const GROUPS: &[Group] = &[
@@ -47,7 +62,6 @@ pub const GROUPS: &[Group] = &[
         name: "base",
         needed_by:
             "fetching and making the test models (pip, numpy), the launcher's shells, zip listings",
-        packages: "python3 python3-venv python3-pip unzip dash zsh busybox",
         arm64: false,
         missing: base_missing,
         tests: &[],
@@ -56,7 +70,6 @@ pub const GROUPS: &[Group] = &[
     Group {
         name: "browser",
         needed_by: "the web chat page test and the openai JS SDK's (headless Chromium, npm)",
-        packages: "chromium npm",
         arm64: false,
         missing: browser_missing,
         tests: &["headless_chromium"],
@@ -66,7 +79,6 @@ pub const GROUPS: &[Group] = &[
         name: "proxy",
         needed_by:
             "the test of two servers behind nginx, one killed mid-run (README's configuration)",
-        packages: "nginx",
         arm64: false,
         missing: proxy_missing,
         tests: &["behind_nginx"],
@@ -80,7 +92,6 @@ pub const GROUPS: &[Group] = &[
 pub const AARCH64: Group = Group {
     name: "aarch64",
     needed_by: "the aarch64 runtime (built with Debian's cross toolchain, run under qemu) and the NEON kernels' tests",
-    packages: CROSS_PACKAGES,
     arm64: true,
     missing: aarch64_missing,
     tests: &["under_qemu"],
@@ -91,53 +102,74 @@ pub const AARCH64: Group = Group {
 pub const MACOS: Group = Group {
     name: "macos",
     needed_by: "the two macOS runtimes (Debian's Rust builds the standard library from source; zig from PyPI links and signs) and the tests that check and pack them",
-    packages: MACOS_PACKAGES,
     arm64: false,
     missing: macos_std_source_missing,
     tests: &["macos"],
     skippable: true,
 };
 
-fn base_missing() -> Option<String> {
-    let tools: Vec<&str> = ["python3", "unzip", "dash", "zsh", "busybox"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
-    if !tools.is_empty() {
-        return Some(tools.join(", "));
-    }
+/// The tools of `tools` (each a command and its Debian package) that are not on PATH.
+fn tools_missing(tools: &[(&'static str, &'static str)]) -> Vec<Lack> {
+    tools
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|&(tool, package)| Lack::new(tool, package))
+        .collect()
+}
+
+fn base_missing() -> Vec<Lack> {
+    let mut lacks = tools_missing(&[
+        ("python3", "python3"),
+        ("unzip", "unzip"),
+        ("dash", "dash"),
+        ("zsh", "zsh"),
+        ("busybox", "busybox"),
+    ]);
     // python3-venv and python3-pip: Debian's python3 has neither module without them.
     let modules = Command::new("python3")
         .args(["-c", "import ensurepip, pip"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    match modules {
-        Ok(s) if s.success() => None,
-        _ => Some("python3's venv and pip modules".into()),
+    if !modules.is_ok_and(|s| s.success()) {
+        lacks.push(Lack::new(
+            "python3's venv and pip modules",
+            "python3-venv python3-pip",
+        ));
     }
+    lacks
 }
 
 /// The Chromium the page tests start (`$LLAMAFILE_CHROMIUM`, else Debian's), and npm, which
 /// fetches the openai JS SDK one of them loads.
-fn browser_missing() -> Option<String> {
+fn browser_missing() -> Vec<Lack> {
     let exe = std::env::var_os("LLAMAFILE_CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into());
+    let mut lacks = tools_missing(&[("npm", "npm")]);
     if !Path::new(&exe).is_file() {
-        return Some(Path::new(&exe).display().to_string());
+        lacks.push(Lack::new(Path::new(&exe).display().to_string(), "chromium"));
     }
-    (!on_path("npm")).then(|| "npm".into())
+    lacks
 }
 
 /// Debian's nginx, in /usr/sbin (which a user's PATH may lack) or on PATH.
-fn proxy_missing() -> Option<String> {
-    (!Path::new("/usr/sbin/nginx").is_file() && !on_path("nginx")).then(|| "nginx".into())
+fn proxy_missing() -> Vec<Lack> {
+    if Path::new("/usr/sbin/nginx").is_file() {
+        return Vec::new();
+    }
+    tools_missing(&[("nginx", "nginx")])
 }
 
-fn aarch64_missing() -> Option<String> {
-    if !on_path("qemu-aarch64") {
-        return Some("qemu-aarch64".into());
-    }
-    aarch64_toolchain_missing()
+/// qemu and the cross toolchain come as one set: the toolchain's parts are checked by
+/// [`aarch64_toolchain_missing`], which the build also uses.
+fn aarch64_missing() -> Vec<Lack> {
+    let what = if !on_path("qemu-aarch64") {
+        Some("qemu-aarch64".into())
+    } else {
+        aarch64_toolchain_missing()
+    };
+    what.into_iter()
+        .map(|what| Lack::new(what, CROSS_PACKAGES))
+        .collect()
 }
 
 /// Debian's packaged Rust's sysroot, if its rustc is there.
@@ -172,17 +204,22 @@ pub fn aarch64_toolchain_missing() -> Option<String> {
 }
 
 /// What building the standard library for macOS from source lacks, if anything.
-fn macos_std_source_missing() -> Option<String> {
-    let std_src = match debian_sysroot() {
-        Ok(s) => s.join("lib/rustlib/src/rust/library/std"),
-        Err(why) => return Some(why),
+fn macos_std_source_missing() -> Vec<Lack> {
+    let what = match debian_sysroot() {
+        Ok(s) => {
+            let std_src = s.join("lib/rustlib/src/rust/library/std");
+            (!std_src.is_dir()).then(|| {
+                format!(
+                    "{} (the standard library's source, rust-web-src)",
+                    std_src.display()
+                )
+            })
+        }
+        Err(why) => Some(why),
     };
-    (!std_src.is_dir()).then(|| {
-        format!(
-            "{} (the standard library's source, rust-web-src)",
-            std_src.display()
-        )
-    })
+    what.into_iter()
+        .map(|what| Lack::new(what, MACOS_PACKAGES))
+        .collect()
 }
 
 pub fn on_path(name: &str) -> bool {
@@ -276,40 +313,51 @@ pub fn ensure(skip: &[String]) -> Result<(), String> {
 pub const LLAMA_CPP_BUILD: Group = Group {
     name: "llama.cpp",
     needed_by: "building llama.cpp's llama-bench and llama-completion to compare against",
-    packages: "cmake g++",
     arm64: false,
     missing: llama_cpp_build_missing,
     tests: &[],
     skippable: false,
 };
 
-fn llama_cpp_build_missing() -> Option<String> {
-    let tools: Vec<&str> = ["cmake", "c++"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
-    (!tools.is_empty()).then(|| tools.join(", "))
+fn llama_cpp_build_missing() -> Vec<Lack> {
+    tools_missing(&[("cmake", "cmake"), ("c++", "g++")])
 }
 
 /// Installs what `groups` lack when root with apt, else fails with the command that would;
 /// `task` (`test`, `bench`) names the xtask command in the messages.
 pub fn install_missing(groups: &[&Group], task: &str) -> Result<(), String> {
-    let missing: Vec<(&Group, String)> = groups
+    let missing: Vec<(&Group, Vec<Lack>)> = groups
         .iter()
-        .filter_map(|g| (g.missing)().map(|what| (*g, what)))
+        .map(|g| (*g, (g.missing)()))
+        .filter(|(_, lacks)| !lacks.is_empty())
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let packages: Vec<&str> = missing
-        .iter()
-        .flat_map(|(g, _)| g.packages.split(' '))
-        .collect();
+    let mut packages: Vec<&str> = Vec::new();
+    for lack in missing.iter().flat_map(|(_, lacks)| lacks) {
+        for package in lack.packages.split(' ') {
+            if !packages.contains(&package) {
+                packages.push(package);
+            }
+        }
+    }
     let arm64 = missing.iter().any(|(g, _)| g.arm64);
     let command = install_command(&packages, arm64);
+    let whats = |lacks: &[Lack]| {
+        let whats: Vec<&str> = lacks.iter().map(|l| l.what.as_str()).collect();
+        whats.join(", ")
+    };
     let report: Vec<String> = missing
         .iter()
-        .map(|(g, what)| format!("  {} (for {}): missing {what}", g.name, g.needed_by))
+        .map(|(g, lacks)| {
+            format!(
+                "  {} (for {}): missing {}",
+                g.name,
+                g.needed_by,
+                whats(lacks)
+            )
+        })
         .collect();
     if is_root() && on_path("apt-get") {
         eprintln!(
@@ -328,7 +376,10 @@ pub fn install_missing(groups: &[&Group], task: &str) -> Result<(), String> {
         }
         let still: Vec<String> = missing
             .iter()
-            .filter_map(|(g, _)| (g.missing)().map(|what| format!("{}: {what}", g.name)))
+            .filter_map(|(g, _)| {
+                let lacks = (g.missing)();
+                (!lacks.is_empty()).then(|| format!("{}: {}", g.name, whats(&lacks)))
+            })
             .collect();
         if still.is_empty() {
             return Ok(());
