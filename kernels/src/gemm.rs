@@ -183,6 +183,7 @@ const _: () = assert!(PANEL_ROWS.is_multiple_of(RM) && TOKEN_CHUNK.is_multiple_o
 thread_local! {
     static ACT: Cell<Vec<ActGroup>> = const { Cell::new(Vec::new()) };
     static PANEL: Cell<Vec<WGroup>> = const { Cell::new(Vec::new()) };
+    static MINS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// [`crate::matmul`] for a weight type with a [`shape`], through tile kernel `tile`.
@@ -222,10 +223,16 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
         let padded_rows = (r1 - r0).next_multiple_of(RM);
         grow(&mut panel, padded_rows * groups, ZERO_W);
         panel[(r1 - r0) * groups..padded_rows * groups].fill(ZERO_W);
-        // Q2_K: the panel's mins, half by half ([`half_mins`]); rows past the matrix stay 0.
-        let mut mins = Vec::new();
+        // Q2_K: the panel's mins, half by half ([`half_mins`]), in a buffer kept like the panel
+        // (for a 14336-column row it is 112 KiB: allocating and zeroing it per panel cost more
+        // than the panel's min terms). Every row of the panel is written below; rows past the
+        // matrix must be 0.
+        let mut mins = MINS.take();
         if shape.half_mins {
-            mins.resize(halves * PANEL_ROWS, 0.0);
+            grow(&mut mins, halves * PANEL_ROWS, 0.0);
+            if r1 - r0 < PANEL_ROWS {
+                mins[..halves * PANEL_ROWS].fill(0.0);
+            }
         }
         for (r, dst) in (r0..r1).zip(panel.chunks_mut(groups)) {
             let row = &w.data[r * w_row..(r + 1) * w_row];
@@ -275,7 +282,11 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
                     sums[i / RM * (TOKEN_CHUNK / RN) + tile][jj * RM + i % RM]
                 });
                 if shape.half_mins {
-                    subtract_half_mins(&mut run, &mins, &half_sums[j * halves..(j + 1) * halves]);
+                    subtract_half_mins(
+                        &mut run,
+                        &mins[..halves * PANEL_ROWS],
+                        &half_sums[j * halves..(j + 1) * halves],
+                    );
                 }
                 // SAFETY: token j < n_tokens and rows r0..r1 are inside y; only this panel
                 // writes them.
@@ -288,6 +299,7 @@ pub(crate) fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32], isa
             }
         }
         PANEL.set(panel);
+        MINS.set(mins);
     });
     ACT.set(act);
 }
