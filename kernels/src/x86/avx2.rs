@@ -905,8 +905,9 @@ fn bit_as(bytes: __m256i, bit: usize, value: i8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(value))
 }
 
-/// A Q2_K superblock: sub-block `sb`'s quants are its [`two_bit_planes`], its halves' scales the low nibbles of scale bytes `2 sb` and `2 sb + 1` (the high nibbles, the
-/// mins, are subtracted beside the tile: [`gemm::matmul`]).
+/// A Q2_K superblock: sub-block `sb`'s quants are its [`two_bit_planes`], its halves' scales the
+/// low nibbles of scale bytes `2 sb` and `2 sb + 1` (the high nibbles, the mins, are subtracted
+/// beside the tile: [`gemm::matmul`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn unpack_q2k(x: &BlockQ2K, sub: &mut Sub) {
@@ -940,8 +941,7 @@ fn two_bit_planes(qs: &[u8; 64]) -> [__m256i; 8] {
 }
 
 /// A Q3_K superblock: sub-block `sb` is its [`two_bit_planes`] plus bit `sb` of each `hmask` byte
-/// as 4 (ggml subtracts 4 where it is clear; the shape's
-/// offset does).
+/// as 4 (ggml subtracts 4 where it is clear; the shape's offset does).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn unpack_q3k(x: &BlockQ3K, sub: &mut Sub) {
