@@ -132,9 +132,11 @@ pub(super) fn hsum128(v: __m128) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn nibbles32(qs: &[u8; 16]) -> __m256i {
-    let b = load16(qs);
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(b), b);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    // Both lanes get the 16 bytes straight from memory (a broadcast is a plain load); the high
+    // lane is shifted by 4 in place. One shift where a shift and a lane insert were two.
+    let both = _mm256_broadcastsi128_si256(load16(qs));
+    let shifted = _mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
 /// Byte j is 0xff where bit j of `bits` is set, else 0.
@@ -189,14 +191,16 @@ fn dot_signed(x: __m256i, y: __m256i) -> __m256i {
 /// 4 KiB ahead all did as well, 512 bytes less).
 const PREFETCH_AHEAD: usize = 2048;
 
-/// Asks the cache for the cache lines [`PREFETCH_AHEAD`] bytes after `block`, a block of a
-/// weight row (past the row's end it reads the next row, or nothing: a prefetch never faults).
+/// Asks the cache for the cache lines [`PREFETCH_AHEAD`] bytes after `blocks`, a block or a run
+/// of blocks of a weight row (past the row's end it reads the next row, or nothing: a prefetch
+/// never faults). One request per 64 bytes: consecutive runs cover the row without gaps, and a
+/// 32-element block (18 to 34 bytes) asking for its own lines repeated each line's request.
 #[inline(always)]
-pub(super) fn prefetch_ahead<X>(block: &X) {
-    let ahead = (block as *const X)
+pub(super) fn prefetch_ahead<X: ?Sized>(blocks: &X) {
+    let ahead = (blocks as *const X)
         .cast::<i8>()
         .wrapping_add(PREFETCH_AHEAD);
-    for line in (0..std::mem::size_of::<X>()).step_by(64) {
+    for line in (0..std::mem::size_of_val(blocks)).step_by(64) {
         // SAFETY: SSE is part of every x86_64 CPU, and a prefetch reads nothing it could fault on.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line)) };
     }
@@ -236,7 +240,7 @@ fn sum_blocks<X, Y>(x: &[X], y: &[Y], prepare: impl Fn(&X, &Y) -> Prepared) -> f
     let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
     let tail = xs.remainder().iter().zip(ys.remainder());
     for (x, y) in xs.zip(ys) {
-        x.iter().for_each(prefetch_ahead);
+        prefetch_ahead(x);
         let p: [Prepared; 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
         let scales = _mm256_mul_ps(f16x8(p.map(|b| b.0)), f16x8(p.map(|b| b.1)));
         for (k, &(_, _, sumi, e)) in p.iter().enumerate() {

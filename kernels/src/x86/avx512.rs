@@ -110,7 +110,7 @@ fn sum_blocks<X, Y, const OFFSET: u8>(
     let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
     let tail = xs.remainder().iter().zip(ys.remainder());
     for (x, y) in xs.zip(ys) {
-        x.iter().for_each(prefetch_ahead);
+        prefetch_ahead(x);
         let p: [Prepared; 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
         let scales = _mm256_mul_ps(f16x8(p.map(|b| b.0)), f16x8(p.map(|b| b.1)));
         for (k, &(_, _, u, q8)) in p.iter().enumerate() {
