@@ -181,6 +181,61 @@ impl BlockQ8K {
     }
 }
 
+/// The activation row that the dot products of Q4_0, Q5_0 and Q8_0 weights take: ggml's Q8_0
+/// blocks, then every block's scale `d` as an f32, then every block's `d · Σqs` as an f32 (both
+/// little-endian, unaligned, one array each so that eight blocks' values are one vector load).
+///
+/// Every weight row of a matrix is dotted with the same activations, so what depends on them
+/// alone is worked out once per matrix rather than once per row and block: the f16 scales'
+/// conversion, and the block sums that take the offset of Q4_0's and Q5_0's quants back out
+/// (the kernels multiply unsigned quants, `q + 8` or `q + 16`, and subtract `8 · d_w · d·Σqs`
+/// for eight blocks with one multiply-add, where a product against the constant offset per block
+/// and row cost a quarter of a Q4_0 block's instructions).
+pub(crate) struct Q8_0Act<'a> {
+    pub(crate) blocks: &'a [BlockQ8_0],
+    pub(crate) d: &'a [[u8; 4]],
+    pub(crate) sums: &'a [[u8; 4]],
+}
+
+impl<'a> Q8_0Act<'a> {
+    /// The bytes a block's two f32s add to the row.
+    pub(crate) const EXTRA: usize = 8;
+
+    /// Views the `n`-element row at the start of `act`.
+    ///
+    /// # Panics
+    /// If `act` is shorter than the row; callers checked its length against the shapes.
+    #[inline]
+    pub(crate) fn new(n: usize, act: &'a [u8]) -> Self {
+        let nb = n / 32;
+        let (blocks_bytes, rest) = act.split_at(nb * std::mem::size_of::<BlockQ8_0>());
+        let (d, sums) = rest.as_chunks::<4>().0[..2 * nb].split_at(nb);
+        Q8_0Act {
+            blocks: blocks(blocks_bytes),
+            d,
+            sums,
+        }
+    }
+
+    /// Fills in the f32s of the `n`-element row `row` from its blocks.
+    pub(crate) fn write_sums(n: usize, row: &mut [u8]) {
+        let nb = n / 32;
+        let (blocks_bytes, rest) = row.split_at_mut(nb * std::mem::size_of::<BlockQ8_0>());
+        let (d, sums) = rest[..nb * Self::EXTRA].split_at_mut(nb * 4);
+        for ((b, d), s) in blocks::<BlockQ8_0>(blocks_bytes)
+            .iter()
+            .zip(d.chunks_exact_mut(4))
+            .zip(sums.chunks_exact_mut(4))
+        {
+            let scale = f16_le(b.d);
+            let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
+            d.copy_from_slice(&scale.to_le_bytes());
+            // Exact: |Σqs| ≤ 32 · 127 fits in 12 bits and an f16's significand in 11.
+            s.copy_from_slice(&(scale * sum as f32).to_le_bytes());
+        }
+    }
+}
+
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K block, unpacked from their 12 bytes
 /// (ggml's get_scale_min_k4 for j = 0..8): bytes 0..4 hold scales 0..4 and bytes 4..8 mins 0..4 in
 /// their low 6 bits; bytes 8..12 hold the low nibbles of scales 4..8 and mins 4..8, whose top two bits

@@ -47,13 +47,25 @@ pub(crate) fn row_bytes(ty: GgmlType, n: usize, what: &str) -> usize {
     n / bs * ty.type_size()
 }
 
-/// Checks `vec_dot`'s arguments and cuts both operands to exactly one row.
+/// Bytes of the activation row that the kernels for `ty` weights take for `n` elements: the row
+/// in `vec_dot_type(ty)`, followed for Q8_0 by the per-block f32s of [`formats::Q8_0Act`].
+pub(crate) fn act_row_bytes(ty: GgmlType, n: usize, what: &str) -> usize {
+    let act_ty = vec_dot_type(ty);
+    let bytes = row_bytes(act_ty, n, what);
+    match act_ty {
+        GgmlType::Q8_0 => bytes + n / 32 * formats::Q8_0Act::EXTRA,
+        _ => bytes,
+    }
+}
+
+/// Checks `vec_dot`'s arguments, cuts the weights to exactly one row and makes the activations
+/// (one row in `vec_dot_type(ty)`) into the row the kernels take (see [`act_row_bytes`]).
 pub(crate) fn check_dot_args<'a>(
     ty: GgmlType,
     n: usize,
     w: &'a [u8],
-    act: &'a [u8],
-) -> (&'a [u8], &'a [u8]) {
+    act: &[u8],
+) -> (&'a [u8], Vec<u8>) {
     let act_ty = vec_dot_type(ty);
     let wb = row_bytes(ty, n, "vec_dot weights");
     let ab = row_bytes(act_ty, n, "vec_dot activations");
@@ -69,7 +81,10 @@ pub(crate) fn check_dot_args<'a>(
         act_ty.name(),
         act.len()
     );
-    (&w[..wb], &act[..ab])
+    let mut row = act[..ab].to_vec();
+    row.resize(act_row_bytes(ty, n, "vec_dot activations"), 0);
+    quantize::complete_act_row(act_ty, n, &mut row);
+    (&w[..wb], row)
 }
 
 /// Exact dequantization of `dst.len()` elements (a whole number of blocks) from ggml-layout bytes:
@@ -135,7 +150,7 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     let kernel = dispatch::get().kernel(ty);
     // SAFETY: dispatch only hands out kernels whose CPU features were detected, and the operands
     // are exactly one row each.
-    unsafe { kernel(n, w, act) }
+    unsafe { kernel(n, w, &act) }
 }
 
 /// Which instruction set the dot products use: "avx512vnni", "avx2", "neon" or "scalar".

@@ -2,9 +2,8 @@
 
 use crate::dispatch;
 use crate::gemm;
-use crate::quantize::quantize;
+use crate::quantize::quantize_act;
 use crate::vec_dot_fn::VecDotFn;
-use crate::vec_dot_type;
 use ggml_types::GgmlType;
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -38,16 +37,15 @@ const TOKEN_TILE_BYTES: usize = 64 << 10;
 /// `y[t * rows + r] = dot(w row r, x row t)` for `t` in `0..n_tokens`; `x` is `n_tokens × cols`
 /// f32 (row-major), `y` is `n_tokens × rows`.
 ///
-/// `x` is converted once to the weights' `vec_dot_type` (into a buffer reused across calls on the
-/// same thread), as ggml does. Tiles of weight rows then run in parallel on rayon's pool, each
+/// `x` is converted once to the weights' `vec_dot_type`, as ggml does, plus what the kernels take
+/// beside it (see [`crate::act_row_bytes`]), into a buffer reused across calls on the same thread. Tiles of weight rows then run in parallel on rayon's pool, each
 /// dotted with every token while it is in cache.
 ///
 /// # Panics
 /// If `cols` is not a whole number of blocks, or the slices do not have the sizes the shapes give.
 pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) {
-    let act_ty = vec_dot_type(w.ty);
     let w_row = crate::row_bytes(w.ty, w.cols, "matmul weights");
-    let a_row = crate::row_bytes(act_ty, w.cols, "matmul activations");
+    let a_row = crate::act_row_bytes(w.ty, w.cols, "matmul activations");
     assert!(
         w.data.len() >= w.rows * w_row,
         "matmul: {} rows of {} {} elements need {} bytes, the matrix has {}",
@@ -84,11 +82,11 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, y: &mut [f32]) {
     let mut act = SCRATCH.take();
     act.resize(n_tokens * a_row, 0);
     if n_tokens == 1 {
-        quantize(act_ty, x, &mut act);
+        quantize_act(w.ty, x, &mut act);
     } else {
         act.par_chunks_mut(a_row)
             .zip(x.par_chunks(w.cols))
-            .for_each(|(dst, src)| quantize(act_ty, src, dst));
+            .for_each(|(dst, src)| quantize_act(w.ty, src, dst));
     }
 
     let kernel = dispatch::get().kernel(w.ty);

@@ -3,7 +3,7 @@
 
 use crate::formats::{
     blocks_mut, f16_bits_to_f32, f16_to_le, f32_to_bf16_bits, f32_to_f16_bits, BlockQ8K, BlockQ8_0,
-    BlockQ8_1,
+    BlockQ8_1, Q8_0Act,
 };
 use crate::quantize_weights::nearest_int;
 use ggml_types::GgmlType;
@@ -38,6 +38,23 @@ fn quantize_body(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         GgmlType::Q8_1 => q8_1(src, blocks_mut(dst)),
         GgmlType::Q8_K => q8_k(src, blocks_mut(dst)),
         weight => crate::quantize_weights::quantize_weights(weight, src, dst),
+    }
+}
+
+/// Converts one row of activations into the row the kernels for `ty` weights take
+/// ([`crate::act_row_bytes`] long): `quantize`d to `vec_dot_type(ty)`, then completed.
+pub(crate) fn quantize_act(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    let act_ty = crate::vec_dot_type(ty);
+    let bytes = crate::row_bytes(act_ty, src.len(), "activations");
+    quantize(act_ty, src, &mut dst[..bytes]);
+    complete_act_row(act_ty, src.len(), dst);
+}
+
+/// Adds to an `n`-element row in `act_ty` what the kernels take after it: Q8_0's per-block f32s
+/// ([`Q8_0Act`]); other rows are complete as they are.
+pub(crate) fn complete_act_row(act_ty: GgmlType, n: usize, row: &mut [u8]) {
+    if act_ty == GgmlType::Q8_0 {
+        Q8_0Act::write_sums(n, row);
     }
 }
 

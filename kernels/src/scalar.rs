@@ -6,7 +6,7 @@
 
 use crate::formats::{
     bf16_le, blocks, f16_le, k4_scales_mins, q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0,
-    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, Q8_0Act,
 };
 use ggml_types::{GgmlType, QK_K};
 
@@ -17,7 +17,7 @@ use ggml_types::{GgmlType, QK_K};
 /// Under the same conditions as [`crate::vec_dot`].
 pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     let (w, act) = crate::check_dot_args(ty, n, w, act);
-    kernel(ty)(n, w, act)
+    kernel(ty)(n, w, &act)
 }
 
 /// The reference kernel for weights of type `ty`. Kernels take exactly one row of each operand.
@@ -89,9 +89,12 @@ fn unpack_32(qs: &[u8; 16], qh: u32, offset: i8) -> [i8; 32] {
     v
 }
 
-fn vec_dot_q4_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+fn vec_dot_q4_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut sumf = 0.0f32;
-    for (x, y) in blocks::<BlockQ4_0>(w).iter().zip(blocks::<BlockQ8_0>(act)) {
+    for (x, y) in blocks::<BlockQ4_0>(w)
+        .iter()
+        .zip(Q8_0Act::new(n, act).blocks)
+    {
         let sumi = i8_dot(&unpack_32(&x.qs, 0, -8), &y.qs);
         sumf += sumi as f32 * f16_le(x.d) * f16_le(y.d);
     }
@@ -107,9 +110,12 @@ fn vec_dot_q4_1(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     sumf
 }
 
-fn vec_dot_q5_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+fn vec_dot_q5_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut sumf = 0.0f32;
-    for (x, y) in blocks::<BlockQ5_0>(w).iter().zip(blocks::<BlockQ8_0>(act)) {
+    for (x, y) in blocks::<BlockQ5_0>(w)
+        .iter()
+        .zip(Q8_0Act::new(n, act).blocks)
+    {
         let sumi = i8_dot(&unpack_32(&x.qs, u32::from_le_bytes(x.qh), -16), &y.qs);
         sumf += (f16_le(x.d) * f16_le(y.d)) * sumi as f32;
     }
@@ -125,9 +131,12 @@ fn vec_dot_q5_1(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     sumf
 }
 
-fn vec_dot_q8_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+fn vec_dot_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut sumf = 0.0f32;
-    for (x, y) in blocks::<BlockQ8_0>(w).iter().zip(blocks::<BlockQ8_0>(act)) {
+    for (x, y) in blocks::<BlockQ8_0>(w)
+        .iter()
+        .zip(Q8_0Act::new(n, act).blocks)
+    {
         sumf += i8_dot(&x.qs, &y.qs) as f32 * (f16_le(x.d) * f16_le(y.d));
     }
     sumf

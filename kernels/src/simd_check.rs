@@ -89,7 +89,7 @@ fn f16_fields(ty: GgmlType) -> (&'static [usize], &'static [usize]) {
 fn run(k: VecDotFn, ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     let (w, act) = crate::check_dot_args(ty, n, w, act);
     // SAFETY: the test calling this checked the kernel's CPU features; the rows are whole.
-    unsafe { k(n, w, act) }
+    unsafe { k(n, w, &act) }
 }
 
 fn dequant(ty: GgmlType, n: usize, bytes: &[u8]) -> Vec<f64> {

@@ -11,7 +11,7 @@
 
 use crate::formats::{
     bf16_le, blocks, f16_le, k4_scales_mins, q3k_scales, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0,
-    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, Q8_0Act,
 };
 use crate::vec_dot_fn::VecDotFn;
 use ggml_types::GgmlType;
@@ -286,35 +286,47 @@ unsafe fn block_dot<D: Dot>(q: (int8x16_t, int8x16_t), y: &[i8; 32]) -> int32x4_
 }
 
 #[inline(always)]
-unsafe fn q8_0<D: Dot>(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        let q = (ld_s8(&x.qs), ld_s8(&x.qs[16..]));
-        (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
-    })
+unsafe fn q8_0<D: Dot>(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_blocks(
+        blocks::<BlockQ8_0>(w),
+        Q8_0Act::new(n, act).blocks,
+        |x, y| {
+            let q = (ld_s8(&x.qs), ld_s8(&x.qs[16..]));
+            (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
+        },
+    )
 }
 
 #[inline(always)]
-unsafe fn q4_0<D: Dot>(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+unsafe fn q4_0<D: Dot>(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let eight = vdupq_n_s8(8);
-    sum_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        let (lo, hi) = nibbles(&x.qs);
-        let q = (vsubq_s8(signed(lo), eight), vsubq_s8(signed(hi), eight));
-        (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
-    })
+    sum_blocks(
+        blocks::<BlockQ4_0>(w),
+        Q8_0Act::new(n, act).blocks,
+        |x, y| {
+            let (lo, hi) = nibbles(&x.qs);
+            let q = (vsubq_s8(signed(lo), eight), vsubq_s8(signed(hi), eight));
+            (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
+        },
+    )
 }
 
 #[inline(always)]
-unsafe fn q5_0<D: Dot>(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+unsafe fn q5_0<D: Dot>(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let sixteen = vdupq_n_s8(16);
-    sum_blocks(blocks::<BlockQ5_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        let (lo, hi) = nibbles(&x.qs);
-        let (hlo, hhi) = fifth_bits(x.qh);
-        let q = (
-            vsubq_s8(signed(vorrq_u8(lo, hlo)), sixteen),
-            vsubq_s8(signed(vorrq_u8(hi, hhi)), sixteen),
-        );
-        (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
-    })
+    sum_blocks(
+        blocks::<BlockQ5_0>(w),
+        Q8_0Act::new(n, act).blocks,
+        |x, y| {
+            let (lo, hi) = nibbles(&x.qs);
+            let (hlo, hhi) = fifth_bits(x.qh);
+            let q = (
+                vsubq_s8(signed(vorrq_u8(lo, hlo)), sixteen),
+                vsubq_s8(signed(vorrq_u8(hi, hhi)), sixteen),
+            );
+            (f16_le(x.d) * f16_le(y.d), block_dot::<D>(q, &y.qs), None)
+        },
+    )
 }
 
 #[inline(always)]

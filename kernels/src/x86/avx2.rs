@@ -9,7 +9,7 @@
 
 use crate::formats::{
     bf16_le, blocks, f16_le, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K,
-    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, Q8_0Act,
 };
 use crate::gemm::{self, ActGroup, Shape, TileArgs, WGroup, LANES, RM, RN, STEPS};
 use crate::vec_dot_fn::VecDotFn;
@@ -79,6 +79,15 @@ pub(super) fn load16(s: &[u8]) -> __m128i {
     unsafe { std::mem::transmute::<[u8; 16], __m128i>(a) }
 }
 
+/// Eight little-endian f32s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_f32x8(s: &[[u8; 4]]) -> __m256 {
+    let a: [[u8; 4]; 8] = s[..8].try_into().expect("eight f32s");
+    // SAFETY: any 32 bytes are a valid __m256.
+    unsafe { std::mem::transmute::<[[u8; 4]; 8], __m256>(a) }
+}
+
 /// A little-endian f16 (a block's scale) as f32, by F16C: [`f16_le`]'s integer form has a branch
 /// and a multiply on the load's critical path, which per-row loops over blocks stall on.
 #[inline]
@@ -139,6 +148,18 @@ pub(super) fn nibbles32(qs: &[u8; 16]) -> __m256i {
     _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
+/// The 32 five-bit values of a Q5_0/Q5_1 block in element order: [`nibbles32`] plus 16 where
+/// bit j of `qh` is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn five_bits32(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
+    let high = _mm256_and_si256(
+        bits_to_bytes(u32::from_le_bytes(qh)),
+        _mm256_set1_epi8(0x10),
+    );
+    _mm256_or_si256(nibbles32(qs), high)
+}
+
 /// Byte j is 0xff where bit j of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -162,16 +183,6 @@ pub(super) fn bits_to_bytes(bits: u32) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pairs_to_i32(p16: __m256i) -> __m256i {
     _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
-}
-
-/// Σ (q - offset) * y in eight i32 partial sums, for unsigned q ≤ 31 and offset ≤ 16: both
-/// products stay far from i16 saturation whatever the activation bytes are.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_offset(q: __m256i, y: __m256i, offset: i8) -> __m256i {
-    let p = _mm256_maddubs_epi16(q, y);
-    let o = _mm256_maddubs_epi16(_mm256_set1_epi8(offset), y);
-    pairs_to_i32(_mm256_sub_epi16(p, o))
 }
 
 /// Σ x * y in eight i32 partial sums for any signed x and |y| ≤ 127: |x| (as unsigned, so
@@ -223,40 +234,85 @@ pub(super) fn f16x8(h: [[u8; 2]; 8]) -> __m256 {
     _mm256_cvtph_ps(_mm_insert_epi16::<7>(v, h(7)))
 }
 
-/// One 32-element block prepared for [`sum_blocks`]: the weights' and the activations' scales
-/// (f16 bits), the block's integer sums (eight lanes), and an optional term added as it is.
-type Prepared = ([u8; 2], [u8; 2], __m256i, Option<f32>);
-
-/// Σ over blocks of `d_w · d_a · Σ sumi` plus the optional per-block `extra`, with two
-/// accumulators so that consecutive blocks' FMAs do not wait on each other. The scale products
-/// are made eight blocks at a time, by two conversions and one multiply (per block they were a
-/// scalar chain of seven instructions, a quarter of a Q5_0 block's), then taken lane by lane:
-/// the same products, so the same result.
+/// Adds eight blocks' integer sums times their scales (lane k of `scales`) to two accumulators,
+/// the even blocks to the first, so that consecutive blocks' FMAs do not wait on each other.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn sum_blocks<X, Y>(x: &[X], y: &[Y], prepare: impl Fn(&X, &Y) -> Prepared) -> f32 {
+fn add_blocks(acc: &mut [__m256; 2], scales: __m256, sums: [__m256i; 8]) {
+    for (k, sumi) in sums.into_iter().enumerate() {
+        let d = _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(k as i32));
+        acc[k % 2] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k % 2]);
+    }
+}
+
+/// One 32-element block prepared for [`sum_blocks`]: the weights' and the activations' scales
+/// (f16 bits), the block's integer sums (eight lanes), and the min term, added as it is.
+type Prepared = ([u8; 2], [u8; 2], __m256i, f32);
+
+/// Σ over blocks of `d_w · d_a · Σ sumi` plus the per-block min terms, for the weights dotted with
+/// Q8_1 activations. The scale products are made eight blocks at a time, by two conversions and
+/// one multiply (per block they were a scalar chain of seven instructions), then taken lane by
+/// lane: the same products, so the same result.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_blocks<X>(x: &[X], y: &[BlockQ8_1], prepare: impl Fn(&X, &BlockQ8_1) -> Prepared) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 2];
-    let mut extra = 0.0f32;
+    let mut mins = 0.0f32;
     let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
     let tail = xs.remainder().iter().zip(ys.remainder());
     for (x, y) in xs.zip(ys) {
         prefetch_ahead(x);
         let p: [Prepared; 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
         let scales = _mm256_mul_ps(f16x8(p.map(|b| b.0)), f16x8(p.map(|b| b.1)));
-        for (k, &(_, _, sumi, e)) in p.iter().enumerate() {
-            let d = _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(k as i32));
-            acc[k % 2] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k % 2]);
-            extra += e.unwrap_or(0.0);
-        }
+        add_blocks(&mut acc, scales, p.map(|b| b.2));
+        mins += p.iter().map(|b| b.3).sum::<f32>();
     }
     // The last few blocks one by one; the first of them has an even index, as above.
     for (k, (x, y)) in tail.enumerate() {
-        let (dw, da, sumi, e) = prepare(x, y);
+        let (dw, da, sumi, min) = prepare(x, y);
         let d = _mm256_set1_ps(scale_product(dw, da));
         acc[k % 2] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k % 2]);
-        extra += e.unwrap_or(0.0);
+        mins += min;
     }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + extra
+    hsum(_mm256_add_ps(acc[0], acc[1])) + mins
+}
+
+/// Σ over blocks of `d_w · d · Σ sumi`, for the weights dotted with Q8_0 activations, as
+/// [`sum_blocks`] does it, with the activation scales as f32s (eight blocks in one load). Weights
+/// whose quants `prepare` takes as unsigned, `q + OFFSET` (Q4_0's 8, Q5_0's 16), get the offset
+/// taken back out at the end: `OFFSET · Σ d_w · (d · Σqs)`, one multiply-add per eight blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_q8_0_blocks<X, const OFFSET: u8>(
+    x: &[X],
+    y: Q8_0Act,
+    prepare: impl Fn(&X, &BlockQ8_0) -> ([u8; 2], __m256i),
+) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut offsets = _mm256_setzero_ps();
+    let mut tail_offsets = 0.0f32;
+    let groups = x
+        .chunks_exact(8)
+        .zip(y.blocks.chunks_exact(8))
+        .zip(y.d.chunks_exact(8).zip(y.sums.chunks_exact(8)));
+    for ((x, y), (d, sums)) in groups {
+        prefetch_ahead(x);
+        let p: [([u8; 2], __m256i); 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
+        let dw = f16x8(p.map(|b| b.0));
+        if OFFSET != 0 {
+            offsets = _mm256_fmadd_ps(dw, load_f32x8(sums), offsets);
+        }
+        add_blocks(&mut acc, _mm256_mul_ps(dw, load_f32x8(d)), p.map(|b| b.1));
+    }
+    // The last few blocks one by one (a multiple of 8 came before: the same accumulator parity).
+    for k in x.len() / 8 * 8..x.len() {
+        let (dw, sumi) = prepare(&x[k], &y.blocks[k]);
+        let dw = f16_one(dw);
+        let d = _mm256_set1_ps(dw * f32::from_le_bytes(y.d[k]));
+        acc[k % 2] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k % 2]);
+        tail_offsets += dw * f32::from_le_bytes(y.sums[k]);
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1])) - f32::from(OFFSET) * (hsum(offsets) + tail_offsets)
 }
 
 // ---- 32-element blocks ---------------------------------------------------------------------
@@ -264,36 +320,32 @@ fn sum_blocks<X, Y>(x: &[X], y: &[Y], prepare: impl Fn(&X, &Y) -> Prepared) -> f
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `w` and `act` must be whole rows of `n` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_q8_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        let sumi = dot_signed(load_i8(&x.qs), load_i8(&y.qs));
-        (x.d, y.d, sumi, None)
+pub(crate) unsafe fn vec_dot_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_q8_0_blocks::<_, 0>(blocks::<BlockQ8_0>(w), Q8_0Act::new(n, act), |x, y| {
+        (x.d, dot_signed(load_i8(&x.qs), load_i8(&y.qs)))
     })
 }
 
 /// # Safety
 /// As for [`vec_dot_q8_0`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        let sumi = dot_offset(nibbles32(&x.qs), load_i8(&y.qs), 8);
-        (x.d, y.d, sumi, None)
+pub(crate) unsafe fn vec_dot_q4_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_q8_0_blocks::<_, 8>(blocks::<BlockQ4_0>(w), Q8_0Act::new(n, act), |x, y| {
+        (
+            x.d,
+            pairs_to_i32(_mm256_maddubs_epi16(nibbles32(&x.qs), load_i8(&y.qs))),
+        )
     })
 }
 
 /// # Safety
 /// As for [`vec_dot_q8_0`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks(blocks::<BlockQ5_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        // ggml's form: where the fifth bit is clear, the top nibble 0xf0 makes the byte
-        // `q - 16` as a signed byte (and where it is set, `q + 16 - 16` is the nibble itself).
-        let minus = _mm256_andnot_si256(
-            bits_to_bytes(u32::from_le_bytes(x.qh)),
-            _mm256_set1_epi8(0xf0u8 as i8),
-        );
-        let w = _mm256_or_si256(nibbles32(&x.qs), minus);
-        (x.d, y.d, dot_signed(w, load_i8(&y.qs)), None)
+pub(crate) unsafe fn vec_dot_q5_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_q8_0_blocks::<_, 16>(blocks::<BlockQ5_0>(w), Q8_0Act::new(n, act), |x, y| {
+        // The unsigned quants, q + 16: a pair of products is at most 2 · 31 · 127, within i16.
+        let q = five_bits32(&x.qs, x.qh);
+        (x.d, pairs_to_i32(_mm256_maddubs_epi16(q, load_i8(&y.qs))))
     })
 }
 
@@ -303,7 +355,7 @@ pub(crate) unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
 pub(crate) unsafe fn vec_dot_q4_1(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     sum_blocks(blocks::<BlockQ4_1>(w), blocks::<BlockQ8_1>(act), |x, y| {
         let sumi = pairs_to_i32(_mm256_maddubs_epi16(nibbles32(&x.qs), load_i8(&y.qs)));
-        (x.d, y.d, sumi, Some(scale_product(x.m, y.s)))
+        (x.d, y.d, sumi, scale_product(x.m, y.s))
     })
 }
 
@@ -312,13 +364,11 @@ pub(crate) unsafe fn vec_dot_q4_1(_n: usize, w: &[u8], act: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn vec_dot_q5_1(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     sum_blocks(blocks::<BlockQ5_1>(w), blocks::<BlockQ8_1>(act), |x, y| {
-        let high = _mm256_and_si256(
-            bits_to_bytes(u32::from_le_bytes(x.qh)),
-            _mm256_set1_epi8(0x10),
-        );
-        let q = _mm256_or_si256(nibbles32(&x.qs), high);
-        let sumi = pairs_to_i32(_mm256_maddubs_epi16(q, load_i8(&y.qs)));
-        (x.d, y.d, sumi, Some(scale_product(x.m, y.s)))
+        let sumi = pairs_to_i32(_mm256_maddubs_epi16(
+            five_bits32(&x.qs, x.qh),
+            load_i8(&y.qs),
+        ));
+        (x.d, y.d, sumi, scale_product(x.m, y.s))
     })
 }
 

@@ -15,7 +15,7 @@ use super::avx2::{
     prefetch_ahead, scale_product, K4,
 };
 use crate::formats::{
-    blocks, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+    blocks, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, Q8_0Act,
 };
 use crate::gemm::{ActGroup, Shape, WGroup, RM, RN, STEPS};
 use crate::vec_dot_fn::VecDotFn;
@@ -130,36 +130,46 @@ fn sum_blocks<X, Y, const OFFSET: u8>(
 /// The CPU must have AVX-512 F, BW, VL and VNNI (and AVX2, FMA, F16C); `w` and `act` must be
 /// whole rows of `n` elements.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_q8_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+pub(crate) unsafe fn vec_dot_q8_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
     // Signed by signed: |w| times q with w's sign, which vpdpbusd takes as unsigned by signed
     // (|w| ≤ 128 fits a byte; q is at most 127 in size, so negating it cannot overflow).
-    sum_blocks::<_, _, 0>(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        let w = load_i8(&x.qs);
-        let q = _mm256_sign_epi8(load_i8(&y.qs), w);
-        (x.d, y.d, _mm256_abs_epi8(w), q)
-    })
+    sum_blocks::<_, _, 0>(
+        blocks::<BlockQ8_0>(w),
+        Q8_0Act::new(n, act).blocks,
+        |x, y| {
+            let w = load_i8(&x.qs);
+            let q = _mm256_sign_epi8(load_i8(&y.qs), w);
+            (x.d, y.d, _mm256_abs_epi8(w), q)
+        },
+    )
 }
 
 /// # Safety
 /// As for [`vec_dot_q8_0`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_q4_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
-    sum_blocks::<_, _, 8>(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        (x.d, y.d, nibbles32(&x.qs), load_i8(&y.qs))
-    })
+pub(crate) unsafe fn vec_dot_q4_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
+    sum_blocks::<_, _, 8>(
+        blocks::<BlockQ4_0>(w),
+        Q8_0Act::new(n, act).blocks,
+        |x, y| (x.d, y.d, nibbles32(&x.qs), load_i8(&y.qs)),
+    )
 }
 
 /// # Safety
 /// As for [`vec_dot_q8_0`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_q5_0(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+pub(crate) unsafe fn vec_dot_q5_0(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let sixteen = _mm256_set1_epi8(16);
-    sum_blocks::<_, _, 16>(blocks::<BlockQ5_0>(w), blocks::<BlockQ8_0>(act), |x, y| {
-        // Bit j of qh adds 16 to element j.
-        let q = nibbles32(&x.qs);
-        let u = _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, sixteen);
-        (x.d, y.d, u, load_i8(&y.qs))
-    })
+    sum_blocks::<_, _, 16>(
+        blocks::<BlockQ5_0>(w),
+        Q8_0Act::new(n, act).blocks,
+        |x, y| {
+            // Bit j of qh adds 16 to element j.
+            let q = nibbles32(&x.qs);
+            let u = _mm256_mask_add_epi8(q, u32::from_le_bytes(x.qh), q, sixteen);
+            (x.d, y.d, u, load_i8(&y.qs))
+        },
+    )
 }
 
 /// The Q4_K/Q5_K dot product (layout as in AVX2's): per 64 quants one `vpmaddubsw` and one
