@@ -466,8 +466,12 @@ pub(crate) unsafe fn vec_dot_q3_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
         let d = f16_one(x.d) * y.scale();
         let scales = _mm_sub_epi8(words128(q3k_scales(&x.scales)), _mm_set1_epi8(32));
         let scales = _mm256_cvtepi8_epi16(scales);
+        // The quants taken unsigned, q + 4 (the low two bits, plus 4 where the high bit is set),
+        // and the 4 taken back out per 16-element group through the activations' sums: one
+        // product per block where a second `vpmaddubsw` per 32 elements did it.
+        let offsets = _mm256_madd_epi16(scales, load(&y.bsums));
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(offsets));
         let hbits = load(&x.hmask);
-        let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
             let sc = if h == 0 {
                 _mm256_permute2x128_si256::<0x00>(scales, scales)
@@ -481,16 +485,23 @@ pub(crate) unsafe fn vec_dot_q3_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
                 _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m3),
                 _mm256_and_si256(_mm256_srli_epi16::<6>(bits), m3),
             ];
-            for (s, low) in low.into_iter().enumerate() {
-                // 4 where the element's high bit (bit 4h + s of hmask) is clear: subtracted.
-                let bit = _mm256_set1_epi8(1 << (4 * h + s));
-                let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), _mm256_setzero_si256());
-                let minus = _mm256_and_si256(clear, four);
+            // Chunk s takes bit 4h + s of each hmask byte: moved to bit 2 (the value 4) by one
+            // shift of 16-bit words, then masked (what crosses from the neighbouring byte lands
+            // outside bit 2).
+            let hh = if h == 0 {
+                _mm256_slli_epi16::<2>(hbits)
+            } else {
+                _mm256_srli_epi16::<2>(hbits)
+            };
+            let high = [
+                _mm256_and_si256(hh, four),
+                _mm256_and_si256(_mm256_srli_epi16::<1>(hh), four),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(hh), four),
+                _mm256_and_si256(_mm256_srli_epi16::<3>(hh), four),
+            ];
+            for (s, (low, high)) in low.into_iter().zip(high).enumerate() {
                 let q8 = load_i8(&y.qs[128 * h + 32 * s..]);
-                let p = _mm256_sub_epi16(
-                    _mm256_maddubs_epi16(low, q8),
-                    _mm256_maddubs_epi16(minus, q8),
-                );
+                let p = _mm256_maddubs_epi16(_mm256_or_si256(low, high), q8);
                 let scale = _mm256_shuffle_epi8(sc, word_pick(2 * s, 2 * s + 1));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
             }
