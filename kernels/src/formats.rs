@@ -188,9 +188,9 @@ impl BlockQ8K {
 /// Every weight row of a matrix is dotted with the same activations, so what depends on them
 /// alone is worked out once per matrix rather than once per row and block: the f16 scales'
 /// conversion, and the block sums that take the offset of Q4_0's and Q5_0's quants back out
-/// (the kernels multiply unsigned quants, `q + 8` or `q + 16`, and subtract `8 · d_w · d·Σqs`
-/// for eight blocks with one multiply-add, where a product against the constant offset per block
-/// and row cost a quarter of a Q4_0 block's instructions).
+/// (the kernels multiply unsigned quants, `q + 8` or `q + 16`, and subtract
+/// `offset · d_w · d·Σqs` for eight blocks with one multiply-add, where a product against the
+/// constant offset per block and row cost a quarter of a Q4_0 block's instructions).
 pub(crate) struct Q8_0Act<'a> {
     pub(crate) blocks: &'a [BlockQ8_0],
     pub(crate) d: &'a [[u8; 4]],

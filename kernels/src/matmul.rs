@@ -38,8 +38,9 @@ const TOKEN_TILE_BYTES: usize = 64 << 10;
 /// f32 (row-major), `y` is `n_tokens × rows`.
 ///
 /// `x` is converted once to the weights' `vec_dot_type`, as ggml does, plus what the kernels take
-/// beside it (see [`crate::act_row_bytes`]), into a buffer reused across calls on the same thread. Tiles of weight rows then run in parallel on rayon's pool, each
-/// dotted with every token while it is in cache.
+/// beside it (see [`crate::act_row_bytes`]), into a buffer reused across calls on the same thread.
+/// Tiles of weight rows then run in parallel on rayon's pool, each dotted with every token while
+/// it is in cache.
 ///
 /// # Panics
 /// If `cols` is not a whole number of blocks, or the slices do not have the sizes the shapes give.
