@@ -3,8 +3,8 @@
 //! The integer core is `vpmaddubsw` (unsigned bytes times signed bytes, adjacent pairs summed to
 //! i16) followed by `vpmaddwd` (i16 pairs times i16, summed to i32). The first step saturates, so
 //! every use below keeps each pair sum within i16: weights are made unsigned (the offset of the
-//! signed formats is taken back out with a second product against the constant offset, or with the
-//! activations' block sums), and the one signed×signed case (Q8_0) moves the sign onto the
+//! signed formats is taken back out through the activations' block sums: Q8_K's `bsums`, or the
+//! f32 sums of [`Q8_0Act`]), and the one signed×signed case (Q8_0) moves the sign onto the
 //! activation, which [`crate::quantize_row`] keeps within ±127.
 
 use crate::formats::{
@@ -849,11 +849,7 @@ pub(super) fn unpack_row_with(
             (x.d, nibbles32(&x.qs))
         }),
         GgmlType::Q5_0 => unpack_blocks(blocks::<BlockQ5_0>(row), dst, interleave, |x| {
-            let high = _mm256_and_si256(
-                bits_to_bytes(u32::from_le_bytes(x.qh)),
-                _mm256_set1_epi8(0x10),
-            );
-            (x.d, _mm256_or_si256(nibbles32(&x.qs), high))
+            (x.d, five_bits32(&x.qs, x.qh))
         }),
         GgmlType::Q2_K => unpack_superblocks(blocks::<BlockQ2K>(row), dst, interleave, |x, sub| {
             unpack_q2k(x, sub)
