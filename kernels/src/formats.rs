@@ -193,7 +193,10 @@ impl BlockQ8K {
 /// constant offset per block and row cost a quarter of a Q4_0 block's instructions).
 pub(crate) struct Q8_0Act<'a> {
     pub(crate) blocks: &'a [BlockQ8_0],
+    // Read by the AVX2 kernels only: the NEON ones compute from the blocks.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) d: &'a [[u8; 4]],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) sums: &'a [[u8; 4]],
 }
 
