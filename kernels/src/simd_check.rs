@@ -259,7 +259,7 @@ fn lengths(ty: GgmlType, long: bool) -> Vec<usize> {
     match (ty.block_size(), long) {
         (1, false) => vec![1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 257],
         (1, true) => vec![896, 4096, 4099, 4864],
-        (bs, false) => [1, 2, 3, 4, 5].iter().map(|k| k * bs).collect(),
+        (bs, false) => [1, 2, 3, 4, 5, 6].iter().map(|k| k * bs).collect(),
         (bs, true) => [7, 8, 9]
             .iter()
             .map(|k| k * bs)

@@ -217,36 +217,64 @@ pub(super) fn prefetch_ahead<X: ?Sized>(blocks: &X) {
     }
 }
 
-/// Eight f16s (little-endian bits, one block scale each) as f32 lanes. Inserted from integer
-/// registers: built on the stack instead (as `_mm_set_epi16` compiles), the vector load would
-/// wait for the narrow stores before it to retire.
+/// Up to eight f16s (little-endian bits, one block scale each) as f32 lanes, the lanes past `N`
+/// zero. Inserted from integer registers: built on the stack instead (as `_mm_set_epi16`
+/// compiles), the vector load would wait for the narrow stores before it to retire.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn f16x8(h: [[u8; 2]; 8]) -> __m256 {
-    let h = |k: usize| i32::from(u16::from_le_bytes(h[k]));
-    let v = _mm_cvtsi32_si128(h(0));
-    let v = _mm_insert_epi16::<1>(v, h(1));
-    let v = _mm_insert_epi16::<2>(v, h(2));
-    let v = _mm_insert_epi16::<3>(v, h(3));
-    let v = _mm_insert_epi16::<4>(v, h(4));
-    let v = _mm_insert_epi16::<5>(v, h(5));
-    let v = _mm_insert_epi16::<6>(v, h(6));
-    _mm256_cvtph_ps(_mm_insert_epi16::<7>(v, h(7)))
+pub(super) fn f16x8<const N: usize>(h: [[u8; 2]; N]) -> __m256 {
+    let h = |k: usize| h.get(k).map_or(0, |&w| i32::from(u16::from_le_bytes(w)));
+    let mut v = _mm_cvtsi32_si128(h(0));
+    // `N` is a constant: exactly the inserts the width needs are compiled.
+    macro_rules! insert {
+        ($($k:literal)*) => {$(
+            if N > $k {
+                v = _mm_insert_epi16::<$k>(v, h($k));
+            }
+        )*};
+    }
+    insert!(1 2 3 4 5 6 7);
+    _mm256_cvtph_ps(v)
 }
 
-/// Adds eight blocks' integer sums times their scales (lane k of `scales`) to two accumulators.
-/// Two blocks' eight lanes are first summed pairwise into one vector (`vphaddd`: lanes 0, 1, 4, 5
-/// block 2k's, the others block 2k + 1's), so that a conversion, a scale permute and an FMA serve
-/// two blocks: Q4_0 14336×4096 one thread 12.9 → 13.9 GB/s (13.7 → 14.8 GB/s best of runs).
+/// Up to eight little-endian f32s, the lanes past the slice's end zero. The masked load reads
+/// nothing past the end, so a row's last blocks need no copy: copied to the stack (as the tail was
+/// first written), the vector load waited on the narrow stores, and a 896-wide row's last four
+/// blocks cost as much as eight.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn add_blocks(acc: &mut [__m256; 2], scales: __m256, sums: [__m256i; 8]) {
-    for k in 0..4 {
-        let pair = _mm256_hadd_epi32(sums[2 * k], sums[2 * k + 1]);
-        let (a, b) = (2 * k as i32, 2 * k as i32 + 1);
-        let d = _mm256_permutevar8x32_ps(scales, _mm256_setr_epi32(a, a, b, b, a, a, b, b));
-        acc[k % 2] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pair), acc[k % 2]);
-    }
+fn load_f32_first(s: &[[u8; 4]]) -> __m256 {
+    let n = s.len().min(8) as i32;
+    let mask = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    // SAFETY: the mask enables lanes 0..n only, and those lie inside `s`; a masked-off lane is not
+    // read. `vmaskmovps` needs no alignment.
+    unsafe { _mm256_maskload_ps(s.as_ptr().cast::<f32>(), mask) }
+}
+
+/// `N` (eight or four) blocks' integer sums as f32, lane k block k's (lanes past `N` zero): each
+/// block's eight i32 lanes are summed by a tree of `vphaddd` and one exchange of halves, so that
+/// one conversion and one FMA serve eight blocks. Converted and scaled block by block, pairs of
+/// blocks at a time, the same work took 16 instructions to this one's 11: Q4_0 4096×4096 one
+/// thread 15.0 → 16.5 GB/s, Q5_0 4864×896 10.0 → 11.0, Q8_0 16384×896 20.2 → 21.5 (interleaved).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn block_sums<const N: usize>(sums: [__m256i; N]) -> __m256 {
+    const { assert!(N == 4 || N == 8) };
+    let pairs = |a: usize| _mm256_hadd_epi32(sums[a], sums[a + 1]);
+    // Lanes 0..4 of each 128-bit half: blocks 0..4 (4..8), each summed over its lanes in that half.
+    let lo = _mm256_hadd_epi32(pairs(0), pairs(2));
+    let hi = if N == 8 {
+        _mm256_hadd_epi32(pairs(4), pairs(6))
+    } else {
+        _mm256_setzero_si256()
+    };
+    _mm256_cvtepi32_ps(_mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(lo, hi),
+        _mm256_permute2x128_si256::<0x31>(lo, hi),
+    ))
 }
 
 /// One 32-element block prepared for [`sum_blocks`]: the weights' and the activations' scales
@@ -260,7 +288,7 @@ type Prepared = ([u8; 2], [u8; 2], __m256i, f32);
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn sum_blocks<X>(x: &[X], y: &[BlockQ8_1], prepare: impl Fn(&X, &BlockQ8_1) -> Prepared) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut acc = _mm256_setzero_ps();
     let mut mins = 0.0f32;
     let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
     let tail = xs.remainder().iter().zip(ys.remainder());
@@ -268,17 +296,17 @@ fn sum_blocks<X>(x: &[X], y: &[BlockQ8_1], prepare: impl Fn(&X, &BlockQ8_1) -> P
         prefetch_ahead(x);
         let p: [Prepared; 8] = std::array::from_fn(|k| prepare(&x[k], &y[k]));
         let scales = _mm256_mul_ps(f16x8(p.map(|b| b.0)), f16x8(p.map(|b| b.1)));
-        add_blocks(&mut acc, scales, p.map(|b| b.2));
+        acc = _mm256_fmadd_ps(scales, block_sums(p.map(|b| b.2)), acc);
         mins += p.iter().map(|b| b.3).sum::<f32>();
     }
-    // The last few blocks one by one; the first of them has an even index, as above.
-    for (k, (x, y)) in tail.enumerate() {
+    // The last few blocks one by one.
+    for (x, y) in tail {
         let (dw, da, sumi, min) = prepare(x, y);
         let d = _mm256_set1_ps(scale_product(dw, da));
-        acc[k % 2] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[k % 2]);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
         mins += min;
     }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + mins
+    hsum(acc) + mins
 }
 
 /// Σ over blocks of `d_w · d · Σ sumi`, for the weights dotted with Q8_0 activations, as
@@ -292,7 +320,7 @@ fn sum_q8_0_blocks<X, const OFFSET: u8>(
     y: Q8_0Act,
     prepare: impl Fn(&X, &BlockQ8_0) -> ([u8; 2], __m256i),
 ) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut acc = _mm256_setzero_ps();
     let mut offsets = _mm256_setzero_ps();
     let groups = x
         .chunks_exact(8)
@@ -305,28 +333,38 @@ fn sum_q8_0_blocks<X, const OFFSET: u8>(
         if OFFSET != 0 {
             offsets = _mm256_fmadd_ps(dw, load_f32x8(sums), offsets);
         }
-        add_blocks(&mut acc, _mm256_mul_ps(dw, load_f32x8(d)), p.map(|b| b.1));
+        let d = _mm256_mul_ps(dw, load_f32x8(d));
+        acc = _mm256_fmadd_ps(d, block_sums(p.map(|b| b.1)), acc);
     }
-    // The last few blocks as a group whose missing blocks have zero scales. One by one they made
-    // a row of 640 (Gemma 3's width: 20 blocks, 4 left over) 5 % slower, 2.14 ns a block in L2
-    // against 2.03, and its Q8_0 output matrix is half of its generation.
-    let full = x.len() / 8 * 8;
-    if full < x.len() {
-        let mut dw = [[0; 2]; 8];
-        let mut d = [[0; 4]; 8];
-        let mut sums = [[0; 4]; 8];
-        let mut sumi = [_mm256_setzero_si256(); 8];
-        for k in 0..x.len() - full {
-            (dw[k], sumi[k]) = prepare(&x[full + k], &y.blocks[full + k]);
-            (d[k], sums[k]) = (y.d[full + k], y.sums[full + k]);
-        }
-        let dw = f16x8(dw);
+    // The last blocks (up to seven) in groups of four, the missing ones with zero scales. One by
+    // one they made a row of 640 (Gemma 3's width: 20 blocks, 4 left over) 5 % slower; as one
+    // group of eight, a row of 896 (Qwen2's: 28 blocks) spent as long on its last four blocks as
+    // on eight.
+    let mut start = x.len() / 8 * 8;
+    while start < x.len() {
+        let count = (x.len() - start).min(4);
+        let block = |k: usize| prepare(&x[start + k], &y.blocks[start + k]);
+        let p: [([u8; 2], __m256i); 4] = if count == 4 {
+            std::array::from_fn(block)
+        } else {
+            std::array::from_fn(|k| match k < count {
+                true => block(k),
+                false => ([0; 2], _mm256_setzero_si256()),
+            })
+        };
+        let dw = f16x8(p.map(|b| b.0));
         if OFFSET != 0 {
-            offsets = _mm256_fmadd_ps(dw, load_f32x8(&sums), offsets);
+            let sums = load_f32_first(&y.sums[start..start + count]);
+            offsets = _mm256_fmadd_ps(dw, sums, offsets);
         }
-        add_blocks(&mut acc, _mm256_mul_ps(dw, load_f32x8(&d)), sumi);
+        let d = _mm256_mul_ps(dw, load_f32_first(&y.d[start..start + count]));
+        acc = _mm256_fmadd_ps(d, block_sums(p.map(|b| b.1)), acc);
+        start += count;
     }
-    hsum(_mm256_add_ps(acc[0], acc[1])) - f32::from(OFFSET) * hsum(offsets)
+    if OFFSET != 0 {
+        acc = _mm256_fnmadd_ps(_mm256_set1_ps(f32::from(OFFSET)), offsets, acc);
+    }
+    hsum(acc)
 }
 
 // ---- 32-element blocks ---------------------------------------------------------------------
