@@ -347,9 +347,12 @@ fn sum_q8_0_blocks<X, const OFFSET: u8>(
         let p: [([u8; 2], __m256i); 4] = if count == 4 {
             std::array::from_fn(block)
         } else {
-            std::array::from_fn(|k| match k < count {
-                true => block(k),
-                false => ([0; 2], _mm256_setzero_si256()),
+            std::array::from_fn(|k| {
+                if k < count {
+                    block(k)
+                } else {
+                    ([0; 2], _mm256_setzero_si256())
+                }
             })
         };
         let dw = f16x8(p.map(|b| b.0));
