@@ -3,9 +3,10 @@
 //!
 //! llama.cpp's `llama-bench` (and `llama-completion`, for time to first token) are built once from
 //! the llama-cpp-python sdist on PyPI into the user's cache, outside the repository. Then, for
-//! every model and thread count, `llamafile --bench` and `llama-bench` run one after the other with
-//! the same `-p -n -r -t`, alternating which goes first, so that both see the same machine. Peak
-//! resident memory of each run comes from `wait4`. Time to first token is the wall time from
+//! every model, thread count, test (pp, tg) and repetition, `llamafile --bench` and `llama-bench`
+//! run one after the other with the same sizes and threads, alternating which goes first, so that
+//! both see the same machine; a row is the mean of its repetitions. Peak resident memory of each
+//! run comes from `wait4`. Time to first token is the wall time from
 //! launching a packed llamafile (native and universal, with the runtime as `cargo xtask dist`
 //! builds it) to its first generated token on stdout, against `llama-completion` doing the same.
 //!
@@ -99,13 +100,6 @@ fn number(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("not a count: {s:?}\n{USAGE}"))
 }
 
-/// One timed test of one program: its name where the program gives one, tokens/s and its spread.
-struct Measured {
-    test: Value,
-    tokens_per_second: f64,
-    stddev: f64,
-}
-
 pub fn run(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     let root = dist::workspace_root();
@@ -133,53 +127,60 @@ pub fn run(args: &[String]) -> Result<(), String> {
             false => None,
         };
         for &t in &o.threads {
-            let ours_cmd = || {
-                let mut c = Command::new(&ours);
-                if o.avx2 {
-                    c.env("LLAMAFILE_ISA", "avx2");
-                }
-                c.arg("-m").arg(path).arg("--bench").arg("--json");
-                c.args(["-p", &o.n_prompt.to_string(), "-n", &o.n_gen.to_string()]);
-                // -r is llama.cpp's reverse prompt; llama-bench's -r is --repetitions here.
-                c.args(["--repetitions", &o.repetitions.to_string()]);
-                c.args(["-t", &t.to_string(), "-d", &o.n_depth.to_string()]);
-                c
-            };
-            let theirs_cmd = || {
-                let mut c = Command::new(llama.join("llama-bench"));
-                c.arg("-m").arg(path).args(["-o", "json"]);
-                c.args(["-p", &o.n_prompt.to_string(), "-n", &o.n_gen.to_string()]);
-                c.args(["-r", &o.repetitions.to_string(), "-t", &t.to_string()]);
-                c.args(["-d", &o.n_depth.to_string()]);
-                c
-            };
             eprintln!("bench: {label}, {t} thread(s)");
-            // Alternate who goes first, so that neither always runs on a warmer machine.
-            let (a, b) = if (i + t) % 2 == 0 {
-                let a = measure(&mut ours_cmd(), "llamafile --bench")?;
-                (a, measure(&mut theirs_cmd(), "llama-bench")?)
-            } else {
-                let b = measure(&mut theirs_cmd(), "llama-bench")?;
-                (measure(&mut ours_cmd(), "llamafile --bench")?, b)
-            };
             for (n_prompt, n_gen) in [(o.n_prompt, 0), (0, o.n_gen)] {
-                let (x, y) = (
-                    result(&a.0, n_prompt, n_gen)?,
-                    result(&b.0, n_prompt, n_gen)?,
-                );
-                // Our row's name ("pp512 @ d4096"), which llama-bench's JSON does not carry.
-                let test = x.test;
+                if n_prompt + n_gen == 0 {
+                    continue;
+                }
+                let ours_cmd = || {
+                    let mut c = Command::new(&ours);
+                    if o.avx2 {
+                        c.env("LLAMAFILE_ISA", "avx2");
+                    }
+                    c.arg("-m").arg(path).arg("--bench").arg("--json");
+                    c.args(["-p", &n_prompt.to_string(), "-n", &n_gen.to_string()]);
+                    // -r is llama.cpp's reverse prompt; llama-bench's -r is --repetitions here.
+                    c.args(["--repetitions", "1"]);
+                    c.args(["-t", &t.to_string(), "-d", &o.n_depth.to_string()]);
+                    c
+                };
+                let theirs_cmd = || {
+                    let mut c = Command::new(llama.join("llama-bench"));
+                    c.arg("-m").arg(path).args(["-o", "json"]);
+                    c.args(["-p", &n_prompt.to_string(), "-n", &n_gen.to_string()]);
+                    c.args(["-r", "1", "-t", &t.to_string()]);
+                    c.args(["-d", &o.n_depth.to_string()]);
+                    c
+                };
+                let (mut a, mut b) = (Runs::default(), Runs::default());
+                // One repetition of one test at a time, each side in turn and alternating who
+                // goes first: a slow minute of a shared machine then falls on both sides alike,
+                // where whole runs one after the other left it to one (the 7B rows' ratios moved
+                // by a fifth between runs that way).
+                for rep in 0..o.repetitions {
+                    let ours = || measure(&mut ours_cmd(), "llamafile --bench", n_prompt, n_gen);
+                    let theirs = || measure(&mut theirs_cmd(), "llama-bench", n_prompt, n_gen);
+                    if (i + t + rep) % 2 == 0 {
+                        a.add(ours()?);
+                        b.add(theirs()?);
+                    } else {
+                        b.add(theirs()?);
+                        a.add(ours()?);
+                    }
+                }
+                let ((x, x_sd), (y, y_sd)) = (a.summary(), b.summary());
                 let mut row = json!({
-                    "model": label, "threads": t, "test": test,
-                    "ours_isa": isa(&a.0), "llama_cpp_build": if o.avx2 { "avx2" } else { "native" },
-                    "ours_ts": x.tokens_per_second, "ours_stddev": x.stddev,
-                    "llama_cpp_ts": y.tokens_per_second, "llama_cpp_stddev": y.stddev,
-                    "ratio": x.tokens_per_second / y.tokens_per_second,
-                    "ours_peak_rss_mib": a.1, "llama_cpp_peak_rss_mib": b.1,
+                    // Our row's name ("pp512 @ d4096"), which llama-bench's JSON does not carry.
+                    "model": label, "threads": t, "test": a.test,
+                    "ours_isa": a.isa, "llama_cpp_build": if o.avx2 { "avx2" } else { "native" },
+                    "ours_ts": x, "ours_stddev": x_sd,
+                    "llama_cpp_ts": y, "llama_cpp_stddev": y_sd,
+                    "ratio": x / y,
+                    "ours_peak_rss_mib": a.peak_rss_mib, "llama_cpp_peak_rss_mib": b.peak_rss_mib,
                 });
                 if let (Some(gb), true) = (gb_per_token, n_gen > 0) {
-                    row["ours_gb_per_s"] = json!(gb * x.tokens_per_second);
-                    row["llama_cpp_gb_per_s"] = json!(gb * y.tokens_per_second);
+                    row["ours_gb_per_s"] = json!(gb * x);
+                    row["llama_cpp_gb_per_s"] = json!(gb * y);
                 }
                 rows.push(row);
             }
@@ -208,19 +209,71 @@ pub fn run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs a benchmark command; its stdout parsed as JSON and its peak RSS in MiB.
-fn measure(cmd: &mut Command, what: &str) -> Result<(Value, f64), String> {
-    let (stdout, rss) = run_capturing(cmd, what)?;
-    let v: Value = serde_json::from_slice(&stdout)
-        .map_err(|e| format!("{what}: its output is not JSON ({e})"))?;
-    Ok((v, rss))
+/// One run of one test by one program.
+struct Measured {
+    /// The test's name where the program gives one (ours: "pp512 @ d4096").
+    test: Value,
+    /// The kernels ours ran (`isa` in `llamafile --bench --json`'s rows; llama-bench has none).
+    isa: Value,
+    tokens_per_second: f64,
+    peak_rss_mib: f64,
 }
 
-/// The kernels our side ran (`isa` in `llamafile --bench --json`'s rows).
-fn isa(v: &Value) -> Value {
-    v.as_array()
-        .and_then(|rows| rows.first())
-        .map_or(Value::Null, |r| r["isa"].clone())
+/// Runs a benchmark command for the test of `n_prompt` prompt and `n_gen` generated tokens: its
+/// row in the llama-bench-style JSON on its stdout (both programs write that form), and its peak
+/// RSS in MiB.
+fn measure(
+    cmd: &mut Command,
+    what: &str,
+    n_prompt: usize,
+    n_gen: usize,
+) -> Result<Measured, String> {
+    let (stdout, peak_rss_mib) = run_capturing(cmd, what)?;
+    let v: Value = serde_json::from_slice(&stdout)
+        .map_err(|e| format!("{what}: its output is not JSON ({e})"))?;
+    let hit = v
+        .as_array()
+        .ok_or_else(|| format!("{what}: its output is not a JSON array"))?
+        .iter()
+        .find(|r| {
+            r["n_prompt"].as_u64() == Some(n_prompt as u64)
+                && r["n_gen"].as_u64() == Some(n_gen as u64)
+        })
+        .ok_or_else(|| format!("{what}: no result for n_prompt={n_prompt} n_gen={n_gen} in {v}"))?;
+    Ok(Measured {
+        test: hit["test"].clone(),
+        isa: hit["isa"].clone(),
+        tokens_per_second: hit["avg_ts"]
+            .as_f64()
+            .ok_or_else(|| format!("{what}: avg_ts missing in {hit}"))?,
+        peak_rss_mib,
+    })
+}
+
+/// The repetitions of one test by one program.
+#[derive(Default)]
+struct Runs {
+    test: Value,
+    isa: Value,
+    tokens_per_second: Vec<f64>,
+    peak_rss_mib: f64,
+}
+
+impl Runs {
+    fn add(&mut self, m: Measured) {
+        (self.test, self.isa) = (m.test, m.isa);
+        self.tokens_per_second.push(m.tokens_per_second);
+        self.peak_rss_mib = self.peak_rss_mib.max(m.peak_rss_mib);
+    }
+
+    /// Mean tokens/s and their sample standard deviation, as llama-bench reports repetitions.
+    fn summary(&self) -> (f64, f64) {
+        let v = &self.tokens_per_second;
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean, var.sqrt())
+    }
 }
 
 /// Bytes of the weights a generated token reads: every tensor but the token embeddings, of
@@ -272,23 +325,6 @@ fn streaming_gb_per_s(threads: usize) -> f64 {
         best = best.min(start.elapsed().as_secs_f64());
     }
     BYTES as f64 / best / 1e9
-}
-
-/// Finds the test with these sizes in llama-bench-style JSON (both programs write that form).
-fn result(v: &Value, n_prompt: usize, n_gen: usize) -> Result<Measured, String> {
-    let arr = v.as_array().ok_or("bench output is not a JSON array")?;
-    let hit = arr
-        .iter()
-        .find(|r| {
-            r["n_prompt"].as_u64() == Some(n_prompt as u64)
-                && r["n_gen"].as_u64() == Some(n_gen as u64)
-        })
-        .ok_or_else(|| format!("no result for n_prompt={n_prompt} n_gen={n_gen} in {v}"))?;
-    Ok(Measured {
-        test: hit["test"].clone(),
-        tokens_per_second: hit["avg_ts"].as_f64().ok_or("avg_ts missing")?,
-        stddev: hit["stddev_ts"].as_f64().unwrap_or(0.0),
-    })
 }
 
 /// Spawns `cmd`, collects its stdout, and reads its peak resident memory from `wait4`'s rusage
