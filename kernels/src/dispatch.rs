@@ -115,8 +115,15 @@ fn detect() -> Dispatch {
     {
         use crate::x86::{avx2, avx512};
         if cap >= Cap::Simd && avx2::available() {
-            d.overlay("avx2", avx2::kernel);
-            d.gemm = Some(avx2::GEMM);
+            // The label says when the GEMM tile runs AVX-VNNI's `vpdpbusd` (the dot products
+            // do not need it): a benchmark row must say what ran.
+            let label = if avx2::vnni_available() {
+                "avx2+avxvnni"
+            } else {
+                "avx2"
+            };
+            d.overlay(label, avx2::kernel);
+            d.gemm = Some(avx2::gemm_kernels());
             d.width = Width::Avx2;
         }
         if cap >= Cap::Avx512 && avx512::available() {

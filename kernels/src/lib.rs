@@ -153,7 +153,8 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     unsafe { kernel(n, w, &act) }
 }
 
-/// Which instruction set the dot products use: "avx512vnni", "avx2", "neon" or "scalar".
+/// Which instruction set the dot products use: "avx512vnni", "avx2" ("avx2+avxvnni" where the
+/// GEMM tile also runs AVX-VNNI), "neon" or "scalar".
 pub fn isa_name() -> &'static str {
     dispatch::get().isa
 }

@@ -206,12 +206,17 @@ fn dispatch_picks_the_best_kernels_the_cap_allows() {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni");
+        let avx2_name = if is_x86_feature_detected!("avxvnni") {
+            "avx2+avxvnni"
+        } else {
+            "avx2"
+        };
         let want = match cap {
             Some("scalar") => "scalar",
             _ if !avx2 => "scalar",
-            Some("avx2" | "neon") => "avx2",
+            Some("avx2" | "neon") => avx2_name,
             _ if avx512 => "avx512vnni",
-            _ => "avx2",
+            _ => avx2_name,
         };
         assert_eq!(kernels::isa_name(), want);
         let caps: Vec<&str> = [("scalar", true), ("avx2", avx2), ("avx512", avx512)]

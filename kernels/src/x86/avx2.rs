@@ -847,14 +847,26 @@ pub(crate) unsafe fn vec_dot_bf16(_n: usize, w: &[u8], act: &[u8]) -> f32 {
 
 // ---- the register-tiled GEMM ----------------------------------------------------------------
 
-/// The register-tiled GEMM's kernels, for [`crate::gemm::matmul`]: an AVX2 tile and activation
-/// packing; weights are unpacked by the multiversioned plain loops (once per matmul, a small part
-/// of a prompt's time). Only to be used where [`available`] is true.
-pub(crate) const GEMM: gemm::Kernels = gemm::Kernels {
-    tile: gemm_tile,
-    unpack: Some(gemm_unpack),
-    pack: gemm_pack_activations,
-};
+/// The register-tiled GEMM's kernels for this CPU, for [`crate::gemm::matmul`]: an AVX2 tile
+/// (with AVX-VNNI's `vpdpbusd` where the CPU has it: Intel since Alder Lake and Sapphire Rapids,
+/// AMD since Zen 4) and activation packing; weights are unpacked once per matmul. Only to be used
+/// where [`available`] is true.
+pub(crate) fn gemm_kernels() -> gemm::Kernels {
+    gemm::Kernels {
+        tile: if vnni_available() {
+            gemm_tile_vnni
+        } else {
+            gemm_tile
+        },
+        unpack: Some(gemm_unpack),
+        pack: gemm_pack_activations,
+    }
+}
+
+/// Whether this CPU has AVX-VNNI (the VEX-encoded `vpdpbusd` on ymm), besides [`available`].
+pub(crate) fn vnni_available() -> bool {
+    is_x86_feature_detected!("avxvnni")
+}
 
 /// [`gemm::unpack_row`] in AVX2, writing the very same groups: each block's quants made in one
 /// register, the 16 blocks of a group transposed into its steps in registers ([`interleave`]),
@@ -1155,9 +1167,10 @@ fn transpose8(r: &[__m256i]) -> [__m256i; 8] {
 ///
 /// Without VNNI a step's products are `vpmaddubsw` pairs in 16 bits, which saturate: as many
 /// steps are added in 16 bits as `shape.bits` allows (8 for 4-bit quants, 4 for 5-bit, 2 for
-/// 6-bit, a split part's 4 for 3-bit: at most 2·127·(2^bits - 1) per pair and step), then widened with `vpmaddwd` into the
-/// 32-bit sums. Q8_0's unsigned `u = w + 128` would overflow even one step, so its tile takes
-/// ggml's route: `|w|` times the activation carrying `w`'s sign (at most 2·128·127), no offset.
+/// 6-bit, a split part's 4 for 3-bit: at most 2·127·(2^bits - 1) per pair and step), then widened
+/// with `vpmaddwd` into the 32-bit sums. Q8_0's unsigned `u = w + 128` would overflow even one
+/// step, so its tile takes ggml's route: `|w|` times the activation carrying `w`'s sign (at most
+/// 2·128·127), no offset.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `w` holds `RM` rows and `act` `RN` tokens of `count`
@@ -1173,35 +1186,73 @@ pub(crate) unsafe fn gemm_tile(
     out: &mut [f32; RM * RN],
 ) {
     let t = (w, act, stride, count, half, out);
-    match (shape.bits, shape.split, shape.min, shape.offset != 0) {
-        (8, false, false, true) => tile::<1, true, false, false, false>(t),
-        (4, false, false, true) => tile::<8, false, false, false, true>(t),
-        (5, false, false, true) => tile::<4, false, false, false, true>(t),
-        (4, false, true, false) => tile::<8, false, false, true, false>(t),
-        (5, false, true, false) => tile::<4, false, false, true, false>(t),
-        (2, true, false, false) => tile::<4, false, true, false, false>(t),
-        (3, true, false, true) => tile::<4, false, true, false, true>(t),
-        (6, true, false, true) => tile::<2, false, true, false, true>(t),
-        other => unreachable!("avx2 gemm tile: no variant for {other:?}"),
+    // SAFETY: the caller checked the features.
+    unsafe {
+        match (shape.bits, shape.split, shape.min, shape.offset != 0) {
+            (8, false, false, true) => tile::<1, true, false, false, false, false>(t),
+            (4, false, false, true) => tile::<8, false, false, false, true, false>(t),
+            (5, false, false, true) => tile::<4, false, false, false, true, false>(t),
+            (4, false, true, false) => tile::<8, false, false, true, false, false>(t),
+            (5, false, true, false) => tile::<4, false, false, true, false, false>(t),
+            (2, true, false, false) => tile::<4, false, true, false, false, false>(t),
+            (3, true, false, true) => tile::<4, false, true, false, true, false>(t),
+            (6, true, false, true) => tile::<2, false, true, false, true, false>(t),
+            other => unreachable!("avx2 gemm tile: no variant for {other:?}"),
+        }
     }
 }
 
-/// [`gemm_tile`] for `FLUSH` steps added in 16 bits, Q8_0's `SIGNED` products, two scales per
-/// block (`SPLIT`), a min term (`MIN`) and an offset whose activation biases start the integer
-/// sums (`BIAS`: without one, Q4_K's and Q5_K's sums start from zero, an add and a load less per
-/// token and half group, 3 % of a 7B-shaped Q4_K_M prompt).
+/// [`gemm_tile`] with AVX-VNNI: `vpdpbusd` adds each step's four-byte products straight into
+/// the 32-bit sums, so no type needs 16-bit steps or a widening, and Q8_0 takes the unsigned
+/// route of the others (`u = w + 128`, its offset's bias starting the sums).
+///
+/// # Safety
+/// As [`gemm_tile`]; the CPU must also have AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub(crate) unsafe fn gemm_tile_vnni(
+    shape: Shape,
+    w: &[WGroup],
+    act: &[ActGroup],
+    stride: usize,
+    count: usize,
+    half: bool,
+    out: &mut [f32; RM * RN],
+) {
+    let t = (w, act, stride, count, half, out);
+    // SAFETY: the caller checked the features.
+    unsafe {
+        match (shape.split, shape.min, shape.offset != 0) {
+            (false, false, true) => tile::<0, false, false, false, true, true>(t),
+            (false, true, false) => tile::<0, false, false, true, false, true>(t),
+            (true, false, false) => tile::<0, false, true, false, false, true>(t),
+            (true, false, true) => tile::<0, false, true, false, true, true>(t),
+            other => unreachable!("avx2 vnni gemm tile: no variant for {other:?}"),
+        }
+    }
+}
+
+/// The tile for `FLUSH` steps added in 16 bits, Q8_0's `SIGNED` products, two scales per block
+/// (`SPLIT`), a min term (`MIN`), an offset whose activation biases start the integer sums
+/// (`BIAS`: without one, Q4_K's and Q5_K's sums start from zero, an add and a load less per token
+/// and half group, 3 % of a 7B-shaped Q4_K_M prompt), and `VNNI`'s `vpdpbusd` (then `FLUSH` is
+/// unused). Inlined into [`gemm_tile`] or [`gemm_tile_vnni`], whose features its instructions
+/// take: it has none of its own, so that the plain tile is never compiled with AVX-VNNI (LLVM
+/// would fuse its `vpmaddwd` and add into a `vpdpwssd`).
 ///
 /// One row at a time meets the `RN` tokens: its 16- and 32-bit sums, the row's bytes and a
 /// token's bytes take 9 of the 16 ymm registers. Two or four rows at a time spill sums to the
 /// stack and were slower (7B-shaped Q4_K_M, pp128, one thread: 8.5 and 9.6 t/s, against 10.5).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn tile<
+///
+/// # Safety
+/// As [`gemm_tile`], and AVX-VNNI with `VNNI`.
+#[inline(always)]
+unsafe fn tile<
     const FLUSH: usize,
     const SIGNED: bool,
     const SPLIT: bool,
     const MIN: bool,
     const BIAS: bool,
+    const VNNI: bool,
 >(
     (w, act, stride, count, half, out): TileArgs,
 ) {
@@ -1209,116 +1260,133 @@ fn tile<
         &w[..(RM - 1) * stride + count],
         &act[..(RN - 1) * stride + count],
     );
-    let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-    for g in 0..count {
-        let ag: [&ActGroup; RN] = std::array::from_fn(|j| &act[j * stride + g]);
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let wg = &w[i * stride + g];
-            row_part::<0, FLUSH, SIGNED, SPLIT, MIN, BIAS>(wg, &ag, acc);
-            // A group whose upper 8 lanes are padding (the last group of a row whose block
-            // count leaves at most 8 over) needs only its lower half.
-            if !(half && g + 1 == count) {
-                row_part::<1, FLUSH, SIGNED, SPLIT, MIN, BIAS>(wg, &ag, acc);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+        for g in 0..count {
+            let ag: [&ActGroup; RN] = std::array::from_fn(|j| &act[j * stride + g]);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let wg = &w[i * stride + g];
+                row_part::<0, FLUSH, SIGNED, SPLIT, MIN, BIAS, VNNI>(wg, &ag, acc);
+                // A group whose upper 8 lanes are padding (the last group of a row whose block
+                // count leaves at most 8 over) needs only its lower half.
+                if !(half && g + 1 == count) {
+                    row_part::<1, FLUSH, SIGNED, SPLIT, MIN, BIAS, VNNI>(wg, &ag, acc);
+                }
             }
         }
-    }
-    const { assert!(RM == 4) };
-    for (j, out) in out.chunks_exact_mut(RM).enumerate() {
-        // Three horizontal adds give the four rows' sums of each 128-bit half side by side.
-        let ab = _mm256_hadd_ps(acc[0][j], acc[1][j]);
-        let cd = _mm256_hadd_ps(acc[2][j], acc[3][j]);
-        let abcd = _mm256_hadd_ps(ab, cd);
-        let sums = _mm_add_ps(
-            _mm256_castps256_ps128(abcd),
-            _mm256_extractf128_ps::<1>(abcd),
-        );
-        // SAFETY: any 16 bytes are four valid f32s.
-        let sums = unsafe { std::mem::transmute::<__m128, [f32; 4]>(sums) };
-        for (o, v) in out.iter_mut().zip(sums) {
-            *o += v;
+        const { assert!(RM == 4) };
+        for (j, out) in out.chunks_exact_mut(RM).enumerate() {
+            // Three horizontal adds give the four rows' sums of each 128-bit half side by side.
+            let ab = _mm256_hadd_ps(acc[0][j], acc[1][j]);
+            let cd = _mm256_hadd_ps(acc[2][j], acc[3][j]);
+            let abcd = _mm256_hadd_ps(ab, cd);
+            let sums = _mm_add_ps(
+                _mm256_castps256_ps128(abcd),
+                _mm256_extractf128_ps::<1>(abcd),
+            );
+            // SAFETY: any 16 bytes are four valid f32s.
+            let sums = std::mem::transmute::<__m128, [f32; 4]>(sums);
+            for (o, v) in out.iter_mut().zip(sums) {
+                *o += v;
+            }
         }
     }
 }
 
 /// Half `H` (lanes 8H..8H+8) of one group of one row × `RN` tokens: exact integer sums per
 /// block, scaled by weight scale × activation scale into the f32 accumulators.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn row_part<
+///
+/// # Safety
+/// As [`tile`].
+#[inline(always)]
+unsafe fn row_part<
     const H: usize,
     const FLUSH: usize,
     const SIGNED: bool,
     const SPLIT: bool,
     const MIN: bool,
     const BIAS: bool,
+    const VNNI: bool,
 >(
     wg: &WGroup,
     ag: &[&ActGroup; RN],
     acc: &mut [__m256; RN],
 ) {
-    let bytes = |v: &[u8; 64]| load(&v[32 * H..]);
-    let signed_bytes = |v: &[i8; 64]| load_i8(&v[32 * H..]);
-    let floats = |v: &[f32; 16]| -> __m256 {
-        let a: [f32; 8] = v[8 * H..8 * H + 8].try_into().expect("8 lanes");
-        // SAFETY: any 32 bytes are a valid __m256.
-        unsafe { std::mem::transmute::<[f32; 8], __m256>(a) }
-    };
-    let ints = |v: &[i32; 16]| -> __m256i {
-        let a: [i32; 8] = v[8 * H..8 * H + 8].try_into().expect("8 lanes");
-        // SAFETY: any 32 bytes are a valid __m256i.
-        unsafe { std::mem::transmute::<[i32; 8], __m256i>(a) }
-    };
-    let ones = _mm256_set1_epi16(1);
-    let flip = _mm256_set1_epi8(0x80u8 as i8);
-    // (A macro, not a closure: the sums must stay in registers.)
-    macro_rules! part {
-        ($steps:expr, $bias:ident, $scale:ident) => {{
-            let mut dot: [__m256i; RN] = std::array::from_fn(|j| {
-                if BIAS {
-                    ints(&ag[j].$bias)
-                } else {
-                    _mm256_setzero_si256()
-                }
-            });
-            for s0 in $steps.step_by(FLUSH) {
-                let mut dot16 = [_mm256_setzero_si256(); RN];
-                for s in s0..s0 + FLUSH {
-                    let u = bytes(&wg.u[s]);
-                    // Q8_0: the signed weights, and their magnitudes as unsigned bytes.
-                    let signed = _mm256_xor_si256(u, flip);
-                    let magnitude = _mm256_sign_epi8(signed, signed);
-                    for (dot16, ag) in dot16.iter_mut().zip(ag) {
-                        let q = signed_bytes(&ag.qs[s]);
-                        let p = if SIGNED {
-                            _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, signed))
-                        } else {
-                            _mm256_maddubs_epi16(u, q)
-                        };
-                        *dot16 = _mm256_add_epi16(*dot16, p);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let bytes = |v: &[u8; 64]| load(&v[32 * H..]);
+        let signed_bytes = |v: &[i8; 64]| load_i8(&v[32 * H..]);
+        let floats = |v: &[f32; 16]| -> __m256 {
+            let a: [f32; 8] = v[8 * H..8 * H + 8].try_into().expect("8 lanes");
+            // SAFETY: any 32 bytes are a valid __m256.
+            std::mem::transmute::<[f32; 8], __m256>(a)
+        };
+        let ints = |v: &[i32; 16]| -> __m256i {
+            let a: [i32; 8] = v[8 * H..8 * H + 8].try_into().expect("8 lanes");
+            // SAFETY: any 32 bytes are a valid __m256i.
+            std::mem::transmute::<[i32; 8], __m256i>(a)
+        };
+        let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(0x80u8 as i8);
+        // (A macro, not a closure: the sums must stay in registers.)
+        macro_rules! part {
+            ($steps:expr, $bias:ident, $scale:ident) => {{
+                let mut dot: [__m256i; RN] = std::array::from_fn(|j| {
+                    if BIAS {
+                        ints(&ag[j].$bias)
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                });
+                if VNNI {
+                    for s in $steps {
+                        let u = bytes(&wg.u[s]);
+                        for (dot, ag) in dot.iter_mut().zip(ag) {
+                            *dot = _mm256_dpbusd_avx_epi32(*dot, u, signed_bytes(&ag.qs[s]));
+                        }
                     }
                 }
-                for (dot, dot16) in dot.iter_mut().zip(dot16) {
-                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(dot16, ones));
+                for s0 in $steps.step_by(FLUSH.max(1)).filter(|_| !VNNI) {
+                    let mut dot16 = [_mm256_setzero_si256(); RN];
+                    for s in s0..s0 + FLUSH {
+                        let u = bytes(&wg.u[s]);
+                        // Q8_0: the signed weights, and their magnitudes as unsigned bytes.
+                        let signed = _mm256_xor_si256(u, flip);
+                        let magnitude = _mm256_sign_epi8(signed, signed);
+                        for (dot16, ag) in dot16.iter_mut().zip(ag) {
+                            let q = signed_bytes(&ag.qs[s]);
+                            let p = if SIGNED {
+                                _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, signed))
+                            } else {
+                                _mm256_maddubs_epi16(u, q)
+                            };
+                            *dot16 = _mm256_add_epi16(*dot16, p);
+                        }
+                    }
+                    for (dot, dot16) in dot.iter_mut().zip(dot16) {
+                        *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(dot16, ones));
+                    }
                 }
+                let sw = floats(&wg.$scale);
+                for ((acc, dot), ag) in acc.iter_mut().zip(dot).zip(ag) {
+                    let scale = _mm256_mul_ps(sw, floats(&ag.d));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                }
+            }};
+        }
+        if SPLIT {
+            part!(0..STEPS / 2, bias_lo, scale_lo);
+            part!(STEPS / 2..STEPS, bias_hi, scale_hi);
+        } else {
+            part!(0..STEPS, bias_lo, scale_lo);
+        }
+        if MIN {
+            let min = floats(&wg.min);
+            for (acc, ag) in acc.iter_mut().zip(ag) {
+                // acc -= min · d Σq
+                *acc = _mm256_fnmadd_ps(min, floats(&ag.dsum), *acc);
             }
-            let sw = floats(&wg.$scale);
-            for ((acc, dot), ag) in acc.iter_mut().zip(dot).zip(ag) {
-                let scale = _mm256_mul_ps(sw, floats(&ag.d));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
-            }
-        }};
-    }
-    if SPLIT {
-        part!(0..STEPS / 2, bias_lo, scale_lo);
-        part!(STEPS / 2..STEPS, bias_hi, scale_hi);
-    } else {
-        part!(0..STEPS, bias_lo, scale_lo);
-    }
-    if MIN {
-        let min = floats(&wg.min);
-        for (acc, ag) in acc.iter_mut().zip(ag) {
-            // acc -= min · d Σq
-            *acc = _mm256_fnmadd_ps(min, floats(&ag.dsum), *acc);
         }
     }
 }

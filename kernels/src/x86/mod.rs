@@ -119,7 +119,15 @@ mod tests {
             eprintln!("skipping the AVX2 tile: this CPU lacks AVX2, FMA or F16C");
             return;
         }
-        simd_check::check_tile("avx2", avx2::GEMM);
+        let mut kernels = avx2::gemm_kernels();
+        kernels.tile = avx2::gemm_tile;
+        simd_check::check_tile("avx2", kernels);
+        if avx2::vnni_available() {
+            kernels.tile = avx2::gemm_tile_vnni;
+            simd_check::check_tile("avx2-vnni", kernels);
+        } else {
+            eprintln!("skipping the AVX-VNNI tile: this CPU lacks AVX-VNNI");
+        }
     }
 
     #[test]
@@ -128,7 +136,7 @@ mod tests {
             eprintln!("skipping the AVX2 tile: this CPU lacks AVX2, FMA or F16C");
             return;
         }
-        simd_check::check_tile_on_models("avx2", avx2::GEMM);
+        simd_check::check_tile_on_models("avx2", avx2::gemm_kernels());
     }
 
     #[test]
