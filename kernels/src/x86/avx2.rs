@@ -462,6 +462,23 @@ pub(super) fn words128(w: [u32; 4]) -> __m128i {
     _mm_set_epi32(w[3] as i32, w[2] as i32, w[1] as i32, w[0] as i32)
 }
 
+/// What a Q2_K block's dot product needs besides its quants: `d` (the weights' times the
+/// activations') and the sixteen 4-bit scales as words; the block's min term, `dmin · Σ min ·
+/// bsum` per pair of 16-element groups, is added to `acc_min` (subtracted once at the end).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q2k_head(x: &BlockQ2K, y: &BlockQ8K, acc_min: &mut __m256) -> (f32, __m256i) {
+    let (d, dmin) = f16_pair(x.d, x.dmin);
+    let (d, dmin) = (d * y.scale(), dmin * y.scale());
+    let packed = load16(&x.scales);
+    let nibble = _mm_set1_epi8(0x0f);
+    let scales = _mm256_cvtepu8_epi16(_mm_and_si128(packed, nibble));
+    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(packed), nibble));
+    let min_sum = _mm256_madd_epi16(mins, load(&y.bsums));
+    *acc_min = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(min_sum), *acc_min);
+    (d, scales)
+}
+
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `w` and `act` must be whole rows of `n` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -471,17 +488,7 @@ pub(crate) unsafe fn vec_dot_q2_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut acc_min = _mm256_setzero_ps();
     for (x, y) in blocks::<BlockQ2K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
         prefetch_ahead(x);
-        let (d, dmin) = f16_pair(x.d, x.dmin);
-        let (d, dmin) = (d * y.scale(), dmin * y.scale());
-        let packed = load16(&x.scales);
-        let scales = _mm256_cvtepu8_epi16(_mm_and_si128(packed, _mm_set1_epi8(0x0f)));
-        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(
-            _mm_srli_epi16::<4>(packed),
-            _mm_set1_epi8(0x0f),
-        ));
-        let min_sum = _mm256_madd_epi16(mins, load(&y.bsums));
-        acc_min = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(min_sum), acc_min);
-
+        let (d, scales) = q2k_head(x, y, &mut acc_min);
         let mut sumi = _mm256_setzero_si256();
         for h in 0..2 {
             // Scales 8h..8h+8 in both lanes; chunk s of this half uses 8h+2s and 8h+2s+1.
@@ -509,6 +516,21 @@ pub(crate) unsafe fn vec_dot_q2_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     hsum(acc) - hsum(acc_min)
 }
 
+/// What a Q3_K block's dot product needs besides its quants: `d` (the weights' times the
+/// activations'), the sixteen scales as words (their offset of -32 taken), and the correction
+/// for taking the quants unsigned, q + 4 (the low two bits, plus 4 where the high bit is set):
+/// `4 · Σ scale · bsum` per 16-element group, summed in pairs (eight i32), to subtract. One
+/// product per block where a second `vpmaddubsw` per 32 elements did it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q3k_head(x: &BlockQ3K, y: &BlockQ8K) -> (f32, __m256i, __m256i) {
+    let d = f16_one(x.d) * y.scale();
+    let scales = _mm_sub_epi8(words128(q3k_scales(&x.scales)), _mm_set1_epi8(32));
+    let scales = _mm256_cvtepi8_epi16(scales);
+    let offsets = _mm256_slli_epi32::<2>(_mm256_madd_epi16(scales, load(&y.bsums)));
+    (d, scales, offsets)
+}
+
 /// # Safety
 /// As for [`vec_dot_q2_k`].
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -518,14 +540,8 @@ pub(crate) unsafe fn vec_dot_q3_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (x, y) in blocks::<BlockQ3K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
         prefetch_ahead(x);
-        let d = f16_one(x.d) * y.scale();
-        let scales = _mm_sub_epi8(words128(q3k_scales(&x.scales)), _mm_set1_epi8(32));
-        let scales = _mm256_cvtepi8_epi16(scales);
-        // The quants taken unsigned, q + 4 (the low two bits, plus 4 where the high bit is set),
-        // and the 4 taken back out per 16-element group through the activations' sums: one
-        // product per block where a second `vpmaddubsw` per 32 elements did it.
-        let offsets = _mm256_madd_epi16(scales, load(&y.bsums));
-        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<2>(offsets));
+        let (d, scales, offsets) = q3k_head(x, y);
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), offsets);
         let hbits = load(&x.hmask);
         for h in 0..2 {
             let sc = if h == 0 {

@@ -12,10 +12,11 @@
 
 use super::avx2::{
     self, f16_one, f16x8, hsum, hsum128, k4_head, k4_min_sum, load, load_i8, nibbles32,
-    prefetch_ahead, scale_product, K4,
+    prefetch_ahead, q2k_head, q3k_head, scale_product, K4,
 };
 use crate::formats::{
-    blocks, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, Q8_0Act,
+    blocks, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K,
+    BlockQ8_0, Q8_0Act,
 };
 use crate::gemm::{ActGroup, Shape, WGroup, RM, RN, STEPS};
 use crate::vec_dot_fn::VecDotFn;
@@ -36,6 +37,8 @@ pub(crate) fn available() -> bool {
 pub(crate) fn kernel(ty: GgmlType) -> Option<VecDotFn> {
     use GgmlType::*;
     Some(match ty {
+        Q2_K => vec_dot_q2_k,
+        Q3_K => vec_dot_q3_k,
         Q4_0 => vec_dot_q4_0,
         Q5_0 => vec_dot_q5_0,
         Q8_0 => vec_dot_q8_0,
@@ -264,24 +267,108 @@ pub(crate) unsafe fn vec_dot_q6_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
             let pa = _mm512_maddubs_epi16(a, load512_i8(&y.qs[128 * h..]));
             let pb = _mm512_maddubs_epi16(b, load512_i8(&y.qs[128 * h + 64..]));
             // 128-bit lane L of the first register is group 8h + L, of the second 8h + 4 + L.
-            let lanes = |first: i16| {
-                _mm512_set_epi64(
-                    0x0001_0001_0001_0001 * (first as i64 + 3),
-                    0x0001_0001_0001_0001 * (first as i64 + 3),
-                    0x0001_0001_0001_0001 * (first as i64 + 2),
-                    0x0001_0001_0001_0001 * (first as i64 + 2),
-                    0x0001_0001_0001_0001 * (first as i64 + 1),
-                    0x0001_0001_0001_0001 * (first as i64 + 1),
-                    0x0001_0001_0001_0001 * first as i64,
-                    0x0001_0001_0001_0001 * first as i64,
-                )
-            };
-            let sa = _mm512_permutexvar_epi16(lanes(8 * h as i16), scales);
-            let sb = _mm512_permutexvar_epi16(lanes(8 * h as i16 + 4), scales);
+            let sa = _mm512_permutexvar_epi16(lane_words(8 * h as i64), scales);
+            let sb = _mm512_permutexvar_epi16(lane_words(8 * h as i64 + 4), scales);
             sumi = _mm512_dpwssd_epi32(sumi, pa, sa);
             sumi = _mm512_dpwssd_epi32(sumi, pb, sb);
         }
         let sumi = _mm512_sub_epi32(sumi, _mm512_zextsi256_si512(offset));
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// Word indices `first + L` in each 128-bit lane `L`: with `vpermw`, a 16-element group's scale
+/// under each word of a `vpmaddubsw` over 64 consecutive k-quant elements (eight words per group).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn lane_words(first: i64) -> __m512i {
+    let w = |l: i64| 0x0001_0001_0001_0001 * (first + l);
+    _mm512_set_epi64(w(3), w(3), w(2), w(2), w(1), w(1), w(0), w(0))
+}
+
+/// The 2-bit fields of a 32-byte run of Q2_K/Q3_K quants for 64 consecutive elements: field `2k`
+/// (chunk `2k`, bytes 0..32) and field `2k + 1` (chunk `2k + 1`, bytes 32..64), from `bits`
+/// broadcast to both halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn two_bit_pair(bits: __m512i, k: i16) -> __m512i {
+    let shift = halves_epi16(4 * k, 4 * k + 2);
+    _mm512_and_si512(_mm512_srlv_epi16(bits, shift), _mm512_set1_epi8(3))
+}
+
+/// Q2_K as AVX2's (scales and mins from the packed nibbles, the mins' term through the
+/// activations' sums), 64 elements per `vpmaddubsw` and `vpdpwssd`, as Q6_K's: half the AVX2
+/// kernel's instructions a block.
+///
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q2_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let mut acc = _mm512_setzero_ps();
+    let mut acc_min = _mm256_setzero_ps();
+    for (x, y) in blocks::<BlockQ2K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        prefetch_ahead(x);
+        let (d, scales) = q2k_head(x, y, &mut acc_min);
+        let scales = _mm512_castsi256_si512(scales);
+        let mut sumi = _mm512_setzero_si512();
+        for h in 0..2 {
+            let bits = _mm512_broadcast_i64x4(load(&x.qs[32 * h..]));
+            for k in 0..2 {
+                let p = _mm512_maddubs_epi16(
+                    two_bit_pair(bits, k as i16),
+                    load512_i8(&y.qs[128 * h + 64 * k..]),
+                );
+                let sc = _mm512_permutexvar_epi16(lane_words(8 * h as i64 + 4 * k as i64), scales);
+                sumi = _mm512_dpwssd_epi32(sumi, p, sc);
+            }
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    _mm512_reduce_add_ps(acc) - hsum(acc_min)
+}
+
+/// Q3_K as [`vec_dot_q2_k`], each element's high bit adding 4 by a `vptestmb` mask and a masked
+/// byte add.
+///
+/// # Safety
+/// As for [`vec_dot_q8_0`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_q3_k(_n: usize, w: &[u8], act: &[u8]) -> f32 {
+    let four = _mm512_set1_epi8(4);
+    // Chunk s of half h takes bit 4h + s of each hmask byte; register k of half h holds chunks
+    // 2k and 2k + 1.
+    let high_bit = |h: i32, k: i32| {
+        let b = |s: i32| 1i8.wrapping_shl((4 * h + 2 * k + s) as u32);
+        _mm512_mask_blend_epi8(
+            0xffff_ffff_0000_0000,
+            _mm512_set1_epi8(b(0)),
+            _mm512_set1_epi8(b(1)),
+        )
+    };
+    let high_bits = [
+        [high_bit(0, 0), high_bit(0, 1)],
+        [high_bit(1, 0), high_bit(1, 1)],
+    ];
+    let mut acc = _mm512_setzero_ps();
+    for (x, y) in blocks::<BlockQ3K>(w).iter().zip(blocks::<BlockQ8K>(act)) {
+        prefetch_ahead(x);
+        let (d, scales, offsets) = q3k_head(x, y);
+        let scales = _mm512_castsi256_si512(scales);
+        let hmask = _mm512_broadcast_i64x4(load(&x.hmask));
+        let mut sumi = _mm512_setzero_si512();
+        for (h, high_bits) in high_bits.iter().enumerate() {
+            let bits = _mm512_broadcast_i64x4(load(&x.qs[32 * h..]));
+            for (k, &high_bit) in high_bits.iter().enumerate() {
+                let low = two_bit_pair(bits, k as i16);
+                let set = _mm512_test_epi8_mask(hmask, high_bit);
+                let u = _mm512_mask_add_epi8(low, set, low, four);
+                let p = _mm512_maddubs_epi16(u, load512_i8(&y.qs[128 * h + 64 * k..]));
+                let sc = _mm512_permutexvar_epi16(lane_words(8 * h as i64 + 4 * k as i64), scales);
+                sumi = _mm512_dpwssd_epi32(sumi, p, sc);
+            }
+        }
+        let sumi = _mm512_sub_epi32(sumi, _mm512_zextsi256_si512(offsets));
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
     }
     _mm512_reduce_add_ps(acc)
