@@ -1362,26 +1362,27 @@ unsafe fn row_part<
                             *dot = _mm256_dpbusd_avx_epi32(*dot, u, signed_bytes(&ag.qs[s]));
                         }
                     }
-                }
-                for s0 in $steps.step_by(FLUSH.max(1)).filter(|_| !VNNI) {
-                    let mut dot16 = [_mm256_setzero_si256(); RN];
-                    for s in s0..s0 + FLUSH {
-                        let u = bytes(&wg.u[s]);
-                        // Q8_0: the signed weights, and their magnitudes as unsigned bytes.
-                        let signed = _mm256_xor_si256(u, flip);
-                        let magnitude = _mm256_sign_epi8(signed, signed);
-                        for (dot16, ag) in dot16.iter_mut().zip(ag) {
-                            let q = signed_bytes(&ag.qs[s]);
-                            let p = if SIGNED {
-                                _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, signed))
-                            } else {
-                                _mm256_maddubs_epi16(u, q)
-                            };
-                            *dot16 = _mm256_add_epi16(*dot16, p);
+                } else {
+                    for s0 in $steps.step_by(FLUSH) {
+                        let mut dot16 = [_mm256_setzero_si256(); RN];
+                        for s in s0..s0 + FLUSH {
+                            let u = bytes(&wg.u[s]);
+                            // Q8_0: the signed weights, and their magnitudes as unsigned bytes.
+                            let signed = _mm256_xor_si256(u, flip);
+                            let magnitude = _mm256_sign_epi8(signed, signed);
+                            for (dot16, ag) in dot16.iter_mut().zip(ag) {
+                                let q = signed_bytes(&ag.qs[s]);
+                                let p = if SIGNED {
+                                    _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, signed))
+                                } else {
+                                    _mm256_maddubs_epi16(u, q)
+                                };
+                                *dot16 = _mm256_add_epi16(*dot16, p);
+                            }
                         }
-                    }
-                    for (dot, dot16) in dot.iter_mut().zip(dot16) {
-                        *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(dot16, ones));
+                        for (dot, dot16) in dot.iter_mut().zip(dot16) {
+                            *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(dot16, ones));
+                        }
                     }
                 }
                 let sw = floats(&wg.$scale);
